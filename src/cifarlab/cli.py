@@ -1,0 +1,177 @@
+"""Command-line interface: parsing and printing only; the work happens in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from cifarlab import __version__
+from cifarlab.errors import CifarlabError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse's own errors become our one-line, exit-2 errors.
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from cifarlab.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
+
+    p.add_argument("--model", help="basic-cnn | deeper-cnn | resnet18 (see `cifarlab models`)")
+    p.add_argument("--dataset", help="cifar10 | cifar100 | mnist | fashion-mnist")
+    p.add_argument("--recipe", help="a named recipe (see `cifarlab recipes`) or a .toml file; flags override it")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--eval-batch-size", type=int, help="batch size for evaluation (default 1000)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--nesterov", action="store_const", const=True, help="Nesterov momentum (SGD)")
+    p.add_argument("--weight-decay", type=float, help="L2 (SGD/Adam) or decoupled (AdamW) decay; not on BN/bias")
+    p.add_argument("--schedule", choices=SCHEDULES, help="step = decay by --gamma every --step-size epochs")
+    p.add_argument("--step-size", type=int, help="epochs between step decays (default 5, as in the article)")
+    p.add_argument("--gamma", type=float, help="step decay factor")
+    p.add_argument("--warmup-epochs", type=float, help="warm-up length for cosine / one-cycle")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--augment", help="comma list of crop,flip,jitter,cutout, or none")
+    p.add_argument("--no-batchnorm", dest="batchnorm", action="store_const", const=False,
+                   help="build the model without BatchNorm (ablation)")
+    p.add_argument("--init", help="auto (the article's choice per model) | kaiming | xavier | default")
+    p.add_argument("--no-dropout", dest="dropout", action="store_const", const=False,
+                   help="build the model without dropout (ablation)")
+    p.add_argument("--val-size", type=int, help="hold out N train images (class-balanced, seeded) for validation")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="auto = bf16 where the hardware runs it natively, fp16 on older GPUs, else fp32")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
+    p.add_argument("--data-dir", help="dataset root (default $CIFARLAB_DATA or ~/.cache/cifarlab)")
+    p.add_argument("--no-download", dest="download", action="store_const", const=False,
+                   help="never download; fail with a message naming the missing files")
+    p.add_argument("--out", help="run folder (default runs/<time>-<model>-<dataset>)")
+    p.add_argument("--overwrite", action="store_const", const=True, help="replace the run already in --out")
+    p.add_argument("--limit-train", type=int, help="train on a seeded subset of N images (quick runs)")
+    p.add_argument("--quiet", action="store_const", const=True, help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cifarlab", description="Train, compare and ablate CNNs on MNIST, Fashion-MNIST, "
+                     "CIFAR-10 and CIFAR-100.",
+                     epilog="Example: cifarlab train --model basic-cnn --dataset cifar10 --recipe article-basic-cnn")
+    parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train one model and write a run folder",
+                           description="Train a model; writes config.json, metrics.jsonl, summary.json, summary.txt, "
+                           "checkpoints/ and model.safetensors to the run folder.")
+    _add_train_args(train)
+
+    models = sub.add_parser("models", help="list models with their parameter counts")
+    models.add_argument("--dataset", default="cifar10", help="count parameters for this dataset (default cifar10)")
+    models.add_argument("--json", action="store_true")
+
+    recipes = sub.add_parser("recipes", help="list the named recipes and what they set")
+    recipes.add_argument("--json", action="store_true")
+
+    data = sub.add_parser("data", help="download, verify or describe datasets")
+    data.add_argument("action", choices=("download", "verify", "info"))
+    data.add_argument("--dataset", default="cifar10")
+    data.add_argument("--data-dir")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from cifarlab.config import build_config, parse_augment
+    from cifarlab.train.engine import fit
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "recipe")}
+    if args.augment is not None:
+        overrides["augment"] = parse_augment(args.augment)
+    if args.model is None or args.dataset is None:
+        raise UsageError("train needs --model and --dataset (see `cifarlab models`)")
+    fit(build_config(overrides, args.recipe))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from cifarlab.data.sources import DATASETS
+    from cifarlab.models import MODELS, build_model, count_params
+
+    if args.dataset not in DATASETS:
+        raise UsageError(f"unknown dataset '{args.dataset}' (choose from {', '.join(DATASETS)})")
+    info = DATASETS[args.dataset]
+    rows = []
+    for name, spec in MODELS.items():
+        params = None
+        if info.size >= spec.min_size:
+            params = count_params(build_model(name, info.num_classes, info.channels, info.size))
+        rows.append({"name": name, "params": params, "dataset": args.dataset, "description": spec.summary})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'model':<12} {'params (' + args.dataset + ')':>20}  description")
+        for r in rows:
+            count = f"{r['params']:,}" if r["params"] is not None else "n/a"
+            print(f"{r['name']:<12} {count:>20}  {r['description']}")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from cifarlab.config import list_recipes
+
+    recipes = list_recipes()
+    if args.json:
+        print(json.dumps(recipes, indent=2))
+        return 0
+    for name, settings in recipes.items():
+        print(f"{name}: {settings.get('description', '')}")
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "description")
+        print(f"    {shown}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from cifarlab.data.sources import DATASETS, default_data_dir, load_dataset, missing_files
+
+    if args.dataset not in DATASETS:
+        raise UsageError(f"unknown dataset '{args.dataset}' (choose from {', '.join(DATASETS)})")
+    info = DATASETS[args.dataset]
+    root = default_data_dir() if args.data_dir is None else __import__("pathlib").Path(args.data_dir)
+    if args.action == "info" and missing_files(info, root):
+        print(f"{info.title}: not present in {root / info.folder} (missing: "
+              f"{', '.join(p.name for p in missing_files(info, root))})")
+        return 0
+    ds = load_dataset(args.dataset, root, download_missing=args.action == "download")
+    print(f"{info.title} in {root / info.folder}: {len(ds.train):,} train, {len(ds.test):,} test, "
+          f"{info.num_classes} classes, images {tuple(ds.train.images.shape[1:])} uint8")
+    if args.action == "verify":
+        print("structure OK (files present, shapes, dtype, label range and counts checked)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "models": cmd_models, "recipes": cmd_recipes, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except CifarlabError as e:
+        if os.environ.get("CIFARLAB_DEBUG") == "1":
+            raise
+        print(f"cifarlab: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("cifarlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

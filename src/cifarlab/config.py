@@ -1,0 +1,165 @@
+"""TrainConfig: the one source of settings. Recipes (TOML) fill it, CLI flags override it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+from cifarlab.data.augment import AUGMENTATIONS
+from cifarlab.errors import UsageError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "step", "cosine", "onecycle")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "basic-cnn"
+    dataset: str = "cifar10"
+    recipe: str | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    step_size: int = 5              # epochs between decays (schedule = step)
+    gamma: float = 0.1              # decay factor (schedule = step)
+    warmup_epochs: float = 0.0      # linear warm-up (cosine) / rise fraction source (onecycle)
+    label_smoothing: float = 0.0
+    augment: list[str] = field(default_factory=list)
+    crop_padding: int = 4
+    jitter: float = 0.2
+    cutout_size: int = 8
+    batchnorm: bool = True
+    init: str = "auto"
+    dropout: bool = True
+    val_size: int = 0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    data_dir: str | None = None
+    download: bool = True
+    out: str | None = None
+    limit_train: int | None = None
+    quiet: bool = False
+    overwrite: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+# Settings a recipe may not carry: where data and results live is the user's business.
+_NOT_IN_RECIPES = {"data_dir", "out", "quiet", "overwrite", "device", "recipe", "model", "dataset"}
+
+
+def recipe_dir():
+    return resources.files("cifarlab") / "recipes"
+
+
+def list_recipes() -> dict[str, dict]:
+    """Named recipes shipped with cifarlab: name -> the settings it makes."""
+    out = {}
+    for entry in sorted(recipe_dir().iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".toml"):
+            out[entry.name[:-5]] = _parse_toml(entry.read_text(), entry.name)
+    return out
+
+
+def _parse_toml(text: str, source: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{source}: invalid TOML ({e})") from None
+
+
+def load_recipe(name_or_path: str) -> dict:
+    """A recipe's settings (validated keys), from a shipped name or a .toml path."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise UsageError(f"{path}: recipe file not found")
+        try:
+            data = _parse_toml(path.read_text(), str(path))
+        except UnicodeDecodeError:
+            raise UsageError(f"{path}: recipe file is not UTF-8 text") from None
+        source = str(path)
+    else:
+        recipes = list_recipes()
+        if name_or_path not in recipes:
+            raise UsageError(f"unknown recipe '{name_or_path}' (choose from {', '.join(recipes)})")
+        data, source = recipes[name_or_path], name_or_path
+    settings = {k: v for k, v in data.items() if k not in ("description", "models", "target")}
+    for key in settings:
+        if key not in FIELD_TYPES or key in _NOT_IN_RECIPES:
+            raise UsageError(f"{source}: unknown recipe setting '{key}'")
+    return settings
+
+
+def build_config(overrides: dict, recipe: str | None = None) -> TrainConfig:
+    """Defaults <- recipe <- overrides (values that are not None), then validated."""
+    values = load_recipe(recipe) if recipe else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["recipe"] = recipe
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise UsageError with one line for the first setting that cannot work."""
+    from cifarlab.data.sources import DATASETS
+    from cifarlab.models import INITS, MODELS
+
+    _check(cfg.model in MODELS, f"unknown model '{cfg.model}' (choose from {', '.join(MODELS)})")
+    _check(cfg.dataset in DATASETS, f"unknown dataset '{cfg.dataset}' (choose from {', '.join(DATASETS)})")
+    for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
+        value = getattr(cfg, name)
+        _check(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')} must be an integer >= 1, got {value}")
+    _check(isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0,
+           f"--lr must be a finite number > 0, got {cfg.lr}")
+    for name in ("weight_decay", "momentum", "warmup_epochs"):
+        value = getattr(cfg, name)
+        _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+               f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+    _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    _check(0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma}")
+    _check(cfg.optimizer in OPTIMIZERS, f"unknown optimizer '{cfg.optimizer}' (choose from {', '.join(OPTIMIZERS)})")
+    _check(cfg.schedule in SCHEDULES, f"unknown schedule '{cfg.schedule}' (choose from {', '.join(SCHEDULES)})")
+    _check(cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}' (choose from {', '.join(PRECISIONS)})")
+    _check(cfg.device in DEVICES, f"unknown device '{cfg.device}' (choose from {', '.join(DEVICES)})")
+    _check(cfg.init in INITS + ("auto",), f"unknown init '{cfg.init}' (choose from auto, {', '.join(INITS)})")
+    _check(isinstance(cfg.augment, list), f"augment must be a list, got {cfg.augment!r}")
+    for op in cfg.augment:
+        _check(op in AUGMENTATIONS, f"unknown augmentation '{op}' (choose from {', '.join(AUGMENTATIONS)}, or none)")
+    _check(isinstance(cfg.val_size, int) and cfg.val_size >= 0, f"--val-size must be >= 0, got {cfg.val_size}")
+    _check(cfg.limit_train is None or cfg.limit_train >= 1, f"--limit-train must be >= 1, got {cfg.limit_train}")
+    _check(0 <= cfg.crop_padding <= 16 and cfg.cutout_size >= 1 and 0 <= cfg.jitter < 1,
+           "augmentation sizes out of range (crop_padding 0..16, cutout_size >= 1, jitter in [0, 1))")
+    size = DATASETS[cfg.dataset].size
+    _check(size >= MODELS[cfg.model].min_size,
+           f"model '{cfg.model}' needs inputs of at least {MODELS[cfg.model].min_size}x{MODELS[cfg.model].min_size}; "
+           f"{cfg.dataset} images are {size}x{size}")
+
+
+def parse_augment(text: str) -> list[str]:
+    """'crop,flip' -> ['crop', 'flip']; 'none' or '' -> []."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    return [part.strip() for part in text.split(",") if part.strip()]

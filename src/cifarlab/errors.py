@@ -1,0 +1,17 @@
+"""Errors that reach the user as one line on stderr, never as a traceback."""
+
+
+class CifarlabError(Exception):
+    """A failure the user can act on; `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class UsageError(CifarlabError):
+    """Bad input: an unknown name, a value out of range, a broken file (exit 2)."""
+
+    exit_code = 2
+
+
+class DataError(UsageError):
+    """Dataset files missing, unreadable or malformed; the message names the file."""

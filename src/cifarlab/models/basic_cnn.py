@@ -1,0 +1,26 @@
+"""The article's basic CNN: 2 x (conv3x3 -> ReLU -> maxpool), FC 128, dropout 0.25, FC classes.
+
+32 then 64 channels; on 32x32 RGB the classifier sees 64 x 8 x 8 = 4096 features
+(3136 on 28x28 MNIST).
+"""
+
+from torch import nn
+
+
+class BasicCNN(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                 dropout: bool = True):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * (image_size // 4) ** 2, 128), nn.ReLU(inplace=True),
+            nn.Dropout(0.25 if dropout else 0.0),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))

@@ -1,0 +1,1 @@
+"""Reports: article-style summary blocks, comparisons, plots."""

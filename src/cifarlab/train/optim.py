@@ -1,0 +1,55 @@
+"""Optimizers and learning-rate schedules, all stepped once per batch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from cifarlab.config import TrainConfig
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # With weight decay, BN parameters and biases are left undecayed: shrinking a BN
+    # scale or a bias towards zero regularises nothing and only slows training.
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        # Adam's weight_decay is the L2 penalty the article means by "weight decay in the optimiser".
+        return torch.optim.Adam(groups, lr=cfg.lr)  # per-group weight_decay = L2 added to the gradient
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base lr at optimizer step `step` (0-based)."""
+    total = cfg.epochs * steps_per_epoch
+    epoch = step / steps_per_epoch
+    if cfg.schedule == "step":
+        return cfg.gamma ** (step // (cfg.step_size * steps_per_epoch))
+    if cfg.schedule == "cosine":
+        warm = cfg.warmup_epochs * steps_per_epoch
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    if cfg.schedule == "onecycle":
+        # Linear rise from lr/25 over the warm-up (default: 25% of training), then linear decay to ~0.
+        rise = cfg.warmup_epochs if cfg.warmup_epochs > 0 else 0.25 * cfg.epochs
+        if epoch < rise:
+            return 0.04 + 0.96 * epoch / rise
+        return max(0.0, 1 - (epoch - rise) / max(1e-9, cfg.epochs - rise)) * 0.999 + 0.001
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
