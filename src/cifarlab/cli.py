@@ -36,6 +36,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=float, help="step decay factor")
     p.add_argument("--warmup-epochs", type=float, help="warm-up length for cosine / one-cycle")
     p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--tta", action="store_const", const=True,
+                   help="test-time augmentation: average predictions on each image and its mirror")
     p.add_argument("--augment", help="comma list of crop,flip,jitter,cutout, or none")
     p.add_argument("--no-batchnorm", dest="batchnorm", action="store_const", const=False,
                    help="build the model without BatchNorm (ablation)")

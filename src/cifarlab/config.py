@@ -36,6 +36,7 @@ class TrainConfig:
     gamma: float = 0.1              # decay factor (schedule = step)
     warmup_epochs: float = 0.0      # linear warm-up (cosine) / rise fraction source (onecycle)
     label_smoothing: float = 0.0
+    tta: bool = False               # evaluate on each image and its mirror, average the logits
     augment: list[str] = field(default_factory=list)
     crop_padding: int = 4
     jitter: float = 0.2

@@ -119,7 +119,7 @@ def read_idx(path: Path) -> np.ndarray:
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
         raise DataError(f"{path}: holds {len(raw) - header} data bytes, header declares {shape} = {expected}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
 def read_idx_split(images_path: Path, labels_path: Path, num_classes: int) -> Split:

@@ -108,15 +108,21 @@ def make_run_dir(cfg: TrainConfig) -> Path:
     return out
 
 
-def evaluate(model, loader: DeviceLoader, precision: Precision, device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy %) over a loader, in large batches, with one sync at the end."""
+def evaluate(model, loader: DeviceLoader, precision: Precision, device: torch.device,
+             tta: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy %) over a loader, in large batches, with one sync at the end.
+
+    tta: average the logits of each image and its left-right mirror.
+    """
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     with torch.inference_mode(), precision.autocast(device):
         for x, y in loader:
-            out = model(x)
-            loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+            out = model(x).float()
+            if tta:
+                out = (out + model(x.flip(3)).float()) / 2
+            loss_sum += F.cross_entropy(out, y, reduction="sum")
             correct += (out.argmax(1) == y).sum()
     n = len(loader.labels)
     return loss_sum.item() / n, 100.0 * correct.item() / n
@@ -239,8 +245,8 @@ def fit(cfg: TrainConfig) -> dict:
         train_loss, train_acc, seen = train_epoch(model, train_loader, optimizer, scheduler, scaler, precision,
                                                   cfg, device, progress)
         t_train = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(model, val_loader, precision, device) if val_loader else (None, None)
-        test_loss, test_acc = evaluate(model, test_loader, precision, device)
+        val_loss, val_acc = evaluate(model, val_loader, precision, device, cfg.tta) if val_loader else (None, None)
+        test_loss, test_acc = evaluate(model, test_loader, precision, device, cfg.tta)
         epoch_time = time.perf_counter() - t0
         train_time += epoch_time
         train_phase += t_train

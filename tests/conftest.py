@@ -1,0 +1,84 @@
+"""Shared fixtures: synthetic files in the official formats, and the real cifar-mini data when present."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-mini"
+
+
+@pytest.fixture
+def cifar_mini() -> Path:
+    """Real CIFAR images in the official layout (skips where ../shared is absent, as on a user's machine)."""
+    if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
+        pytest.skip("../shared/data/cifar-mini is not present")
+    return MINI
+
+
+def write_cifar_batch(path: Path, n: int, num_classes: int = 10, label_key: str = "labels",
+                      py2_bytes_keys: bool = True, seed: int = 0) -> tuple[np.ndarray, list[int]]:
+    """A CIFAR batch as the official files store it (protocol 2, byte-string keys by default)."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    labels = [int(i % num_classes) for i in range(n)]
+    key = (lambda s: s.encode()) if py2_bytes_keys else (lambda s: s)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump({key("data"): data, key(label_key): labels, key("batch_label"): key("synthetic")}, f, protocol=2)
+    return data, labels
+
+
+def write_cifar10(root: Path, per_batch: int = 20, test: int = 20) -> Path:
+    folder = root / "cifar-10-batches-py"
+    for i in range(1, 6):
+        write_cifar_batch(folder / f"data_batch_{i}", per_batch, seed=i)
+    write_cifar_batch(folder / "test_batch", test, seed=99)
+    with open(folder / "batches.meta", "wb") as f:
+        names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+        pickle.dump({b"label_names": names, b"num_cases_per_batch": per_batch}, f, protocol=2)
+    return folder
+
+
+def write_cifar100(root: Path, train: int = 200, test: int = 100) -> Path:
+    folder = root / "cifar-100-python"
+    write_cifar_batch(folder / "train", train, 100, "fine_labels", seed=1)
+    write_cifar_batch(folder / "test", test, 100, "fine_labels", seed=2)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"class{i}".encode() for i in range(100)]}, f, protocol=2)
+    return folder
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_mnist(root: Path, folder: str = "MNIST/raw", n_train: int = 60, n_test: int = 30,
+                gz: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    out = root / folder
+    out.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        files = {f"{prefix}-images-idx3-ubyte": rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                 f"{prefix}-labels-idx1-ubyte": np.arange(n, dtype=np.uint8) % 10}
+        for name, arr in files.items():
+            raw = idx_bytes(arr)
+            if gz:
+                (out / (name + ".gz")).write_bytes(gzip.compress(raw))
+            else:
+                (out / name).write_bytes(raw)
+    return out
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m cifarlab ARGS` in a subprocess (real exit codes, real stderr)."""
+    return subprocess.run([sys.executable, "-m", "cifarlab", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)

@@ -1,0 +1,118 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cifarlab.config import build_config
+from cifarlab.models import build_model
+from cifarlab.train.engine import fit, resolve_precision, cpu_supports_bf16
+
+from conftest import run_cli, write_cifar10
+
+SUMMARY_KEYS = {"model", "dataset", "recipe", "params", "epochs", "final_train_acc", "final_test_acc",
+                "best_test_acc", "best_test_epoch", "best_val_acc", "best_val_epoch", "test_acc_at_best_val",
+                "overfit_gap", "train_time_s", "images_per_s", "device", "precision", "seed", "load_time_s"}
+METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+               "epoch_time_s", "images_per_s"}
+
+
+def test_basic_cnn_on_real_cifar_beats_chance_and_writes_the_run_folder(cifar_mini, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--recipe", "article-basic-cnn",
+                     "--data-dir", str(cifar_mini), "--epochs", "3", "--val-size", "500", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    # 10 classes: chance is 10%. Three epochs on 4,500 real images reach well above 35%.
+    assert summary["final_test_acc"] > 35.0
+    assert summary["params"] == 545_098 and summary["epochs"] == 3 and summary["recipe"] == "article-basic-cnn"
+    assert summary["overfit_gap"] == pytest.approx(summary["final_train_acc"] - summary["final_test_acc"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all(METRIC_KEYS <= set(r) for r in rows)
+    assert rows[-1]["test_acc"] == summary["final_test_acc"]
+    assert summary["best_val_acc"] == max(r["val_acc"] for r in rows)
+    config = json.loads((out / "config.json").read_text())
+    assert config["seed"] == 0 and config["versions"]["torch"] == torch.__version__ and config["val_size"] == 500
+    block = (out / "summary.txt").read_text()
+    assert "CIFAR-10 Basic CNN Results Summary" in block and "Total Parameters: 545,098" in block
+    assert f"Final Test Accuracy: {summary['final_test_acc']:.2f}%" in block
+    assert block in result.stdout                                  # printed at the end too
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(out / "checkpoints" / name, weights_only=True)
+        assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
+    model = build_model("basic-cnn", 10)
+    model.load_state_dict(load_file(out / "model.safetensors"))
+
+
+def test_same_seed_gives_the_same_metrics_on_cpu(cifar_mini, tmp_path):
+    def run(name):
+        cfg = build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(cifar_mini), "epochs": 1,
+                            "limit_train": 1500, "augment": ["crop", "flip", "jitter", "cutout"], "quiet": True,
+                            "out": str(tmp_path / name)})
+        fit(cfg)
+        rows = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")} for r in rows]
+    assert run("a") == run("b")
+
+
+def test_recipe_values_are_overridden_by_flags(cifar_mini):
+    cfg = build_config({"model": "deeper-cnn", "dataset": "cifar10", "epochs": 2, "lr": 0.01},
+                       "article-deeper-cnn")
+    assert cfg.epochs == 2 and cfg.lr == 0.01 and cfg.augment == ["crop", "flip", "jitter"]
+    assert cfg.schedule == "step" and cfg.step_size == 5
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively():
+    expected = "bf16" if cpu_supports_bf16() else "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+BAD_ARGS = [
+    (["--model", "vgg99"], "unknown model 'vgg99' (choose from basic-cnn, deeper-cnn, resnet18)"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--epochs", "0"], "--epochs must be an integer >= 1"),
+    (["--batch-size", "-4"], "--batch-size must be an integer >= 1"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),
+    (["--lr", "0"], "--lr must be a finite number > 0"),
+    (["--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+    (["--augment", "crop,rotate"], "unknown augmentation 'rotate'"),
+    (["--model", "deeper-cnn", "--dataset", "mnist", "--val-size", "-1"], "--val-size must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_ARGS, ids=[m.split()[0] for _, m in BAD_ARGS])
+def test_bad_cli_values_are_one_line_exit_2(tmp_path, extra, message):
+    args = {"--model": "basic-cnn", "--dataset": "cifar10"}
+    it = iter(extra)
+    for flag in it:
+        args[flag] = next(it)
+    result = run_cli("train", *[x for kv in args.items() for x in kv], "--data-dir", str(tmp_path), "--no-download")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"cifarlab: error: {result.stderr.split('error: ', 1)[1].strip()}"]
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_val_size_not_smaller_than_train_is_refused(tmp_path):
+    write_cifar10(tmp_path, per_batch=10, test=10)
+    result = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(tmp_path),
+                     "--val-size", "50", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "--val-size 50 must be smaller than the train split (50 images)" in result.stderr
+
+
+def test_out_holding_another_run_is_refused_unless_overwrite(tmp_path):
+    write_cifar10(tmp_path, per_batch=10, test=10)
+    args = ["train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--epochs", "1",
+            "--batch-size", "16", "--out", str(tmp_path / "run"), "--quiet"]
+    assert run_cli(*args).returncode == 0
+    again = run_cli(*args)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    assert run_cli(*args, "--overwrite").returncode == 0
+
+
+def test_broken_recipe_file_names_file_and_line(tmp_path):
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('epochs = 3\nlr = = 0.1\n')
+    result = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--recipe", str(recipe))
+    assert result.returncode == 2 and str(recipe) in result.stderr and "line 2" in result.stderr
