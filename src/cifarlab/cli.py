@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from cifarlab import __version__
 from cifarlab.errors import CifarlabError, UsageError
@@ -141,7 +142,7 @@ def cmd_data(args) -> int:
     if args.dataset not in DATASETS:
         raise UsageError(f"unknown dataset '{args.dataset}' (choose from {', '.join(DATASETS)})")
     info = DATASETS[args.dataset]
-    root = default_data_dir() if args.data_dir is None else __import__("pathlib").Path(args.data_dir)
+    root = default_data_dir() if args.data_dir is None else Path(args.data_dir)
     if args.action == "info" and missing_files(info, root):
         print(f"{info.title}: not present in {root / info.folder} (missing: "
               f"{', '.join(p.name for p in missing_files(info, root))})")

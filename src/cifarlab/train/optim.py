@@ -20,14 +20,22 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _fused(model: nn.Module) -> dict:
+    # One fused kernel per step instead of ~8 elementwise passes per tensor: the optimizer
+    # was ~15% of a basic-cnn step on a 2-core CPU. Fused kernels exist for CPU and CUDA.
+    device = next(model.parameters()).device.type
+    return {"fused": True} if device in ("cpu", "cuda") else {}
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = _param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               **_fused(model))
     if cfg.optimizer == "adam":
-        # Adam's weight_decay is the L2 penalty the article means by "weight decay in the optimiser".
-        return torch.optim.Adam(groups, lr=cfg.lr)  # per-group weight_decay = L2 added to the gradient
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        # Adam's per-group weight_decay is the L2 penalty the article means by "weight decay in the optimiser".
+        return torch.optim.Adam(groups, lr=cfg.lr, **_fused(model))
+    return torch.optim.AdamW(groups, lr=cfg.lr, **_fused(model))
 
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:

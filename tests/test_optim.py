@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from cifarlab.config import TrainConfig
+from cifarlab.models import build_model
+from cifarlab.train.optim import build_optimizer, lr_factor
+
+
+def test_step_schedule_decays_every_five_epochs_as_in_the_article():
+    cfg = TrainConfig(epochs=15, schedule="step", step_size=5, gamma=0.1)
+    factors = [lr_factor(cfg, epoch * 100, 100) for epoch in range(15)]
+    assert factors[:5] == [1.0] * 5
+    assert factors[5:10] == [pytest.approx(0.1)] * 5 and factors[10:] == [pytest.approx(0.01)] * 5
+
+
+def test_onecycle_rises_to_the_peak_then_falls_to_near_zero():
+    cfg = TrainConfig(epochs=10, schedule="onecycle", warmup_epochs=2)
+    f = [lr_factor(cfg, s, 10) for s in range(100)]
+    assert f[0] == pytest.approx(0.04) and max(f) == pytest.approx(f[20], abs=1e-9) and f[20] > 0.99
+    assert all(a <= b for a, b in zip(f[:20], f[1:21])) and all(a >= b for a, b in zip(f[20:], f[21:]))
+    assert f[-1] < 0.02
+
+
+def test_cosine_with_warmup_starts_small_and_ends_at_zero():
+    cfg = TrainConfig(epochs=4, schedule="cosine", warmup_epochs=1)
+    f = [lr_factor(cfg, s, 50) for s in range(200)]
+    assert f[0] == pytest.approx(1 / 50) and f[49] == pytest.approx(1.0)
+    assert f[-1] < 1e-3
+
+
+@pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                      ("adamw", torch.optim.AdamW)])
+def test_weight_decay_skips_batchnorm_and_biases(name, cls):
+    model = build_model("deeper-cnn", 10)
+    opt = build_optimizer(model, TrainConfig(optimizer=name, weight_decay=5e-4, nesterov=True))
+    assert isinstance(opt, cls)
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 5e-4 and plain["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in plain["params"])
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 7_320_394
+    if name == "sgd":
+        assert decayed["nesterov"] and decayed["momentum"] == 0.9
