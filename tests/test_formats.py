@@ -65,24 +65,22 @@ def test_crafted_pickle_is_refused_without_running(tmp_path):
 
 def _break(kind: str, folder):
     target = folder / "data_batch_3"
+    broken_contents = {
+        "shape": (np.zeros((20, 100), np.uint8), [0] * 20),
+        "dtype": (np.zeros((20, 3072), np.float32), [0] * 20),
+        "label-range": (np.zeros((20, 3072), np.uint8), [10] * 20),
+        "label-count": (np.zeros((20, 3072), np.uint8), [0] * 19),
+    }
     if kind == "missing":
         target.unlink()
     elif kind == "empty":
         target.write_bytes(b"")
     elif kind == "truncated":
         target.write_bytes(target.read_bytes()[:500])
-    elif kind == "shape":
+    else:
+        data, labels = broken_contents[kind]
         with open(target, "wb") as f:
-            pickle.dump({b"data": np.zeros((20, 100), np.uint8), b"labels": [0] * 20}, f, protocol=2)
-    elif kind == "dtype":
-        with open(target, "wb") as f:
-            pickle.dump({b"data": np.zeros((20, 3072), np.float32), b"labels": [0] * 20}, f, protocol=2)
-    elif kind == "label-range":
-        with open(target, "wb") as f:
-            pickle.dump({b"data": np.zeros((20, 3072), np.uint8), b"labels": [10] * 20}, f, protocol=2)
-    elif kind == "label-count":
-        with open(target, "wb") as f:
-            pickle.dump({b"data": np.zeros((20, 3072), np.uint8), b"labels": [0] * 19}, f, protocol=2)
+            pickle.dump({b"data": data, b"labels": labels}, f, protocol=2)
     return target
 
 
