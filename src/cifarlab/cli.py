@@ -100,12 +100,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from cifarlab.data.sources import DATASETS
+    from cifarlab.data.sources import dataset_info
     from cifarlab.models import MODELS, build_model, count_params
 
-    if args.dataset not in DATASETS:
-        raise UsageError(f"unknown dataset '{args.dataset}' (choose from {', '.join(DATASETS)})")
-    info = DATASETS[args.dataset]
+    info = dataset_info(args.dataset)
     rows = []
     for name, spec in MODELS.items():
         params = None
@@ -137,11 +135,9 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from cifarlab.data.sources import DATASETS, default_data_dir, load_dataset, missing_files
+    from cifarlab.data.sources import dataset_info, default_data_dir, load_dataset, missing_files
 
-    if args.dataset not in DATASETS:
-        raise UsageError(f"unknown dataset '{args.dataset}' (choose from {', '.join(DATASETS)})")
-    info = DATASETS[args.dataset]
+    info = dataset_info(args.dataset)
     root = default_data_dir() if args.data_dir is None else Path(args.data_dir)
     if args.action == "info" and missing_files(info, root):
         print(f"{info.title}: not present in {root / info.folder} (missing: "

@@ -125,11 +125,10 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Raise UsageError with one line for the first setting that cannot work."""
-    from cifarlab.data.sources import DATASETS
-    from cifarlab.models import INITS, MODELS
+    from cifarlab.data.sources import dataset_info
+    from cifarlab.models import INITS, model_spec
 
-    _check(cfg.model in MODELS, f"unknown model '{cfg.model}' (choose from {', '.join(MODELS)})")
-    _check(cfg.dataset in DATASETS, f"unknown dataset '{cfg.dataset}' (choose from {', '.join(DATASETS)})")
+    spec, info = model_spec(cfg.model), dataset_info(cfg.dataset)
     for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
         value = getattr(cfg, name)
         _check(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')} must be an integer >= 1, got {value}")
@@ -153,10 +152,9 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.limit_train is None or cfg.limit_train >= 1, f"--limit-train must be >= 1, got {cfg.limit_train}")
     _check(0 <= cfg.crop_padding <= 16 and cfg.cutout_size >= 1 and 0 <= cfg.jitter < 1,
            "augmentation sizes out of range (crop_padding 0..16, cutout_size >= 1, jitter in [0, 1))")
-    size = DATASETS[cfg.dataset].size
-    _check(size >= MODELS[cfg.model].min_size,
-           f"model '{cfg.model}' needs inputs of at least {MODELS[cfg.model].min_size}x{MODELS[cfg.model].min_size}; "
-           f"{cfg.dataset} images are {size}x{size}")
+    _check(info.size >= spec.min_size,
+           f"model '{cfg.model}' needs inputs of at least {spec.min_size}x{spec.min_size}; "
+           f"{cfg.dataset} images are {info.size}x{info.size}")
 
 
 def parse_augment(text: str) -> list[str]:

@@ -79,6 +79,13 @@ class Dataset:
     classes: list[str]
 
 
+def dataset_info(name: str) -> DatasetInfo:
+    """The registry entry for `name`, or a one-line error listing the valid names."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset '{name}' (choose from {', '.join(DATASETS)})")
+    return DATASETS[name]
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("CIFARLAB_DATA") or Path.home() / ".cache" / "cifarlab")
 
@@ -128,9 +135,7 @@ def _extract_tar(archive: Path, dest: Path) -> None:
 
 def load_dataset(name: str, data_dir: Path | str | None = None, download_missing: bool = True) -> Dataset:
     """Load both splits of `name` as uint8 tensors, downloading missing files if allowed."""
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset '{name}' (choose from {', '.join(DATASETS)})")
-    info = DATASETS[name]
+    info = dataset_info(name)
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     missing = missing_files(info, root)
     if missing and not download_missing:

@@ -40,12 +40,17 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def model_spec(name: str) -> ModelSpec:
+    """The registry entry for `name`, or a one-line error listing the valid names."""
+    if name not in MODELS:
+        raise UsageError(f"unknown model '{name}' (choose from {', '.join(MODELS)})")
+    return MODELS[name]
+
+
 def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32,
                 batchnorm: bool = True, init: str = "auto", dropout: bool = True) -> nn.Module:
     """Build a registered model; `init="auto"` uses the scheme the article used for it."""
-    if name not in MODELS:
-        raise UsageError(f"unknown model '{name}' (choose from {', '.join(MODELS)})")
-    spec = MODELS[name]
+    spec = model_spec(name)
     if image_size < spec.min_size:
         raise UsageError(f"model '{name}' needs inputs of at least {spec.min_size}x{spec.min_size}, "
                          f"got {image_size}x{image_size}")

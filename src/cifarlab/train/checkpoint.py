@@ -1,4 +1,4 @@
-"""Atomic, durable file writes and checkpoints that load with weights_only=True."""
+"""Atomic, durable file writes: checkpoints, summaries and configs."""
 
 from __future__ import annotations
 
@@ -49,26 +49,3 @@ def save_checkpoint(path: Path, state: dict) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load a checkpoint without unpickling arbitrary objects (weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CifarlabError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle refusal, truncation, not a checkpoint at all
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CifarlabError(f"{path}: cannot load checkpoint ({first})") from None
-
-
-def clean_state_dict(state: dict) -> dict:
-    """Drop the `module.` (DDP) and `_orig_mod.` (torch.compile) prefixes."""
-    out = {}
-    for key, value in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key.replace("._orig_mod.", ".")] = value
-    return out
