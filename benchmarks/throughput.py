@@ -37,6 +37,18 @@ class LocalCIFAR10(torchvision.datasets.CIFAR10):
         return True
 
 
+def tutorial_model(model_name: str) -> torch.nn.Module:
+    """What the article's reader writes: for basic-cnn, conv -> ReLU -> pool as printed there."""
+    if model_name != "basic-cnn":
+        return build_model(model_name, 10, init="default")
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(64 * 8 * 8, 128), torch.nn.ReLU(), torch.nn.Dropout(0.25),
+        torch.nn.Linear(128, 10),
+    )
+
+
 def tutorial_loop(data_dir: str, model_name: str, images: int, batch_size: int, workers: int, augment: bool) -> float:
     info = DATASETS["cifar10"]
     steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
@@ -45,7 +57,7 @@ def tutorial_loop(data_dir: str, model_name: str, images: int, batch_size: int, 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                          persistent_workers=workers > 0)
     torch.manual_seed(0)
-    model = build_model(model_name, 10, init="default")
+    model = tutorial_model(model_name)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     warmup, seen, start = 5, 0, None

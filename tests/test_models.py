@@ -62,3 +62,27 @@ def test_every_registered_model_trains_one_step_on_mnist_shapes():
         loss = model(torch.randn(4, 1, 28, 28)).logsumexp(1).mean()
         loss.backward()
         assert all(p.grad is not None for p in model.parameters())
+
+
+def test_basic_cnn_pool_before_relu_matches_the_article_order():
+    """Pooling first is a speed rewrite: outputs and gradients equal ReLU -> pool."""
+    torch.manual_seed(0)
+    model = build_model("basic-cnn", 10).eval()
+    conv1, conv2 = model.features[0], model.features[3]
+    classifier = model.classifier
+    x = torch.randn(8, 3, 32, 32)
+
+    def article_order(inp):
+        f = torch.nn.functional
+        h = f.max_pool2d(f.relu(conv1(inp)), 2)
+        return classifier(f.max_pool2d(f.relu(conv2(h)), 2))
+
+    ours = model(x)
+    ours.square().sum().backward()
+    ours_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    reference = article_order(x)
+    reference.square().sum().backward()
+    assert torch.equal(ours, reference)
+    for got, want in zip(ours_grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

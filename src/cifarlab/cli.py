@@ -58,6 +58,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_const", const=True, help="replace the run already in --out")
     p.add_argument("--limit-train", type=int, help="train on a seeded subset of N images (quick runs)")
     p.add_argument("--quiet", action="store_const", const=True, help="no progress output")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False,
+                   help="do not write TensorBoard event files (written to RUN/tensorboard when installed)")
+
+
+DEVICES_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +76,51 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a model; writes config.json, metrics.jsonl, summary.json, summary.txt, "
                            "checkpoints/ and model.safetensors to the run folder.")
     _add_train_args(train)
+    train.add_argument("--seeds", type=int, default=1,
+                       help="train K seeds (--seed, --seed+1, ...) into OUT/seed-S; summary.json gets mean +- std")
+
+    compare = sub.add_parser("compare", help="the article's COMPARISON block for two runs, a table for more",
+                             description="Compare finished run folders: test accuracies, improvement, parameters "
+                             "and their ratio.", epilog="Example: cifarlab compare runs/basic runs/deeper --plot cmp.png")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--plot", metavar="FILE.png", help="write a bar chart + overlaid test-accuracy curves")
+    compare.add_argument("--json", action="store_true", help="print the runs' summaries as JSON")
+
+    ablate = sub.add_parser("ablate", help="full recipe vs each technique removed, over seeds",
+                            description="Train the full recipe and variants without BatchNorm / Kaiming init / "
+                            "dropout / augmentation; writes ablation.json, ablation.md, plots and report.html.",
+                            epilog="Example: cifarlab ablate --model deeper-cnn --dataset cifar10 --epochs 3 "
+                            "--seeds 2 --limit-train 10000")
+    _add_train_args(ablate)
+    ablate.add_argument("--seeds", type=int, default=2, help="seeds per variant (default 2)")
+    ablate.add_argument("--without", help="comma list of batchnorm,kaiming,dropout,augment (default: each), "
+                        "or all = each and everything removed at once")
+
+    reproduce = sub.add_parser("reproduce", help="the article's six runs, its figures beside ours, one report",
+                               description="Run the article's study (basic-cnn, deeper-cnn, resnet18 on CIFAR-10/100) "
+                               "with its recipes; writes one folder per run, reproduce.json, report.md and report.html. "
+                               "A second invocation reuses finished runs.",
+                               epilog="Example: cifarlab reproduce --data-dir ~/data --scale 0.1 --out runs/quick")
+    reproduce.add_argument("--data-dir", help="dataset root (default $CIFARLAB_DATA or ~/.cache/cifarlab)")
+    reproduce.add_argument("--scale", type=float, default=1.0,
+                           help="multiply epochs and train-set size by F in (0, 1] for a quick pass (default 1)")
+    reproduce.add_argument("--tuned", action="store_true", help="add our tuned recipes side by side")
+    reproduce.add_argument("--out", default="runs/reproduce", help="study folder (default runs/reproduce)")
+    reproduce.add_argument("--device", choices=DEVICES_CHOICES)
+    reproduce.add_argument("--no-download", dest="download", action="store_const", const=False)
+    reproduce.add_argument("--quiet", action="store_const", const=True)
+
+    evaluate = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix of a trained model",
+                              description="Reload a run folder (its best checkpoint) or a checkpoint file and "
+                              "evaluate it; writes evaluation.json, confusion.png and per_class.png.",
+                              epilog="Example: cifarlab evaluate runs/basic --tta flip")
+    evaluate.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
+    evaluate.add_argument("--split", choices=("test", "val"), default="test")
+    evaluate.add_argument("--tta", choices=("none", "flip"), default="none", help="flip = average with the mirror")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--device", choices=DEVICES_CHOICES, default="auto")
+    evaluate.add_argument("--out", help="folder for the results (default RUN_DIR/evaluation-SPLIT)")
+    evaluate.add_argument("--json", action="store_true")
 
     models = sub.add_parser("models", help="list models with their parameter counts")
     models.add_argument("--dataset", default="cifar10", help="count parameters for this dataset (default cifar10)")
@@ -86,16 +136,89 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_train(args) -> int:
-    from cifarlab.config import build_config, parse_augment
-    from cifarlab.train.engine import fit
+def _train_config(args, default_recipe: bool = False):
+    from cifarlab.config import build_config, list_recipes, parse_augment
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "recipe")}
+    if args.model is None or args.dataset is None:
+        raise UsageError(f"{args.command} needs --model and --dataset (see `cifarlab models`)")
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "seeds", "without")}
     if args.augment is not None:
         overrides["augment"] = parse_augment(args.augment)
-    if args.model is None or args.dataset is None:
-        raise UsageError("train needs --model and --dataset (see `cifarlab models`)")
-    fit(build_config(overrides, args.recipe))
+    recipe = args.recipe
+    if recipe is None and default_recipe and f"article-{args.model}" in list_recipes():
+        recipe = f"article-{args.model}"
+    return build_config(overrides, recipe)
+
+
+def _check_seeds(seeds: int) -> None:
+    if seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {seeds}")
+
+
+def cmd_train(args) -> int:
+    from cifarlab.study import train_seeds
+    from cifarlab.train.engine import fit
+
+    _check_seeds(args.seeds)
+    cfg = _train_config(args)
+    if args.seeds > 1:
+        train_seeds(cfg, args.seeds)
+    else:
+        fit(cfg)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from cifarlab.study import compare
+
+    text, runs = compare(args.runs, args.plot)
+    if args.json:
+        print(json.dumps([{"run": str(r.path), **r.summary} for r in runs], indent=2))
+    else:
+        print(text, end="")
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from cifarlab.study.ablate import ablate, parse_without, text_report
+
+    _check_seeds(args.seeds)
+    techniques, remove_all = parse_without(args.without)
+    result = ablate(_train_config(args, default_recipe=True), techniques, remove_all, args.seeds)
+    print(text_report(result), end="")
+    print(f"ablation.json, ablation.md, ablation.png, report.html in {result['folder']}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from cifarlab.study.reproduce import reproduce
+
+    overrides = {k: getattr(args, k) for k in ("device", "download", "quiet") if getattr(args, k) is not None}
+    result = reproduce(args.data_dir, args.scale, args.tuned, args.out, overrides)
+    print(result["table"], end="")
+    print(f"report: {Path(result['folder']) / 'report.html'} (and report.md)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from cifarlab.evaluate import evaluate_run
+
+    r = evaluate_run(args.source, args.split, args.tta == "flip", args.data_dir, args.out, args.device)
+    if args.json:
+        print(json.dumps({k: v for k, v in r.items() if k != "folder"}, indent=2))
+        return 0
+    print(f"{r['model']} on {r['dataset']} {r['split']} ({r['images']:,} images{', flip TTA' if r['tta'] else ''}): "
+          f"accuracy {r['accuracy']:.2f}%")
+    width = max(len(c) for c in r["classes"][:20])
+    for name, acc in list(r["per_class"].items())[:20]:
+        print(f"  {name:<{width}}  {acc:6.2f}%")
+    if len(r["classes"]) > 20:
+        print(f"  ... {len(r['classes']) - 20} more classes in evaluation.json")
+    pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in r["most_confused"])
+    print(f"most confused: {pairs or 'none'}")
+    print(f"evaluation.json, confusion.png, per_class.png in {r['folder']}")
     return 0
 
 
@@ -151,7 +274,8 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "models": cmd_models, "recipes": cmd_recipes, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "models": cmd_models, "recipes": cmd_recipes, "data": cmd_data,
+            "compare": cmd_compare, "ablate": cmd_ablate, "reproduce": cmd_reproduce, "evaluate": cmd_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,7 @@ class TrainConfig:
     limit_train: int | None = None
     quiet: bool = False
     overwrite: bool = False
+    tensorboard: bool = True        # write RUN/tensorboard/ event files when tensorboard is installed
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -62,7 +63,7 @@ class TrainConfig:
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 # Settings a recipe may not carry: where data and results live is the user's business.
-_NOT_IN_RECIPES = {"data_dir", "out", "quiet", "overwrite", "device", "recipe", "model", "dataset"}
+_NOT_IN_RECIPES = {"data_dir", "out", "quiet", "overwrite", "device", "recipe", "model", "dataset", "tensorboard"}
 
 
 def recipe_dir():

@@ -32,3 +32,43 @@ def article_summary(summary: dict) -> str:
         f"Overfitting Gap: {summary['overfit_gap']:.2f}%",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _label(summary: dict, fallback: str) -> str:
+    from cifarlab.models import MODELS
+
+    spec = MODELS.get(summary["model"])
+    return spec.title if spec else fallback
+
+
+def comparison_labels(a: dict, b: dict, name_a: str, name_b: str) -> tuple[str, str]:
+    """Model titles as the article prints them; run names where both runs use the same model."""
+    la, lb = _label(a, name_a), _label(b, name_b)
+    if la == lb:
+        return f"{la} ({name_a})", f"{lb} ({name_b})"
+    return la, lb
+
+
+def comparison_block(a: dict, b: dict, name_a: str = "A", name_b: str = "B", title: str | None = None) -> str:
+    """The article's COMPARISON block: test accuracies, improvement (points), parameters and their ratio."""
+    la, lb = comparison_labels(a, b, name_a, name_b)
+    dataset_note = ""
+    if a["dataset"] == b["dataset"]:
+        from cifarlab.data.sources import DATASETS
+        info = DATASETS.get(a["dataset"])
+        dataset_note = f" on {info.title if info else a['dataset']}"
+    lines = [
+        RULE, title or f"COMPARISON: {la} vs {lb}{dataset_note}", RULE,
+        f"{la} Test Accuracy: {a['final_test_acc']:.2f}%",
+        f"{lb} Test Accuracy: {b['final_test_acc']:.2f}%",
+        f"Improvement: {b['final_test_acc'] - a['final_test_acc']:+.2f}%",
+        f"{la} Parameters: {a['params']:,}",
+        f"{lb} Parameters: {b['params']:,}",
+        f"Parameter Increase: {_ratio(b['params'] / a['params'])}\u00d7",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(r: float) -> str:
+    # As the article prints them: 13.4x, 1.53x.
+    return f"{r:.1f}" if r >= 10 else f"{r:.2f}"

@@ -160,6 +160,27 @@ class Progress:
               f"{row['images_per_s']:.0f} img/s", flush=True)
 
 
+def tensorboard_writer(out: Path, enabled: bool):
+    """A SummaryWriter into RUN/tensorboard when the optional `tensorboard` package is installed."""
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # cifarlab[tensorboard] not installed: curves stay in metrics.jsonl only
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+def log_tensorboard(writer, row: dict) -> None:
+    if writer is None:
+        return
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "images_per_s"):
+        if row.get(key) is not None:
+            group = "loss" if key.endswith("loss") else "accuracy" if key.endswith("acc") else "train"
+            writer.add_scalar(f"{group}/{key}", row[key], row["epoch"])
+    writer.flush()
+
+
 def train_epoch(model, loader, optimizer, scheduler, scaler, precision, cfg, device, progress):
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -232,6 +253,7 @@ def fit(cfg: TrainConfig) -> dict:
     atomic_write_json(out / "config.json", config)
 
     progress = Progress(cfg.quiet, cfg.epochs)
+    writer = tensorboard_writer(out, cfg.tensorboard)
     if not cfg.quiet:
         print(f"cifarlab: {cfg.model} on {cfg.dataset} ({len(data.train):,} train"
               f"{f', {len(data.val):,} val' if data.val else ''}, {len(data.test):,} test), {params:,} parameters, "
@@ -258,6 +280,7 @@ def fit(cfg: TrainConfig) -> dict:
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         progress.end_epoch(row)
+        log_tensorboard(writer, row)
         # best.pt is chosen by val accuracy when there is a val split, else it is the last epoch.
         improved = best is None or (val_acc is not None and val_acc > best["val_acc"]) or val_acc is None
         if improved:
@@ -272,6 +295,8 @@ def fit(cfg: TrainConfig) -> dict:
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                       str(out / "model.safetensors"))
 
+    if writer is not None:
+        writer.close()
     summary = make_summary(cfg, rows, params, train_time, images / train_phase, load_time, device,
                            precision.name)
     atomic_write_json(out / "summary.json", summary)

@@ -1,0 +1,145 @@
+"""cifarlab evaluate: reload a trained model and measure it on test (or val) in depth.
+
+Accuracy, per-class accuracy, the confusion matrix (JSON + PNG) and the most-confused class pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from cifarlab.config import TrainConfig, validate
+from cifarlab.data.loader import DeviceLoader
+from cifarlab.errors import UsageError
+from cifarlab.models import build_model
+from cifarlab.train.checkpoint import atomic_write_json
+from cifarlab.train.engine import Precision, prepare_data, resolve_device, resolve_precision
+
+
+@dataclass
+class Trained:
+    model: torch.nn.Module
+    cfg: TrainConfig
+    run_dir: Path
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k in names})
+    validate(cfg)
+    return cfg
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        # weights_only: a checkpoint is data; one crafted to run code is refused, not executed.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad input file
+        raise UsageError(f"{path}: not a loadable cifarlab checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
+def load_trained(source: str | Path) -> Trained:
+    """A run folder (its best checkpoint, else model.safetensors), a .pt checkpoint, or a .safetensors file."""
+    import json
+
+    source = Path(source)
+    if source.is_dir():
+        run_dir = source
+        weights = next((p for p in (source / "checkpoints" / "best.pt", source / "checkpoints" / "last.pt",
+                                    source / "model.safetensors") if p.is_file()), None)
+        if weights is None or not (source / "config.json").is_file():
+            raise UsageError(f"{source}: not a cifarlab run folder (needs config.json and a checkpoint)")
+    elif source.is_file():
+        weights = source
+        run_dir = source.parent.parent if source.parent.name == "checkpoints" else source.parent
+    else:
+        raise UsageError(f"{source}: no such run folder or checkpoint")
+
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        if not (run_dir / "config.json").is_file():
+            raise UsageError(f"{weights}: a .safetensors file needs the run's config.json beside it")
+        state = load_file(str(weights))
+        config = json.loads((run_dir / "config.json").read_text())
+    else:
+        checkpoint = _load_checkpoint(weights)
+        if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
+            raise UsageError(f"{weights}: not a cifarlab checkpoint (no model/config entries)")
+        state, config = checkpoint["model"], checkpoint["config"]
+    cfg = config_from_dict(config)
+    from cifarlab.data.sources import dataset_info
+    info = dataset_info(cfg.dataset)
+    model = build_model(cfg.model, info.num_classes, info.channels, info.size,
+                        batchnorm=cfg.batchnorm, init=cfg.init, dropout=cfg.dropout)
+    # Weights saved from a compiled or DDP-wrapped model carry prefixes; strip them.
+    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UsageError(f"{weights}: weights do not fit {cfg.model} ({str(e).splitlines()[0]})") from None
+    return Trained(model, cfg, run_dir)
+
+
+def predict_split(model, split, info, device, precision: Precision, tta: bool, batch_size: int = 1000):
+    """Predicted labels for every image of a split."""
+    model = model.to(device).eval()
+    loader = DeviceLoader(split, batch_size, info.mean, info.std, device, channels_last=device.type != "mps")
+    preds = []
+    with torch.inference_mode(), precision.autocast(device):
+        for x, _ in loader:
+            out = model(x).float()
+            if tta:
+                out = out + model(x.flip(3)).float()
+            preds.append(out.argmax(1))
+    return torch.cat(preds).cpu()
+
+
+def confusion(labels: torch.Tensor, preds: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.bincount(labels.long() * n + preds.long(), minlength=n * n).reshape(n, n)
+
+
+def most_confused(matrix: torch.Tensor, classes: list[str], k: int = 5) -> list[dict]:
+    off = matrix.clone()
+    off.fill_diagonal_(0)
+    values, index = off.flatten().topk(min(k, off.numel()))
+    n = matrix.shape[0]
+    return [{"true": classes[int(i) // n], "predicted": classes[int(i) % n], "count": int(v)}
+            for v, i in zip(values, index) if v > 0]
+
+
+def evaluate_run(source: str | Path, split: str = "test", tta: bool = False, data_dir: str | None = None,
+                 out: str | Path | None = None, device: str = "auto") -> dict:
+    """Evaluate and write evaluation.json, confusion.png, per_class.png; returns the result dict."""
+    from cifarlab.report import plots
+
+    trained = load_trained(source)
+    cfg = trained.cfg
+    if data_dir is not None:
+        cfg.data_dir = data_dir
+    if split == "val" and not cfg.val_size:
+        raise UsageError("--split val: this run was trained without --val-size, so it has no val split")
+    data = prepare_data(cfg)
+    chosen = data.val if split == "val" else data.test
+    dev = resolve_device(device)
+    precision = Precision(resolve_precision("auto", dev))
+    preds = predict_split(trained.model, chosen, data.info, dev, precision, tta)
+    labels = chosen.labels.cpu()
+    n = data.info.num_classes
+    matrix = confusion(labels, preds, n)
+    per_class = (matrix.diag().float() / matrix.sum(1).clamp(min=1).float() * 100).tolist()
+    result = {
+        "source": str(source), "model": cfg.model, "dataset": cfg.dataset, "split": split, "tta": tta,
+        "images": len(labels), "accuracy": 100.0 * (preds == labels).float().mean().item(),
+        "per_class": dict(zip(data.classes, per_class)), "classes": data.classes,
+        "confusion": matrix.tolist(), "most_confused": most_confused(matrix, data.classes),
+    }
+    folder = Path(out) if out else trained.run_dir / f"evaluation-{split}{'-tta' if tta else ''}"
+    atomic_write_json(folder / "evaluation.json", result)
+    title = f"{cfg.model} on {cfg.dataset} {split}"
+    plots.confusion_matrix(result["confusion"], data.classes, folder / "confusion.png", f"Confusion matrix: {title}")
+    plots.per_class_bars(data.classes, per_class, folder / "per_class.png", f"Per-class accuracy: {title}")
+    result["folder"] = str(folder)
+    return result

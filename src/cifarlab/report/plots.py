@@ -1,0 +1,104 @@
+"""Figures for reports: training curves, accuracy bars, confusion matrices, per-class bars.
+
+matplotlib with the Agg backend (no screen needed); every function writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+DPI = 110
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def curves(series: dict[str, list[dict]], path: Path, title: str = "Training curves") -> Path:
+    """Test accuracy (and train accuracy, dashed) per epoch, one colour per run.
+
+    series: label -> metrics.jsonl rows (or rows averaged over seeds).
+    """
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (label, rows) in enumerate(series.items()):
+        colour = f"C{i % 10}"
+        epochs = [r["epoch"] for r in rows]
+        ax_acc.plot(epochs, [r["test_acc"] for r in rows], color=colour, marker="o", ms=3, label=f"{label} test")
+        ax_acc.plot(epochs, [r["train_acc"] for r in rows], color=colour, ls="--", alpha=0.6)
+        ax_loss.plot(epochs, [r["test_loss"] for r in rows], color=colour, marker="o", ms=3, label=label)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: accuracy (dashed = train)")
+    ax_loss.set(xlabel="epoch", ylabel="test loss", title="test loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def accuracy_bars(labels: list[str], groups: dict[str, list[float | None]], path: Path,
+                  errors: dict[str, list[float]] | None = None, title: str = "Test accuracy") -> Path:
+    """Grouped bars: one group per label, one bar per key of `groups` (e.g. ours / article).
+
+    A None value draws no bar; `errors` adds +- whiskers (std over seeds).
+    """
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels) + 2), 4.2))
+    width = 0.8 / max(1, len(groups))
+    for j, (name, values) in enumerate(groups.items()):
+        xs = [i + (j - (len(groups) - 1) / 2) * width for i in range(len(labels))]
+        heights = [v if v is not None else 0 for v in values]
+        err = errors.get(name) if errors else None
+        bars = ax.bar(xs, heights, width, label=name, color=f"C{j}", yerr=err, capsize=3 if err else 0)
+        for bar, v in zip(bars, values):
+            if v is not None:
+                ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom",
+                            fontsize=7, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="accuracy (%)", title=title, ylim=(0, 105))
+    ax.grid(axis="y", alpha=0.3)
+    if len(groups) > 1:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, title: str = "Confusion matrix") -> Path:
+    """Row-normalised confusion matrix (rows = true class); counts printed when there are few classes."""
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=float)
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    n = len(classes)
+    side = 5.5 if n <= 10 else 9
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    if n <= 20:
+        ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(n), classes, fontsize=8)
+    if n <= 10:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return _save(fig, path)
+
+
+def per_class_bars(classes: list[str], accuracies: list[float], path: Path, title: str = "Per-class accuracy") -> Path:
+    fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(classes) + 5), 3.8))
+    ax.bar(range(len(classes)), accuracies, color="C0")
+    if len(classes) <= 20:
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    else:
+        ax.set_xlabel("class index")
+    ax.set(ylabel="accuracy (%)", title=title, ylim=(0, 100))
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,184 @@
+"""cifarlab reproduce: the article's six runs with its recipes, its figures beside ours, one report.
+
+Resumable: each run has its own folder under OUT, and a second invocation reuses finished ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cifarlab.config import build_config, list_recipes
+from cifarlab.data.sources import DATASETS, load_dataset
+from cifarlab.errors import UsageError
+from cifarlab.report.document import Report, text_table
+from cifarlab.report.summary import article_summary, comparison_block
+from cifarlab.study import run_or_reuse
+from cifarlab.train.checkpoint import atomic_write_json
+
+
+@dataclass(frozen=True)
+class ArticleRun:
+    key: str
+    model: str
+    dataset: str
+    epochs: int
+    recipe: str
+    # The article's own figures (design.md); hardware not stated there.
+    train_acc: float
+    test_acc: float
+    best_test_acc: float | None
+    params: int
+    time_s: float
+
+
+ARTICLE_RUNS = [
+    ArticleRun("basic-cnn-cifar10", "basic-cnn", "cifar10", 10, "article-basic-cnn",
+               85.09, 74.75, None, 545_098, 185.73),
+    ArticleRun("deeper-cnn-cifar10", "deeper-cnn", "cifar10", 15, "article-deeper-cnn",
+               83.24, 86.45, 86.45, 7_320_394, 457.63),
+    ArticleRun("deeper-cnn-cifar100-20ep", "deeper-cnn", "cifar100", 20, "article-deeper-cnn",
+               46.62, 53.57, 53.57, 7_366_564, 600.31),
+    ArticleRun("deeper-cnn-cifar100-35ep", "deeper-cnn", "cifar100", 35, "article-deeper-cnn",
+               51.25, 57.29, 57.29, 7_366_564, 1093.35),
+    ArticleRun("resnet18-cifar10", "resnet18", "cifar10", 15, "article-resnet18",
+               91.77, 88.75, 88.84, 11_173_962, 545.73),
+    ArticleRun("resnet18-cifar100", "resnet18", "cifar100", 25, "article-resnet18",
+               84.64, 71.53, 71.75, 11_220_132, 893.19),
+]
+
+# The article's three COMPARISON blocks: (title, run A, run B).
+COMPARISONS = [
+    ("COMPARISON: Basic CNN vs Deeper CNN", "basic-cnn-cifar10", "deeper-cnn-cifar10"),
+    ("COMPARISON: Previous CNN vs ResNet-18 on CIFAR10", "deeper-cnn-cifar10", "resnet18-cifar10"),
+    ("COMPARISON: Previous CNN vs ResNet-18 on CIFAR100", "deeper-cnn-cifar100-20ep", "resnet18-cifar100"),
+]
+
+
+def article_summary_dict(a: ArticleRun) -> dict:
+    return {"model": a.model, "dataset": a.dataset, "params": a.params, "epochs": a.epochs,
+            "final_train_acc": a.train_acc, "final_test_acc": a.test_acc,
+            "best_test_acc": a.best_test_acc if a.best_test_acc is not None else a.test_acc,
+            "train_time_s": a.time_s, "overfit_gap": a.train_acc - a.test_acc}
+
+
+def tuned_recipe(model: str, dataset: str) -> str | None:
+    recipes = list_recipes()
+    for name in (f"tuned-{model}-{dataset}", f"tuned-{model}"):
+        if name in recipes:
+            return name
+    return None
+
+
+def scaled(epochs: int, train_size: int, scale: float) -> tuple[int, int | None]:
+    """--scale F: F x the epochs (at least 1) and F x the train images (None = all)."""
+    if scale >= 1:
+        return epochs, None
+    return max(1, round(epochs * scale)), max(64, round(train_size * scale))
+
+
+def plan(data_dir, scale: float, tuned: bool, out: Path, overrides: dict) -> list[tuple[str, ArticleRun, object]]:
+    """(label, article run, TrainConfig) for every run; tuned runs follow their article run."""
+    sizes = {}
+    jobs = []
+    for a in ARTICLE_RUNS:
+        if a.dataset not in sizes:
+            sizes[a.dataset] = len(load_dataset(a.dataset, data_dir, download_missing=overrides.get("download", True)).train)
+        epochs, limit = scaled(a.epochs, sizes[a.dataset], scale)
+        recipes = [("article", a.recipe)]
+        if tuned and tuned_recipe(a.model, a.dataset):
+            recipes.append(("tuned", tuned_recipe(a.model, a.dataset)))
+        for kind, recipe in recipes:
+            key = a.key if kind == "article" else f"{a.key}-tuned"
+            cfg = build_config({**overrides, "model": a.model, "dataset": a.dataset, "epochs": epochs,
+                                "limit_train": limit, "data_dir": data_dir, "out": str(out / key)}, recipe)
+            jobs.append((key, a, cfg))
+    return jobs
+
+
+def reproduce(data_dir, scale: float = 1.0, tuned: bool = False, out: str | None = None,
+              overrides: dict | None = None) -> dict:
+    from cifarlab.evaluate import evaluate_run
+
+    if not 0 < scale <= 1:
+        raise UsageError(f"--scale must be in (0, 1], got {scale}")
+    out = Path(out or "runs/reproduce")
+    overrides = dict(overrides or {})
+    jobs = plan(data_dir, scale, tuned, out, overrides)
+    start = time.perf_counter()
+    runs, evaluations = {}, {}
+    for i, (key, _, cfg) in enumerate(jobs, 1):
+        if not cfg.quiet:
+            print(f"cifarlab reproduce: run {i}/{len(jobs)}: {key} ({cfg.epochs} epochs, recipe {cfg.recipe})",
+                  flush=True)
+        runs[key] = run_or_reuse(cfg)
+        evaluations[key] = evaluate_run(runs[key].path, data_dir=data_dir, device=cfg.device)
+    result = {"scale": scale, "tuned": tuned, "data_dir": str(data_dir) if data_dir else None,
+              "wall_time_s": time.perf_counter() - start, "machine": platform.machine(),
+              "runs": [{"key": key, "recipe": cfg.recipe, "folder": str(runs[key].path), **runs[key].summary,
+                        "article": article_summary_dict(a)} for key, a, cfg in jobs]}
+    atomic_write_json(out / "reproduce.json", result)
+    write_report(out, jobs, runs, evaluations, result)
+    result["table"] = results_table(jobs, runs)
+    result["folder"] = str(out)
+    return result
+
+
+def results_table(jobs, runs) -> str:
+    headers = ["run", "recipe", "epochs", "train % (art.)", "test % (art.)", "best % (art.)", "params", "time s (art.)"]
+    rows = []
+    for key, a, cfg in jobs:
+        s = runs[key].summary
+        best_article = f"{a.best_test_acc:.2f}" if a.best_test_acc is not None else "-"
+        rows.append([key, cfg.recipe, f"{s['epochs']} ({a.epochs})",
+                     f"{s['final_train_acc']:.2f} ({a.train_acc:.2f})", f"{s['final_test_acc']:.2f} ({a.test_acc:.2f})",
+                     f"{s['best_test_acc']:.2f} ({best_article})", f"{s['params']:,}",
+                     f"{s['train_time_s']:.0f} ({a.time_s:.0f})"])
+    return text_table(headers, rows)
+
+
+def write_report(out: Path, jobs, runs, evaluations, result) -> None:
+    from cifarlab.report import plots
+
+    figures = out / "figures"
+    labels = [key for key, _, _ in jobs]
+    bars = plots.accuracy_bars(labels, {"ours": [runs[k].summary["final_test_acc"] for k in labels],
+                                        "article": [a.test_acc for _, a, _ in jobs]},
+                               figures / "test_accuracy.png", title="Final test accuracy: ours vs the article")
+    report = Report("cifarlab reproduce: Going deeper \u2014 CIFAR, BatchNorm, ResNet")
+    scale = result["scale"]
+    report.section("Setup").text(
+        f"Six runs of the article with its recipes{', plus our tuned recipes' if result['tuned'] else ''}. "
+        f"Scale {scale:g}: " + ("full epochs and train set." if scale >= 1 else
+                               f"{scale:g} x the epochs and train images (a quick pass; not comparable in "
+                               "absolute terms with the article's full runs).")
+        + f" Data: {result['data_dir'] or 'default data folder'}. Wall time {result['wall_time_s']:.0f} s.")
+    curves = plots.curves({key: runs[key].rows for key in labels}, figures / "all_curves.png", "All runs")
+    report.section("Results beside the article").pre(results_table(jobs, runs)).image(
+        bars, "Final test accuracy per run, ours beside the article's figures").image(
+        curves, "Test accuracy (solid) and train accuracy (dashed) per epoch, every run")
+    section = report.section("Comparisons")
+    for title, ka, kb in COMPARISONS:
+        if ka in runs and kb in runs:
+            a_art = next(a for k, a, _ in jobs if k == ka)
+            b_art = next(a for k, a, _ in jobs if k == kb)
+            section.text(f"{title}: ours (left), the article's (right).")
+            section.side_by_side(
+                ("pre", comparison_block(runs[ka].summary, runs[kb].summary, ka, kb, title=title)),
+                ("pre", comparison_block(article_summary_dict(a_art), article_summary_dict(b_art), ka, kb,
+                                         title=f"{title} (article)")))
+    for key, a, cfg in jobs:
+        run, ev = runs[key], evaluations[key]
+        section = report.section(f"{key} ({cfg.recipe})")
+        section.side_by_side(("pre", article_summary(run.summary)),
+                             ("pre", article_summary(article_summary_dict(a)).replace("Summary", "Summary (article)")))
+        curve = plots.curves({key: run.rows}, figures / f"{key}-curves.png", key)
+        section.image(curve, f"{key}: accuracy and test loss per epoch")
+        section.side_by_side(("image", Path(ev["folder"]) / "confusion.png", f"{key}: confusion matrix on test"),
+                             ("image", Path(ev["folder"]) / "per_class.png", f"{key}: per-class test accuracy"))
+        pairs = ", ".join(f"{p['true']} \u2192 {p['predicted']} ({p['count']})" for p in ev["most_confused"][:3])
+        section.text(f"Most confused: {pairs or 'none'}.")
+    report.write(out)

@@ -1,0 +1,164 @@
+"""compare, train --seeds, ablate, evaluate, and TensorBoard logging on the real cifar-mini images."""
+
+import json
+import statistics
+
+import pytest
+
+from conftest import run_cli
+
+
+def train(data, out, *extra):
+    result = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(data),
+                     "--limit-train", "2000", "--epochs", "2", "--quiet", "--out", str(out), *extra)
+    assert result.returncode == 0, result.stderr
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    from conftest import MINI
+    if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
+        pytest.skip("../shared/data/cifar-mini is not present")
+    root = tmp_path_factory.mktemp("runs")
+    plain = train(MINI, root / "plain", "--recipe", "article-basic-cnn")
+    tuned = train(MINI, root / "tuned", "--recipe", "tuned-basic-cnn", "--epochs", "3")
+    return root, plain, tuned
+
+
+def test_compare_two_runs_prints_the_article_block_with_the_run_folders_numbers(two_runs, tmp_path):
+    root, plain, tuned = two_runs
+    plot = tmp_path / "cmp.png"
+    result = run_cli("compare", str(root / "plain"), str(root / "tuned"), "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "COMPARISON: Basic CNN (plain) vs Basic CNN (tuned) on CIFAR-10" in out
+    assert f"Basic CNN (plain) Test Accuracy: {plain['final_test_acc']:.2f}%" in out
+    assert f"Basic CNN (tuned) Test Accuracy: {tuned['final_test_acc']:.2f}%" in out
+    assert f"Improvement: {tuned['final_test_acc'] - plain['final_test_acc']:+.2f}%" in out
+    assert "Parameter Increase: 1.00\u00d7" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+
+
+def test_compare_json_lists_each_runs_summary(two_runs):
+    root, plain, tuned = two_runs
+    result = run_cli("compare", str(root / "plain"), str(root / "tuned"), str(root / "plain"), "--json")
+    rows = json.loads(result.stdout)
+    assert [r["final_test_acc"] for r in rows] == [plain["final_test_acc"], tuned["final_test_acc"],
+                                                   plain["final_test_acc"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["only-one"], "compare needs at least two run folders"),
+    (["missing-a", "missing-b"], "missing-a: no such run folder"),
+])
+def test_compare_bad_input_is_one_line_exit_2(args, message, tmp_path):
+    result = run_cli("compare", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"cifarlab: error: {message}"
+
+
+def test_compare_refuses_an_unfinished_run(two_runs, tmp_path):
+    root, _, _ = two_runs
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    result = run_cli("compare", str(root / "plain"), str(tmp_path / "half"))
+    assert result.returncode == 2
+    assert "no summary.json (the run has not finished)" in result.stderr
+
+
+def test_evaluate_matches_the_runs_final_test_accuracy_and_writes_the_confusion_matrix(two_runs):
+    root, plain, _ = two_runs
+    result = run_cli("evaluate", str(root / "plain"), "--json")
+    assert result.returncode == 0, result.stderr
+    ev = json.loads(result.stdout)
+    # No val split: best.pt is the last epoch, so evaluation repeats the final test pass.
+    assert ev["accuracy"] == pytest.approx(plain["final_test_acc"], abs=0.101)
+    matrix = ev["confusion"]
+    assert sum(map(sum, matrix)) == ev["images"] == 1000
+    assert sum(matrix[i][i] for i in range(10)) / 10 == pytest.approx(ev["accuracy"])
+    cat = ev["classes"].index("cat")
+    assert ev["per_class"]["cat"] == pytest.approx(100 * matrix[cat][cat] / sum(matrix[cat]))
+    top = ev["most_confused"][0]
+    off = max(matrix[i][j] for i in range(10) for j in range(10) if i != j)
+    assert top["count"] == off
+    folder = root / "plain" / "evaluation-test"
+    assert json.loads((folder / "evaluation.json").read_text())["confusion"] == matrix
+    assert (folder / "confusion.png").stat().st_size > 10_000 and (folder / "per_class.png").is_file()
+
+
+def test_evaluate_a_checkpoint_file_with_flip_tta(two_runs, tmp_path):
+    root, _, _ = two_runs
+    result = run_cli("evaluate", str(root / "plain" / "checkpoints" / "last.pt"), "--tta", "flip",
+                     "--out", str(tmp_path / "ev"))
+    assert result.returncode == 0, result.stderr
+    assert "flip TTA" in result.stdout and "accuracy" in result.stdout
+    assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["tta"] is True
+
+
+def test_evaluate_val_split_of_a_run_without_one_is_refused(two_runs):
+    root, _, _ = two_runs
+    result = run_cli("evaluate", str(root / "plain"), "--split", "val")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("cifarlab: error: --split val: this run was trained without --val-size, "
+                                     "so it has no val split")
+
+
+def test_train_seeds_writes_mean_and_std_of_the_seed_runs(cifar_mini, tmp_path):
+    out = tmp_path / "seeds"
+    summary = train(cifar_mini, out, "--recipe", "article-basic-cnn", "--epochs", "1", "--seeds", "2", "--seed", "3")
+    per_seed = [json.loads((out / f"seed-{s}" / "summary.json").read_text())["final_test_acc"] for s in (3, 4)]
+    assert summary["seeds"] == [3, 4]
+    assert summary["final_test_acc_per_seed"] == per_seed
+    assert summary["final_test_acc_mean"] == pytest.approx(statistics.mean(per_seed))
+    assert summary["final_test_acc_std"] == pytest.approx(statistics.stdev(per_seed))
+    assert f"\u00b1 {summary['final_test_acc_std']:.2f}%" in (out / "summary.txt").read_text()
+
+
+def test_ablate_measures_each_removed_technique_as_a_paired_difference(cifar_mini, tmp_path):
+    out = tmp_path / "ablate"
+    result = run_cli("ablate", "--model", "deeper-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
+                     "--epochs", "1", "--limit-train", "256", "--batch-size", "64", "--seeds", "2",
+                     "--without", "batchnorm,augment", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    ab = json.loads((out / "ablation.json").read_text())
+    assert [v["variant"] for v in ab["variants"]] == ["full", "no-batchnorm", "no-augment"]
+    assert ab["recipe"] == "article-deeper-cnn" and ab["seeds"] == 2
+    full = [json.loads((out / "full" / f"seed-{s}" / "summary.json").read_text())["final_test_acc"] for s in (0, 1)]
+    no_bn = [json.loads((out / "no-batchnorm" / f"seed-{s}" / "summary.json").read_text()) for s in (0, 1)]
+    assert no_bn[0]["params"] == 7_320_394 - 3840 - 3072         # the variant really has no BatchNorm
+    row = ab["variants"][1]
+    diffs = [b["final_test_acc"] - f for b, f in zip(no_bn, full)]
+    assert row["effect_mean"] == pytest.approx(statistics.mean(diffs))
+    assert row["effect_std"] == pytest.approx(statistics.stdev(diffs))
+    assert row["final_test_acc_mean"] == pytest.approx(statistics.mean(b["final_test_acc"] for b in no_bn))
+    assert "Removing batchnorm: test accuracy" in result.stdout and "\u00b1" in result.stdout
+    md = (out / "ablation.md").read_text()
+    assert "| no-augment |" in md and f"{row['effect_mean']:+.2f} \u00b1 {row['effect_std']:.2f}" in md
+    assert (out / "ablation.png").stat().st_size > 10_000 and (out / "report.html").is_file()
+
+
+def test_ablate_basic_cnn_skips_techniques_the_recipe_does_not_use(cifar_mini, tmp_path):
+    result = run_cli("ablate", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
+                     "--without", "batchnorm,kaiming,augment", "--out", str(tmp_path / "a"))
+    assert result.returncode == 2
+    assert "nothing to ablate" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ablate_unknown_technique_lists_the_valid_ones(tmp_path):
+    result = run_cli("ablate", "--model", "deeper-cnn", "--dataset", "cifar10", "--without", "magic")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("cifarlab: error: unknown technique 'magic' for --without "
+                                     "(choose from batchnorm, kaiming, dropout, augment, or all)")
+
+
+def test_tensorboard_event_files_are_written_when_installed(cifar_mini, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    summary = train(cifar_mini, out, "--epochs", "2", "--limit-train", "500")
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    test_acc = [e.value for e in events.Scalars("accuracy/test_acc")]
+    assert len(test_acc) == 2 and test_acc[-1] == pytest.approx(summary["final_test_acc"], rel=1e-6)
