@@ -117,25 +117,32 @@ def test_train_seeds_writes_mean_and_std_of_the_seed_runs(cifar_mini, tmp_path):
 
 def test_ablate_measures_each_removed_technique_as_a_paired_difference(cifar_mini, tmp_path):
     out = tmp_path / "ablate"
-    result = run_cli("ablate", "--model", "deeper-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
-                     "--epochs", "1", "--limit-train", "256", "--batch-size", "64", "--seeds", "2",
-                     "--without", "batchnorm,augment", "--out", str(out), "--quiet")
+    result = run_cli("ablate", "--model", "basic-cnn", "--dataset", "cifar10", "--recipe", "tuned-basic-cnn",
+                     "--data-dir", str(cifar_mini), "--epochs", "1", "--limit-train", "1000", "--seeds", "2",
+                     "--without", "all", "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     ab = json.loads((out / "ablation.json").read_text())
-    assert [v["variant"] for v in ab["variants"]] == ["full", "no-batchnorm", "no-augment"]
-    assert ab["recipe"] == "article-deeper-cnn" and ab["seeds"] == 2
+    # basic-cnn has no BatchNorm and uses PyTorch's default init: those two are skipped, not faked.
+    assert [v["variant"] for v in ab["variants"]] == ["full", "no-dropout", "no-augment", "none"]
+    assert ab["skipped"] == ["batchnorm", "kaiming"] and ab["recipe"] == "tuned-basic-cnn" and ab["seeds"] == 2
     full = [json.loads((out / "full" / f"seed-{s}" / "summary.json").read_text())["final_test_acc"] for s in (0, 1)]
-    no_bn = [json.loads((out / "no-batchnorm" / f"seed-{s}" / "summary.json").read_text()) for s in (0, 1)]
-    assert no_bn[0]["params"] == 7_320_394 - 3840 - 3072         # the variant really has no BatchNorm
-    row = ab["variants"][1]
-    diffs = [b["final_test_acc"] - f for b, f in zip(no_bn, full)]
+    no_aug = [json.loads((out / "no-augment" / f"seed-{s}" / "summary.json").read_text()) for s in (0, 1)]
+    assert json.loads((out / "no-augment" / "seed-0" / "config.json").read_text())["augment"] == []
+    assert json.loads((out / "none" / "seed-1" / "config.json").read_text())["dropout"] is False
+    row = ab["variants"][2]
+    diffs = [b["final_test_acc"] - f for b, f in zip(no_aug, full)]
     assert row["effect_mean"] == pytest.approx(statistics.mean(diffs))
     assert row["effect_std"] == pytest.approx(statistics.stdev(diffs))
-    assert row["final_test_acc_mean"] == pytest.approx(statistics.mean(b["final_test_acc"] for b in no_bn))
-    assert "Removing batchnorm: test accuracy" in result.stdout and "\u00b1" in result.stdout
+    assert row["final_test_acc_mean"] == pytest.approx(statistics.mean(b["final_test_acc"] for b in no_aug))
+    assert "Removing augment: test accuracy" in result.stdout and "Removing everything" in result.stdout
     md = (out / "ablation.md").read_text()
     assert "| no-augment |" in md and f"{row['effect_mean']:+.2f} \u00b1 {row['effect_std']:.2f}" in md
     assert (out / "ablation.png").stat().st_size > 10_000 and (out / "report.html").is_file()
+    again = run_cli("ablate", "--model", "basic-cnn", "--dataset", "cifar10", "--recipe", "tuned-basic-cnn",
+                    "--data-dir", str(cifar_mini), "--epochs", "1", "--limit-train", "1000", "--seeds", "2",
+                    "--without", "all", "--out", str(out))
+    assert again.returncode == 0 and again.stdout.count("already finished, reusing it") == 8
+    assert json.loads((out / "ablation.json").read_text())["variants"] == ab["variants"]
 
 
 def test_ablate_basic_cnn_skips_techniques_the_recipe_does_not_use(cifar_mini, tmp_path):

@@ -37,7 +37,8 @@ def curves(series: dict[str, list[dict]], path: Path, title: str = "Training cur
         ax_acc.plot(epochs, [r["train_acc"] for r in rows], color=colour, ls="--", alpha=0.6)
         ax_loss.plot(epochs, [r["test_loss"] for r in rows], color=colour, marker="o", ms=3, label=label)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: accuracy (dashed = train)")
-    ax_loss.set(xlabel="epoch", ylabel="test loss", title="test loss")
+    # log scale: an early diverging epoch (loss 1e5) would otherwise flatten every other curve
+    ax_loss.set(xlabel="epoch", ylabel="test loss (log scale)", title="test loss", yscale="log")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
     ax_acc.legend(fontsize=7, loc="lower right")

@@ -5,6 +5,19 @@ from __future__ import annotations
 RULE = "=" * 60
 
 
+def write_summary(folder, summary: dict, block: str, quiet: bool) -> dict:
+    """summary.json + summary.txt (atomically), the block printed unless quiet; returns summary + run_dir."""
+    from pathlib import Path
+
+    from cifarlab.train.checkpoint import atomic_write_json, atomic_write_text
+
+    atomic_write_json(Path(folder) / "summary.json", summary)
+    atomic_write_text(Path(folder) / "summary.txt", block)
+    if not quiet:
+        print(block, end="", flush=True)
+    return {**summary, "run_dir": str(folder)}
+
+
 def summary_title(summary: dict) -> str:
     from cifarlab.data.sources import DATASETS
     from cifarlab.models import MODELS

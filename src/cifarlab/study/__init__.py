@@ -13,8 +13,7 @@ from cifarlab.config import TrainConfig
 from cifarlab.errors import UsageError
 from cifarlab.report.document import text_table
 from cifarlab.report.runs import Run, load_run, mean_rows, mean_std
-from cifarlab.report.summary import RULE, comparison_block, summary_title
-from cifarlab.train.checkpoint import atomic_write_json, atomic_write_text
+from cifarlab.report.summary import RULE, comparison_block, summary_title, write_summary
 
 # summary.json keys that get a mean and a std over seeds.
 SEED_KEYS = ("final_train_acc", "final_test_acc", "best_test_acc", "overfit_gap", "train_time_s", "images_per_s")
@@ -49,13 +48,7 @@ def train_seeds(cfg: TrainConfig, seeds: int) -> dict:
             for i in range(seeds)]
     summary = seeds_summary([r.summary for r in runs])
     summary["runs"] = [str(r.path) for r in runs]
-    atomic_write_json(base / "summary.json", summary)
-    block = seeds_block(summary)
-    atomic_write_text(base / "summary.txt", block)
-    if not cfg.quiet:
-        print(block, end="", flush=True)
-    summary["run_dir"] = str(base)
-    return summary
+    return write_summary(base, summary, seeds_block(summary), cfg.quiet)
 
 
 def seeds_summary(summaries: list[dict]) -> dict:

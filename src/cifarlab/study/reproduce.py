@@ -5,14 +5,13 @@ Resumable: each run has its own folder under OUT, and a second invocation reuses
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cifarlab.config import build_config, list_recipes
-from cifarlab.data.sources import DATASETS, load_dataset
+from cifarlab.data.sources import load_dataset
 from cifarlab.errors import UsageError
 from cifarlab.report.document import Report, text_table
 from cifarlab.report.summary import article_summary, comparison_block
@@ -63,6 +62,11 @@ def article_summary_dict(a: ArticleRun) -> dict:
             "final_train_acc": a.train_acc, "final_test_acc": a.test_acc,
             "best_test_acc": a.best_test_acc if a.best_test_acc is not None else a.test_acc,
             "train_time_s": a.time_s, "overfit_gap": a.train_acc - a.test_acc}
+
+
+def article_comparison_dict(a: ArticleRun) -> dict:
+    # The article's COMPARISON blocks quote the best test accuracy (88.84, not the final 88.75).
+    return {**article_summary_dict(a), "final_test_acc": a.best_test_acc or a.test_acc}
 
 
 def tuned_recipe(model: str, dataset: str) -> str | None:
@@ -165,10 +169,11 @@ def write_report(out: Path, jobs, runs, evaluations, result) -> None:
         if ka in runs and kb in runs:
             a_art = next(a for k, a, _ in jobs if k == ka)
             b_art = next(a for k, a, _ in jobs if k == kb)
-            section.text(f"{title}: ours (left), the article's (right).")
+            section.text(f"{title}: ours (left, final test accuracy: nothing is selected on test), "
+                         "the article's as it printed them (right, best test accuracy where it had one).")
             section.side_by_side(
                 ("pre", comparison_block(runs[ka].summary, runs[kb].summary, ka, kb, title=title)),
-                ("pre", comparison_block(article_summary_dict(a_art), article_summary_dict(b_art), ka, kb,
+                ("pre", comparison_block(article_comparison_dict(a_art), article_comparison_dict(b_art), ka, kb,
                                          title=f"{title} (article)")))
     for key, a, cfg in jobs:
         run, ev = runs[key], evaluations[key]

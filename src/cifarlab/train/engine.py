@@ -21,8 +21,8 @@ from cifarlab.data.loader import AugmentSettings, DeviceLoader
 from cifarlab.data.sources import DatasetInfo, class_balanced_split, load_dataset
 from cifarlab.errors import UsageError
 from cifarlab.models import build_model, count_params
-from cifarlab.report.summary import article_summary
-from cifarlab.train.checkpoint import atomic_write_json, atomic_write_text, save_checkpoint
+from cifarlab.report.summary import article_summary, write_summary
+from cifarlab.train.checkpoint import atomic_write_json, save_checkpoint
 from cifarlab.train.optim import build_optimizer, build_scheduler
 
 
@@ -299,13 +299,7 @@ def fit(cfg: TrainConfig) -> dict:
         writer.close()
     summary = make_summary(cfg, rows, params, train_time, images / train_phase, load_time, device,
                            precision.name)
-    atomic_write_json(out / "summary.json", summary)
-    block = article_summary(summary)
-    atomic_write_text(out / "summary.txt", block)
-    if not cfg.quiet:
-        print(block, end="", flush=True)
-    summary["run_dir"] = str(out)
-    return summary
+    return write_summary(out, summary, article_summary(summary), cfg.quiet)
 
 
 def make_summary(cfg, rows, params, train_time, images_per_s, load_time, device, precision) -> dict:

@@ -1,0 +1,127 @@
+"""cifarlab reproduce on the real cifar-mini images at a small scale, and its HTML report in headless Chromium."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import MINI, run_cli
+
+RUNS = ["basic-cnn-cifar10", "deeper-cnn-cifar10", "deeper-cnn-cifar100-20ep", "deeper-cnn-cifar100-35ep",
+        "resnet18-cifar10", "resnet18-cifar100"]
+ARTICLE_TEST = {"basic-cnn-cifar10": 74.75, "deeper-cnn-cifar10": 86.45, "deeper-cnn-cifar100-20ep": 53.57,
+                "deeper-cnn-cifar100-35ep": 57.29, "resnet18-cifar10": 88.75, "resnet18-cifar100": 71.53}
+
+# Injected into a copy of the report: records load errors and console errors, then checks every image.
+CHECK = """<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(e.message || 'failed to load ' + (e.target.src || '')), true);
+const _error = console.error; console.error = (...a) => { window.__errors.push(a.join(' ')); _error(...a); };
+window.addEventListener('load', () => {
+  const images = Array.from(document.images);
+  const result = {images: images.length, broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).length,
+                  sections: Array.from(document.querySelectorAll('h2')).map(h => h.textContent),
+                  errors: window.__errors};
+  const pre = document.createElement('pre'); pre.id = '__check'; pre.textContent = JSON.stringify(result);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
+        pytest.skip("../shared/data/cifar-mini is not present")
+    out = tmp_path_factory.mktemp("study") / "reproduce"
+    result = run_cli("reproduce", "--data-dir", str(MINI), "--scale", "0.05", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def test_reproduce_runs_the_articles_six_runs_with_its_recipes(study):
+    out, stdout = study
+    data = json.loads((out / "reproduce.json").read_text())
+    assert [r["key"] for r in data["runs"]] == RUNS
+    for row in data["runs"]:
+        summary = json.loads((out / row["key"] / "summary.json").read_text())
+        config = json.loads((out / row["key"] / "config.json").read_text())
+        assert row["final_test_acc"] == summary["final_test_acc"]
+        assert row["article"]["final_test_acc"] == ARTICLE_TEST[row["key"]]
+        assert config["recipe"] == f"article-{summary['model']}"
+        assert config["limit_train"] == round(5000 * 0.05)                    # --scale shrinks the train set
+        # ours (article) side by side in the printed table
+        assert f"{summary['final_test_acc']:.2f} ({ARTICLE_TEST[row['key']]:.2f})" in stdout
+    epochs = {r["key"]: r["epochs"] for r in data["runs"]}
+    assert epochs == {"basic-cnn-cifar10": 1, "deeper-cnn-cifar10": 1, "deeper-cnn-cifar100-20ep": 1,
+                      "deeper-cnn-cifar100-35ep": 2, "resnet18-cifar10": 1, "resnet18-cifar100": 1}
+
+
+def test_reproduce_report_blocks_hold_the_run_folders_numbers(study):
+    out, _ = study
+    md = (out / "report.md").read_text()
+    basic = json.loads((out / "basic-cnn-cifar10" / "summary.json").read_text())
+    deeper = json.loads((out / "deeper-cnn-cifar10" / "summary.json").read_text())
+    assert "COMPARISON: Basic CNN vs Deeper CNN\n" in md
+    assert f"Basic CNN Test Accuracy: {basic['final_test_acc']:.2f}%" in md
+    assert f"Improvement: {deeper['final_test_acc'] - basic['final_test_acc']:+.2f}%" in md
+    assert "Improvement: +11.70%" in md and "Improvement: +2.39%" in md and "Improvement: +18.18%" in md
+    assert "COMPARISON: Previous CNN vs ResNet-18 on CIFAR100" in md
+    for key in RUNS:
+        summary = json.loads((out / key / "summary.json").read_text())
+        assert f"Final Train Accuracy: {summary['final_train_acc']:.2f}%" in md
+        assert (out / key / "evaluation-test" / "confusion.png").is_file()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(images) == 2 + 3 * len(RUNS) and all((out / p).is_file() for p in images)
+
+
+def test_reproduce_again_reuses_finished_runs(study):
+    out, _ = study
+    before = json.loads((out / "reproduce.json").read_text())
+    result = run_cli("reproduce", "--data-dir", str(MINI), "--scale", "0.05", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("already finished, reusing it") == 6
+    after = json.loads((out / "reproduce.json").read_text())
+    assert [r["final_test_acc"] for r in after["runs"]] == [r["final_test_acc"] for r in before["runs"]]
+
+
+def test_reproduce_rejects_a_scale_outside_zero_to_one(tmp_path):
+    result = run_cli("reproduce", "--data-dir", str(tmp_path), "--scale", "0", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "cifarlab: error: --scale must be in (0, 1], got 0.0"
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
+    return path
+
+
+def headless(*args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
+    return subprocess.run([chromium(), *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_report_html_renders_every_section_and_image_in_chromium(study, tmp_path):
+    out, _ = study
+    page = (out / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page and "<script" not in page   # self-contained
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("<head>", "<head>" + CHECK, 1))
+    dom = headless("--dump-dom", probe.as_uri())
+    check = json.loads(re.search(r'<pre id="__check">(.*?)</pre>', dom.stdout).group(1))
+    assert check["errors"] == [] and check["broken"] == 0
+    assert check["images"] == page.count("<img ") == 2 + 3 * len(RUNS)
+    assert check["sections"][:3] == ["Setup", "Results beside the article", "Comparisons"]
+    assert [s.split(" (")[0] for s in check["sections"][3:]] == RUNS
+
+    shot = tmp_path / "report.png"
+    result = headless("--window-size=1280,4000", f"--screenshot={shot}", (out / "report.html").as_uri())
+    assert "CONSOLE" not in result.stderr, result.stderr                 # no console message at all
+    from matplotlib.image import imread
+    pixels = imread(str(shot))[..., :3]
+    assert pixels.shape[:2] == (4000, 1280)
+    non_white = (pixels.min(axis=2) < 0.9).mean()
+    assert non_white > 0.05 and pixels.std() > 0.1                      # text, tables and plots, not a blank page
