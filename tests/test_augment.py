@@ -90,3 +90,16 @@ def test_val_split_is_class_balanced_disjoint_and_seeded():
     assert counts.max() - counts.min() <= 1
     assert torch.equal(val, class_balanced_split(labels, 105, seed=3)[1])
     assert not torch.equal(val, class_balanced_split(labels, 105, seed=4)[1])
+
+
+def test_loader_restarted_mid_epoch_yields_exactly_the_remaining_batches():
+    ops = ("crop", "flip", "jitter", "cutout")
+    whole = _loader(5, ops)
+    next(iter(whole))                                                # epoch 0
+    epoch1 = list(whole)                                             # epoch 1, 3 full batches + 1
+    restarted = _loader(5, ops)
+    restarted.set_position(1, 2)
+    tail = list(restarted)
+    assert len(tail) == len(epoch1) - 2
+    for (xa, ya), (xb, yb) in zip(epoch1[2:], tail):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)

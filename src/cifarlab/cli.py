@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from cifarlab import __version__
-from cifarlab.errors import CifarlabError, UsageError
+from cifarlab.errors import CifarlabError, Interrupted, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +58,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_const", const=True, help="replace the run already in --out")
     p.add_argument("--limit-train", type=int, help="train on a seeded subset of N images (quick runs)")
     p.add_argument("--quiet", action="store_const", const=True, help="no progress output")
+    p.add_argument("--on-nan", choices=("stop", "skip-step"),
+                   help="non-finite loss: stop and keep the last good checkpoint (default), or skip the batch")
+    p.add_argument("--checkpoint-every", type=float, metavar="MINUTES",
+                   help="also save checkpoints/last.pt every MINUTES within an epoch (default: epoch ends only)")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False,
                    help="do not write TensorBoard event files (written to RUN/tensorboard when installed)")
 
@@ -76,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a model; writes config.json, metrics.jsonl, summary.json, summary.txt, "
                            "checkpoints/ and model.safetensors to the run folder.")
     _add_train_args(train)
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue RUN_DIR exactly where it stopped (its saved settings; only --data-dir, "
+                       "--device, --quiet, --no-download, --checkpoint-every may be given)")
     train.add_argument("--seeds", type=int, default=1,
                        help="train K seeds (--seed, --seed+1, ...) into OUT/seed-S; summary.json gets mean +- std")
 
@@ -155,10 +162,34 @@ def _check_seeds(seeds: int) -> None:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
 
 
+RESUME_MAY_CHANGE = ("data_dir", "device", "quiet", "download", "checkpoint_every", "tensorboard")
+
+
+def _resume_config(args):
+    from cifarlab.config import config_from_dict
+
+    given = [k for k, v in vars(args).items()
+             if v is not None and k not in ("command", "resume", "seeds", *RESUME_MAY_CHANGE)]
+    if given or args.seeds != 1:
+        flag = "--" + (given[0] if given else "seeds").replace("_", "-")
+        raise UsageError(f"--resume continues the run with its saved settings; {flag} cannot be changed "
+                         f"(allowed: {', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE[:-1])})")
+    run = Path(args.resume)
+    if not (run / "config.json").is_file():
+        raise UsageError(f"{run}: not a cifarlab run folder (no config.json)")
+    values = json.loads((run / "config.json").read_text())
+    values.update({k: getattr(args, k) for k in RESUME_MAY_CHANGE if getattr(args, k) is not None})
+    values["out"] = str(run)
+    return config_from_dict(values)
+
+
 def cmd_train(args) -> int:
     from cifarlab.study import train_seeds
     from cifarlab.train.engine import fit
 
+    if args.resume:
+        fit(_resume_config(args), resume=True)
+        return 0
     _check_seeds(args.seeds)
     cfg = _train_config(args)
     if args.seeds > 1:
@@ -289,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     except CifarlabError as e:
         if os.environ.get("CIFARLAB_DEBUG") == "1":
             raise
-        print(f"cifarlab: error: {e}", file=sys.stderr)
+        print(f"cifarlab: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("cifarlab: interrupted", file=sys.stderr)

@@ -21,6 +21,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+ON_NAN = ("stop", "skip-step")
 
 
 @dataclass
@@ -61,6 +62,8 @@ class TrainConfig:
     quiet: bool = False
     overwrite: bool = False
     tensorboard: bool = True        # write RUN/tensorboard/ event files when tensorboard is installed
+    on_nan: str = "stop"            # non-finite loss: stop (keep the last good checkpoint) | skip-step
+    checkpoint_every: float = 0.0   # minutes between mid-epoch checkpoints (0: at epoch ends only)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -68,7 +71,8 @@ class TrainConfig:
 
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 # Settings a recipe may not carry: where data and results live is the user's business.
-_NOT_IN_RECIPES = {"data_dir", "out", "quiet", "overwrite", "device", "recipe", "model", "dataset", "tensorboard"}
+_NOT_IN_RECIPES = {"data_dir", "out", "quiet", "overwrite", "device", "recipe", "model", "dataset", "tensorboard",
+                   "checkpoint_every"}
 
 
 def recipe_dir():
@@ -149,6 +153,10 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.optimizer in OPTIMIZERS, f"unknown optimizer '{cfg.optimizer}' (choose from {', '.join(OPTIMIZERS)})")
     _check(cfg.schedule in SCHEDULES, f"unknown schedule '{cfg.schedule}' (choose from {', '.join(SCHEDULES)})")
     _check(cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}' (choose from {', '.join(PRECISIONS)})")
+    _check(cfg.on_nan in ON_NAN, f"unknown --on-nan '{cfg.on_nan}' (choose from {', '.join(ON_NAN)})")
+    _check(isinstance(cfg.checkpoint_every, (int, float)) and math.isfinite(cfg.checkpoint_every)
+           and cfg.checkpoint_every >= 0, f"--checkpoint-every must be a number of minutes >= 0, "
+           f"got {cfg.checkpoint_every}")
     _check(cfg.device in DEVICES, f"unknown device '{cfg.device}' (choose from {', '.join(DEVICES)})")
     _check(cfg.init in INITS + ("auto",), f"unknown init '{cfg.init}' (choose from auto, {', '.join(INITS)})")
     _check(isinstance(cfg.augment, list), f"augment must be a list, got {cfg.augment!r}")
@@ -161,6 +169,13 @@ def validate(cfg: TrainConfig) -> None:
     _check(info.size >= spec.min_size,
            f"model '{cfg.model}' needs inputs of at least {spec.min_size}x{spec.min_size}; "
            f"{cfg.dataset} images are {info.size}x{info.size}")
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    """A TrainConfig from a saved config.json / checkpoint (extra keys such as `resolved` are ignored)."""
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k in FIELD_TYPES})
+    validate(cfg)
+    return cfg
 
 
 def parse_augment(text: str) -> list[str]:

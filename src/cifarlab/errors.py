@@ -15,3 +15,15 @@ class UsageError(CifarlabError):
 
 class DataError(UsageError):
     """Dataset files missing, unreadable or malformed; the message names the file."""
+
+
+class Interrupted(CifarlabError):
+    """Stopped by SIGINT / SIGTERM after saving; exit 128 + the signal number (130 / 143)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class Diverged(CifarlabError):
+    """A non-finite training loss; the last good checkpoint is kept (exit 1)."""

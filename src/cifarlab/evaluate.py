@@ -5,17 +5,18 @@ Accuracy, per-class accuracy, the confusion matrix (JSON + PNG) and the most-con
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from cifarlab.config import TrainConfig, validate
+from cifarlab.config import TrainConfig, config_from_dict
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.errors import UsageError
 from cifarlab.models import build_model
 from cifarlab.train.checkpoint import atomic_write_json
 from cifarlab.train.engine import Precision, prepare_data, resolve_device, resolve_precision
+from cifarlab.train.state import load_checkpoint, strip_prefixes
 
 
 @dataclass
@@ -23,22 +24,6 @@ class Trained:
     model: torch.nn.Module
     cfg: TrainConfig
     run_dir: Path
-
-
-def config_from_dict(values: dict) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in values.items() if k in names})
-    validate(cfg)
-    return cfg
-
-
-def _load_checkpoint(path: Path) -> dict:
-    try:
-        # weights_only: a checkpoint is data; one crafted to run code is refused, not executed.
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad input file
-        raise UsageError(f"{path}: not a loadable cifarlab checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
 
 
 def load_trained(source: str | Path) -> Trained:
@@ -65,17 +50,14 @@ def load_trained(source: str | Path) -> Trained:
         state = load_file(str(weights))
         config = json.loads((run_dir / "config.json").read_text())
     else:
-        checkpoint = _load_checkpoint(weights)
-        if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
-            raise UsageError(f"{weights}: not a cifarlab checkpoint (no model/config entries)")
+        checkpoint = load_checkpoint(weights)   # weights_only: a crafted file is refused, not executed
         state, config = checkpoint["model"], checkpoint["config"]
     cfg = config_from_dict(config)
     from cifarlab.data.sources import dataset_info
     info = dataset_info(cfg.dataset)
     model = build_model(cfg.model, info.num_classes, info.channels, info.size,
                         batchnorm=cfg.batchnorm, init=cfg.init, dropout=cfg.dropout)
-    # Weights saved from a compiled or DDP-wrapped model carry prefixes; strip them.
-    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}
+    state = strip_prefixes(state)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

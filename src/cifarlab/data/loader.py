@@ -23,11 +23,25 @@ class AugmentSettings:
     cutout_size: int = 8
 
 
+_MASK = (1 << 64) - 1
+
+
+def _mix(*parts: int) -> int:
+    """A well-spread 63-bit seed from small integers (splitmix64 steps)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = ((h ^ (p & _MASK)) * 0xBF58476D1CE4E5B9) & _MASK
+        h ^= h >> 31
+    return h & ((1 << 63) - 1)
+
+
 class DeviceLoader:
     """Iterate (images, labels) batches: float, normalised, channels_last when asked.
 
-    Shuffling and augmentation draw from one generator seeded with `seed`;
-    epoch `e` uses the same permutation in every run with that seed.
+    Randomness is a function of (seed, epoch, step): the permutation of epoch `e` and the
+    augmentation of its batch `i` come from generators seeded with those numbers. So a run can
+    restart at any step of any epoch (`set_position`) and see exactly the batches it would have
+    seen, and ranks of a distributed run can share one permutation.
     """
 
     def __init__(self, split: Split, batch_size: int, mean, std, device: torch.device,
@@ -43,24 +57,35 @@ class DeviceLoader:
         self.augment = augment
         self.drop_last = drop_last
         self.channels_last = channels_last
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.seed = seed
+        self.epoch, self.start_step = 0, 0
 
     def __len__(self) -> int:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def set_position(self, epoch: int, step: int = 0) -> None:
+        """The next iteration is epoch `epoch` (0-based), starting at batch `step`."""
+        self.epoch, self.start_step = epoch, step
+
+    def _generator(self, epoch: int, step: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(_mix(self.seed, epoch, step))
+
     def __iter__(self):
+        epoch, start = self.epoch, self.start_step
+        self.epoch, self.start_step = epoch + 1, 0
         n = len(self.labels)
         if self.shuffle:
-            order = torch.randperm(n, generator=self.generator, device=self.device)
+            order = torch.randperm(n, generator=self._generator(epoch, -1), device=self.device)
         else:
             order = torch.arange(n, device=self.device)
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self._prepare(self.images[idx]), self.labels[idx]
+            g = self._generator(epoch, i) if self.augment.ops else None
+            yield self._prepare(self.images[idx], g), self.labels[idx]
 
-    def _prepare(self, batch: torch.Tensor) -> torch.Tensor:
-        ops, g = self.augment.ops, self.generator
+    def _prepare(self, batch: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        ops = self.augment.ops
         if "crop" in ops:
             batch = augment.random_crop(batch, self.augment.crop_padding, g)
         if "flip" in ops:

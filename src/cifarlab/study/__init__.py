@@ -33,7 +33,10 @@ def run_or_reuse(cfg: TrainConfig) -> Run:
             return run
         raise UsageError(f"{out} holds a different run ({run.config.get('model')} on {run.config.get('dataset')}, "
                          f"{run.config.get('epochs')} epochs); choose another --out")
-    fit(dataclasses.replace(cfg, overwrite=True))  # a folder without summary.json is an unfinished run: redo it
+    if (out / "checkpoints" / "last.pt").is_file() and (out / "config.json").is_file():
+        fit(cfg, resume=True)  # an unfinished run: continue it exactly where it stopped
+    else:
+        fit(dataclasses.replace(cfg, overwrite=True))
     return load_run(out)
 
 

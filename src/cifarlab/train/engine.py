@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
+import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,11 +19,13 @@ from cifarlab.config import TrainConfig
 from cifarlab.data.formats import Split
 from cifarlab.data.loader import AugmentSettings, DeviceLoader
 from cifarlab.data.sources import DatasetInfo, class_balanced_split, load_dataset
-from cifarlab.errors import UsageError
+from cifarlab.errors import Diverged, Interrupted, UsageError
 from cifarlab.models import build_model, count_params
 from cifarlab.report.summary import article_summary, write_summary
-from cifarlab.train.checkpoint import atomic_write_json, save_checkpoint
+from cifarlab.train.checkpoint import atomic_write_json, atomic_write_text, save_checkpoint
 from cifarlab.train.optim import build_optimizer, build_scheduler
+from cifarlab.train.progress import Progress, log_tensorboard, tensorboard_writer
+from cifarlab.train.state import RunState, StopSignals, load_checkpoint, rng_state, set_rng_state, strip_prefixes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,16 +97,19 @@ def prepare_data(cfg: TrainConfig) -> Data:
     return Data(ds.info, ds.classes, train, val, ds.test)
 
 
-def make_run_dir(cfg: TrainConfig) -> Path:
+def make_run_dir(cfg: TrainConfig, resume: bool = False) -> Path:
+    if resume:
+        return Path(cfg.out)
     if cfg.out:
         out = Path(cfg.out)
         if (out / "config.json").exists() and not cfg.overwrite:
-            raise UsageError(f"--out {out} already holds a run; pass --overwrite to replace it "
-                             f"or choose another folder")
+            raise UsageError(f"--out {out} already holds a run; continue it with `cifarlab train --resume {out}`, "
+                             f"replace it with --overwrite, or choose another folder")
     else:
         out = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model}-{cfg.dataset}"
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
+    for stale in ("metrics.jsonl", "summary.json", "summary.txt"):
+        (out / stale).unlink(missing_ok=True)
     return out
 
 
@@ -128,95 +133,122 @@ def evaluate(model, loader: DeviceLoader, precision: Precision, device: torch.de
     return loss_sum.item() / n, 100.0 * correct.item() / n
 
 
-class Progress:
-    """A tqdm bar per epoch on a terminal; one plain line per epoch otherwise; nothing when quiet."""
+@dataclass
+class Trainer:
+    """The objects of one run, and how to save them."""
 
-    def __init__(self, quiet: bool, epochs: int):
-        self.quiet, self.epochs = quiet, epochs
-        self.tty = sys.stderr.isatty() and not quiet
-        self.bar = None
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    precision: Precision
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    loader: DeviceLoader
+    state: RunState
 
-    def start_epoch(self, epoch: int, steps: int):
-        if self.tty:
-            from tqdm import tqdm
-            self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", unit="batch", leave=False,
-                            dynamic_ncols=True)
+    def save(self, name: str = "last.pt") -> None:
+        checkpoint = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                      "scheduler": self.scheduler.state_dict(),
+                      "scaler": self.scaler.state_dict() if self.scaler else None,
+                      "config": self.cfg.to_dict(), "run": self.state.to_dict(),
+                      "epoch": self.state.epoch, "step": self.state.step,
+                      "rng": rng_state(self.device), "cifarlab": cifarlab.__version__}
+        save_checkpoint(self.out / "checkpoints" / name, checkpoint)
 
-    def step(self, loss: torch.Tensor | None = None):
-        if self.bar is not None:
-            self.bar.update()
-            if loss is not None:
-                self.bar.set_postfix(loss=f"{loss.item():.3f}")
-
-    def end_epoch(self, row: dict):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        if self.quiet:
-            return
-        val = f"  val {row['val_acc']:.2f}%" if row["val_acc"] is not None else ""
-        print(f"epoch {row['epoch']:>3}/{self.epochs}  loss {row['train_loss']:.4f}  train {row['train_acc']:.2f}%"
-              f"{val}  test {row['test_acc']:.2f}%  lr {row['lr']:.3g}  {row['epoch_time_s']:.1f}s  "
-              f"{row['images_per_s']:.0f} img/s", flush=True)
-
-
-def tensorboard_writer(out: Path, enabled: bool):
-    """A SummaryWriter into RUN/tensorboard when the optional `tensorboard` package is installed."""
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # cifarlab[tensorboard] not installed: curves stay in metrics.jsonl only
-        return None
-    return SummaryWriter(log_dir=str(out / "tensorboard"))
+    def restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(strip_prefixes(checkpoint["model"]))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.state = RunState.from_dict(checkpoint["run"])
+        set_rng_state(checkpoint["rng"], self.device)
 
 
-def log_tensorboard(writer, row: dict) -> None:
-    if writer is None:
-        return
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "images_per_s"):
-        if row.get(key) is not None:
-            group = "loss" if key.endswith("loss") else "accuracy" if key.endswith("acc") else "train"
-            writer.add_scalar(f"{group}/{key}", row[key], row["epoch"])
-    writer.flush()
-
-
-def train_epoch(model, loader, optimizer, scheduler, scaler, precision, cfg, device, progress):
+def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -> tuple[float, float, int, float]:
+    """Train epoch `epoch` (1-based) from t.state.step; returns (loss, accuracy %, images, seconds)."""
+    cfg, device, model = t.cfg, t.device, t.model
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for i, (x, y) in enumerate(loader):
-        with precision.autocast(device):
+    part = t.state.partial
+    loss_sum = torch.tensor(part["loss_sum"], device=device)
+    correct = torch.tensor(part["correct"], device=device, dtype=torch.long)
+    seen, start = part["seen"], time.perf_counter() - part["seconds"]
+    bad = torch.zeros((), device=device, dtype=torch.bool)
+    # On a GPU, checking the loss costs a host sync: do it every 50 steps there, every step on the CPU.
+    check_every = 1 if device.type == "cpu" else 50
+    last_save = time.monotonic()
+    t.loader.set_position(epoch - 1, t.state.step)
+    progress.start_epoch(epoch, len(t.loader), t.state.step)
+    for x, y in t.loader:
+        step = t.state.step + 1
+        with t.precision.autocast(device):
             out = model(x)
             loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        t.optimizer.zero_grad(set_to_none=True)
+        if cfg.on_nan == "skip-step" and not torch.isfinite(loss):
+            t.scheduler.step()      # the schedule keeps its length; the batch is dropped
         else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        # Accumulate on the device: no .item() (a host sync) inside the step.
-        loss_sum += loss.detach() * len(y)
-        correct += (out.argmax(1) == y).sum()
-        seen += len(y)
-        progress.step(loss if progress.tty and i % 25 == 0 else None)
-    return loss_sum.item() / seen, 100.0 * correct.item() / seen, seen
+            if t.scaler is not None:
+                t.scaler.scale(loss).backward()
+                t.scaler.step(t.optimizer)
+                t.scaler.update()
+            else:
+                loss.backward()
+                t.optimizer.step()
+            t.scheduler.step()
+            # Accumulate on the device: no .item() (a host sync) inside the step.
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+            bad |= ~torch.isfinite(loss.detach())
+        due = cfg.checkpoint_every and time.monotonic() - last_save >= cfg.checkpoint_every * 60
+        if (step % check_every == 0 or due or stop.signum is not None) and bad:
+            progress.close()
+            raise Diverged(f"non-finite training loss at epoch {epoch}, step {step} or the {check_every - 1} "
+                           f"before it: training stopped. The last good checkpoint is kept in "
+                           f"{t.out / 'checkpoints' / 'last.pt'}. Lower --lr, or pass --on-nan skip-step to skip "
+                           "such batches" if check_every > 1 else
+                           f"non-finite training loss at epoch {epoch}, step {step}: training stopped. The last good "
+                           f"checkpoint is kept in {t.out / 'checkpoints' / 'last.pt'}. Lower --lr, or pass "
+                           "--on-nan skip-step to skip such batches")
+        t.state.step = step
+        progress.step(loss if progress.tty and step % 25 == 0 else None)
+        if stop.signum is not None or due:
+            t.state.partial = {**t.state.partial, "loss_sum": loss_sum.item(), "correct": int(correct.item()),
+                               "seen": seen, "seconds": time.perf_counter() - start}
+            t.save()
+            last_save = time.monotonic()
+            if stop.signum is not None:
+                progress.close()
+                name = "SIGINT" if stop.signum == signal.SIGINT else "SIGTERM"
+                raise Interrupted(f"stopped by {name} at epoch {epoch}, step {step}; state saved to "
+                                  f"{t.out / 'checkpoints' / 'last.pt'}. Resume with: cifarlab train --resume {t.out}",
+                                  stop.signum)
+    if bad:
+        progress.close()
+        raise Diverged(f"non-finite training loss in the last steps of epoch {epoch}: training stopped. The last "
+                       f"good checkpoint is kept in {t.out / 'checkpoints' / 'last.pt'}. Lower --lr, or pass "
+                       "--on-nan skip-step to skip such batches")
+    seconds = time.perf_counter() - start
+    return loss_sum.item() / max(seen, 1), 100.0 * correct.item() / max(seen, 1), seen, seconds
 
 
-def fit(cfg: TrainConfig) -> dict:
-    """Train `cfg` end to end and write its run folder; returns the summary dict."""
+def fit(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train `cfg` end to end and write its run folder; returns the summary dict.
+
+    resume: continue the run in cfg.out from checkpoints/last.pt, exactly where it stopped.
+    """
     device = resolve_device(cfg.device)
     precision = Precision(resolve_precision(cfg.precision, device))
     if precision.name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UsageError("--precision bf16: this GPU has no bf16 support; use fp16 or auto")
+    checkpoint = load_checkpoint(Path(cfg.out) / "checkpoints" / "last.pt") if resume else None
     t_load = time.perf_counter()
     data = prepare_data(cfg)
     load_time = time.perf_counter() - t_load
-    out = make_run_dir(cfg)
+    out = make_run_dir(cfg, resume)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -235,71 +267,83 @@ def fit(cfg: TrainConfig) -> dict:
     train_loader = DeviceLoader(data.train, cfg.batch_size, info.mean, info.std, device, shuffle=True, augment=aug,
                                 seed=cfg.seed, drop_last=len(data.train) > cfg.batch_size,
                                 channels_last=channels_last)
+
     def eval_loader(split):
         return DeviceLoader(split, cfg.eval_batch_size, info.mean, info.std, device, channels_last=channels_last)
     val_loader = eval_loader(data.val) if data.val is not None else None
     test_loader = eval_loader(data.test)
 
     optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, len(train_loader))
-    scaler = torch.amp.GradScaler(device.type) if precision.name == "fp16" else None
-
-    config = {**cfg.to_dict(), "resolved": {"device": str(device), "precision": precision.name,
-                                             "channels_last": channels_last},
-              "params": params, "train_size": len(data.train), "val_size_actual": len(data.val) if data.val else 0,
-              "test_size": len(data.test), "classes": data.classes,
-              "versions": {"cifarlab": cifarlab.__version__, "torch": torch.__version__,
-                           "python": platform.python_version()}}
-    atomic_write_json(out / "config.json", config)
+    t = Trainer(cfg, out, device, precision, model, optimizer, build_scheduler(optimizer, cfg, len(train_loader)),
+                torch.amp.GradScaler(device.type) if precision.name == "fp16" else None, train_loader, RunState())
+    if checkpoint is not None:
+        t.restore(checkpoint)
+        if t.state.epoch >= cfg.epochs:
+            raise UsageError(f"{out} already finished its {cfg.epochs} epochs; nothing to resume")
+        # metrics.jsonl continues from the checkpoint: no duplicate or lost epochs.
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in t.state.rows))
+    else:
+        config = {**cfg.to_dict(), "resolved": {"device": str(device), "precision": precision.name,
+                                                 "channels_last": channels_last},
+                  "params": params, "train_size": len(data.train),
+                  "val_size_actual": len(data.val) if data.val else 0, "test_size": len(data.test),
+                  "classes": data.classes,
+                  "versions": {"cifarlab": cifarlab.__version__, "torch": torch.__version__,
+                               "python": platform.python_version()}}
+        atomic_write_json(out / "config.json", config)
 
     progress = Progress(cfg.quiet, cfg.epochs)
     writer = tensorboard_writer(out, cfg.tensorboard)
     if not cfg.quiet:
+        where = f"; resuming after epoch {t.state.epoch}, step {t.state.step}" if resume else ""
         print(f"cifarlab: {cfg.model} on {cfg.dataset} ({len(data.train):,} train"
               f"{f', {len(data.val):,} val' if data.val else ''}, {len(data.test):,} test), {params:,} parameters, "
-              f"{device} {precision.name}; run folder {out}", flush=True)
+              f"{device} {precision.name}; run folder {out}{where}", flush=True)
 
-    rows, best, train_time, train_phase, images = [], None, 0.0, 0.0, 0
-    for epoch in range(1, cfg.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        t0 = time.perf_counter()
-        progress.start_epoch(epoch, len(train_loader))
-        train_loss, train_acc, seen = train_epoch(model, train_loader, optimizer, scheduler, scaler, precision,
-                                                  cfg, device, progress)
-        t_train = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(model, val_loader, precision, device, cfg.tta) if val_loader else (None, None)
-        test_loss, test_acc = evaluate(model, test_loader, precision, device, cfg.tta)
-        epoch_time = time.perf_counter() - t0
-        train_time += epoch_time
-        train_phase += t_train
-        images += seen
-        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-               "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-               "epoch_time_s": epoch_time, "images_per_s": seen / t_train}
-        rows.append(row)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        progress.end_epoch(row)
-        log_tensorboard(writer, row)
-        # best.pt is chosen by val accuracy when there is a val split, else it is the last epoch.
-        improved = best is None or (val_acc is not None and val_acc > best["val_acc"]) or val_acc is None
-        if improved:
-            best = {"epoch": epoch, "val_acc": val_acc, "test_acc": test_acc}
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                 "epoch": epoch, "best": best, "config": cfg.to_dict(),
-                 "rng": {"torch": torch.get_rng_state(), "loader": train_loader.generator.get_state()}}
-        save_checkpoint(out / "checkpoints" / "last.pt", state)
-        if improved:
-            save_checkpoint(out / "checkpoints" / "best.pt", state)
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                      str(out / "model.safetensors"))
-
+    with StopSignals() as stop:
+        for epoch in range(t.state.epoch + 1, cfg.epochs + 1):
+            run_epoch(t, epoch, val_loader, test_loader, progress, stop, writer)
     if writer is not None:
         writer.close()
-    summary = make_summary(cfg, rows, params, train_time, images / train_phase, load_time, device,
-                           precision.name)
+    s = t.state
+    summary = make_summary(cfg, s.rows, params, s.train_time, s.images / max(s.train_phase, 1e-9), load_time,
+                           device, precision.name)
     return write_summary(out, summary, article_summary(summary), cfg.quiet)
+
+
+def run_epoch(t: Trainer, epoch: int, val_loader, test_loader, progress, stop, writer) -> None:
+    """One epoch: train, evaluate, append metrics, save last.pt (and best.pt / model.safetensors)."""
+    lr = t.optimizer.param_groups[0]["lr"] if t.state.step == 0 else t.state.partial.get("lr", 0.0)
+    t.state.partial["lr"] = lr
+    t0 = time.perf_counter() - t.state.partial["seconds"]
+    train_loss, train_acc, seen, t_train = train_epoch(t, epoch, progress, stop)
+    tta = t.cfg.tta
+    val_loss, val_acc = evaluate(t.model, val_loader, t.precision, t.device, tta) if val_loader else (None, None)
+    test_loss, test_acc = evaluate(t.model, test_loader, t.precision, t.device, tta)
+    epoch_time = time.perf_counter() - t0
+    row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+           "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+           "epoch_time_s": epoch_time, "images_per_s": seen / t_train}
+    s = t.state
+    s.rows.append(row)
+    s.train_time += epoch_time
+    s.train_phase += t_train
+    s.images += seen
+    s.epoch, s.step = epoch, 0
+    s.partial = RunState().partial
+    with open(t.out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    progress.end_epoch(row)
+    log_tensorboard(writer, row)
+    # best.pt is chosen by val accuracy when there is a val split, else it is the last epoch.
+    improved = s.best is None or val_acc is None or val_acc > s.best["val_acc"]
+    if improved:
+        s.best = {"epoch": epoch, "val_acc": val_acc, "test_acc": test_acc}
+    t.save()
+    if improved:
+        t.save("best.pt")
+        save_file({k: v.detach().cpu().contiguous() for k, v in t.model.state_dict().items()},
+                  str(t.out / "model.safetensors"))
 
 
 def make_summary(cfg, rows, params, train_time, images_per_s, load_time, device, precision) -> dict:

@@ -1,0 +1,108 @@
+"""Everything a run needs to continue exactly: progress counters, RNG states, checkpoint loading,
+and the signal handler that turns Ctrl-C / SIGTERM into "save, then stop"."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cifarlab.errors import UsageError
+
+
+@dataclass
+class RunState:
+    """Where training stands. `epoch` epochs are complete; `step` batches of the next one are done."""
+
+    epoch: int = 0
+    step: int = 0
+    # sums over the batches done so far in the current epoch (loss * images, correct, images, seconds)
+    partial: dict = field(default_factory=lambda: {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0})
+    rows: list = field(default_factory=list)         # metrics.jsonl rows of the completed epochs
+    best: dict | None = None
+    train_time: float = 0.0                          # training + evaluation wall time, completed epochs
+    train_phase: float = 0.0                         # training steps only
+    images: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunState":
+        return cls(**d)
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every generator a run could draw from (the loader derives its own from seed, epoch and step)."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _tuples(value):
+    # random.setstate wants tuples; a checkpoint may hand lists back.
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def load_checkpoint(path: Path) -> dict:
+    """torch.load with weights_only=True onto the CPU: plain data only, nothing executed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no checkpoint to resume from")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad or unsafe file
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise UsageError(f"{path}: refused or unreadable checkpoint ({type(e).__name__}: {first})") from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
+        raise UsageError(f"{path}: not a cifarlab checkpoint (no model/config entries)")
+    return checkpoint
+
+
+def strip_prefixes(state: dict) -> dict:
+    """Weights saved from torch.compile or DDP wrappers carry `_orig_mod.` / `module.`; drop them."""
+    return {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in state.items()}
+
+
+class StopSignals:
+    """Within the block, SIGINT and SIGTERM only set `signum`; the loop saves and stops at a step's end."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        return False

@@ -1,0 +1,234 @@
+"""Nothing lost: exact resume after SIGKILL / SIGINT / SIGTERM, non-finite losses, full disks,
+crafted checkpoints, and bad values. Real subprocesses, real signals, real files."""
+
+import errno
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from cifarlab.config import TrainConfig, build_config, validate
+from cifarlab.errors import CifarlabError, Diverged, UsageError
+from cifarlab.train import checkpoint as ckpt
+from cifarlab.train.engine import fit
+
+from conftest import MINI, run_cli
+
+RUN = ["--model", "basic-cnn", "--dataset", "cifar10", "--limit-train", "2000", "--epochs", "3",
+       "--augment", "crop,flip", "--batch-size", "32", "--quiet"]
+TIMING = {"epoch_time_s", "images_per_s"}
+
+
+def needs_mini():
+    if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
+        pytest.skip("../shared/data/cifar-mini is not present")
+
+
+def metrics(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def assert_same_run(a, b):
+    """Same weights bit for bit, same per-epoch metrics, same final summary numbers."""
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert metrics(a) == metrics(b)
+    sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
+    assert sa["final_test_acc"] == sb["final_test_acc"] and sa["final_train_acc"] == sb["final_train_acc"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    needs_mini()
+    out = tmp_path_factory.mktemp("whole") / "run"
+    result = run_cli("train", *RUN, "--data-dir", str(MINI), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def start(out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "cifarlab", "train", *RUN, "--data-dir", str(MINI),
+                             "--out", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(out, proc, n, extra_s=0.0):
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        done = (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= n
+        if done:
+            time.sleep(extra_s)
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("the run did not reach the epoch in time")
+
+
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    proc = start(out, "--checkpoint-every", "0.003")              # a checkpoint every ~0.2 s within epochs
+    wait_for_epochs(out, proc, 1, extra_s=0.8)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["epoch"] >= 1 and not (out / "summary.json").exists()
+    result = run_cli("train", "--resume", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert_same_run(uninterrupted, out)
+
+
+@pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_sigint_and_sigterm_save_print_the_resume_command_and_resume_exactly(uninterrupted, tmp_path, sig, code, name):
+    out = tmp_path / "stopped"
+    proc = start(out)
+    wait_for_epochs(out, proc, 1, extra_s=0.5)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code
+    assert f"stopped by {name} at epoch" in stderr and f"Resume with: cifarlab train --resume {out}" in stderr
+    assert "Traceback" not in stderr
+    saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["epoch"] >= 1
+    result = run_cli("train", "--resume", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert_same_run(uninterrupted, out)
+    assert [r["epoch"] for r in metrics(out)] == [1, 2, 3]            # no duplicate, no missing epoch
+
+
+def test_resume_keeps_the_saved_settings_and_refuses_changes(uninterrupted):
+    result = run_cli("train", "--resume", str(uninterrupted), "--lr", "0.5")
+    assert result.returncode == 2
+    assert result.stderr.startswith("cifarlab: error: --resume continues the run with its saved settings; "
+                                    "--lr cannot be changed")
+    finished = run_cli("train", "--resume", str(uninterrupted))
+    assert finished.returncode == 2 and "already finished its 3 epochs; nothing to resume" in finished.stderr
+
+
+def test_out_holding_a_run_points_to_resume_or_overwrite(uninterrupted):
+    result = run_cli("train", *RUN, "--data-dir", str(MINI), "--out", str(uninterrupted))
+    assert result.returncode == 2
+    assert f"continue it with `cifarlab train --resume {uninterrupted}`" in result.stderr
+
+
+def test_diverging_run_stops_with_one_line_naming_epoch_and_step(tmp_path):
+    needs_mini()
+    result = run_cli("train", *RUN, "--data-dir", str(MINI), "--out", str(tmp_path / "nan"),
+                     "--optimizer", "sgd", "--lr", "1e30")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cifarlab: error: non-finite training loss at epoch 1, step ")
+    assert "--on-nan skip-step" in lines[0]
+
+
+def _nan_at(monkeypatch, call):
+    """Make the training loss NaN on the call-th cross-entropy of training (evaluation calls pass through)."""
+    import cifarlab.train.engine as engine
+    real, calls = engine.F.cross_entropy, {"n": 0}
+
+    def cross_entropy(out, y, **kw):
+        loss = real(out, y, **kw)
+        if kw.get("reduction") != "sum":
+            calls["n"] += 1
+            if calls["n"] == call:
+                return loss * float("nan")
+        return loss
+    monkeypatch.setattr(engine.F, "cross_entropy", cross_entropy)
+
+
+def mini_config(tmp_path, **kw):
+    needs_mini()
+    return build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(MINI), "epochs": 2,
+                         "limit_train": 640, "batch_size": 64, "quiet": True, "out": str(tmp_path / "run"), **kw})
+
+
+def test_nan_in_epoch_two_keeps_the_epoch_one_checkpoint(tmp_path, monkeypatch):
+    _nan_at(monkeypatch, 13)                                             # 10 steps per epoch: epoch 2, step 3
+    with pytest.raises(Diverged, match="non-finite training loss at epoch 2, step 3"):
+        fit(mini_config(tmp_path))
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["model"].values())
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_on_nan_skip_step_skips_the_bad_batch_and_finishes(tmp_path, monkeypatch):
+    _nan_at(monkeypatch, 13)
+    summary = fit(mini_config(tmp_path, on_nan="skip-step"))
+    assert summary["epochs"] == 2 and math.isfinite(summary["final_train_loss"])
+    weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_crafted_checkpoint_is_refused_without_running_it(tmp_path, uninterrupted):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text((uninterrupted / "config.json").read_text())
+    torch.save({"model": _Evil(), "config": {}}, run / "checkpoints" / "last.pt")
+    for args in (["evaluate", str(run / "checkpoints" / "last.pt")], ["train", "--resume", str(run)]):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "refused or unreadable checkpoint" in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / "PWNED").exists()
+
+
+def test_checkpoint_saved_from_a_wrapped_model_loads_without_prefixes(tmp_path, uninterrupted):
+    saved = torch.load(uninterrupted / "checkpoints" / "best.pt", weights_only=True)
+    saved["model"] = {f"module._orig_mod.{k}": v for k, v in saved["model"].items()}
+    torch.save(saved, tmp_path / "wrapped.pt")
+    result = run_cli("evaluate", str(tmp_path / "wrapped.pt"), "--json", "--out", str(tmp_path / "ev"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((uninterrupted / "summary.json").read_text())
+    assert json.loads(result.stdout)["accuracy"] == pytest.approx(summary["final_test_acc"], abs=0.101)
+
+
+def test_full_disk_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    ckpt.save_checkpoint(target, {"epoch": 1})
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    with pytest.raises(CifarlabError, match="could not write \\(No space left on device\\); the previous file is kept"):
+        ckpt.save_checkpoint(target, {"epoch": 2})
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]          # no temporary file left behind
+
+
+@settings(max_examples=60, deadline=None)
+@given(epochs=st.integers(-3, 3), batch=st.integers(-3, 3), lr=st.floats(allow_nan=True, allow_infinity=True),
+       smoothing=st.floats(-1, 2), every=st.floats(-2, 2))
+def test_config_validation_accepts_exactly_the_sane_values(epochs, batch, lr, smoothing, every):
+    cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, label_smoothing=smoothing, checkpoint_every=every)
+    sane = epochs >= 1 and batch >= 1 and math.isfinite(lr) and lr > 0 and 0 <= smoothing < 1 and every >= 0
+    if sane:
+        validate(cfg)
+    else:
+        with pytest.raises(UsageError) as e:
+            validate(cfg)
+        assert "\n" not in str(e.value)
