@@ -78,6 +78,8 @@ BAD_ARGS = [
     (["--lr", "0"], "--lr must be a finite number > 0"),
     (["--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
     (["--augment", "crop,rotate"], "unknown augmentation 'rotate'"),
+    (["--model", "vgg99"], "unknown model 'vgg99' (choose from basic-cnn, deeper-cnn, resnet18"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet' (choose from cifar10, cifar100, mnist, fashion-mnist"),
     (["--model", "deeper-cnn", "--dataset", "mnist", "--val-size", "-1"], "--val-size must be >= 0"),
 ]
 
@@ -116,3 +118,23 @@ def test_broken_recipe_file_names_file_and_line(tmp_path):
     recipe.write_text('epochs = 3\nlr = = 0.1\n')
     result = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--recipe", str(recipe))
     assert result.returncode == 2 and str(recipe) in result.stderr and "line 2" in result.stderr
+
+
+def test_unknown_recipe_key_names_the_file_and_key(tmp_path):
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text('epochs = 3\nlearning_rate = 0.1\n')
+    result = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--recipe", str(recipe))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"cifarlab: error: {recipe}: unknown recipe setting 'learning_rate'"
+
+
+def test_model_needing_larger_inputs_than_the_dataset_is_refused(monkeypatch):
+    import dataclasses
+
+    from cifarlab import models
+    from cifarlab.errors import UsageError
+
+    big = dataclasses.replace(models.MODELS["resnet18"], min_size=64)
+    monkeypatch.setitem(models.MODELS, "resnet18", big)
+    with pytest.raises(UsageError, match="model 'resnet18' needs inputs of at least 64x64; mnist images are 28x28"):
+        build_config({"model": "resnet18", "dataset": "mnist"})
