@@ -42,11 +42,14 @@ class DeviceLoader:
     augmentation of its batch `i` come from generators seeded with those numbers. So a run can
     restart at any step of any epoch (`set_position`) and see exactly the batches it would have
     seen, and ranks of a distributed run can share one permutation.
+
+    shard=(rank, world): yield only this rank's 1/world slice of every (global) batch, augmented
+    exactly as the whole batch would be in a single process.
     """
 
     def __init__(self, split: Split, batch_size: int, mean, std, device: torch.device,
                  shuffle: bool = False, augment: AugmentSettings = AugmentSettings(), seed: int = 0,
-                 drop_last: bool = False, channels_last: bool = False):
+                 drop_last: bool = False, channels_last: bool = False, shard: tuple[int, int] = (0, 1)):
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size = batch_size
@@ -59,6 +62,7 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.seed = seed
         self.epoch, self.start_step = 0, 0
+        self.rank, self.world = shard
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -82,7 +86,11 @@ class DeviceLoader:
         for i in range(start, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             g = self._generator(epoch, i) if self.augment.ops else None
-            yield self._prepare(self.images[idx], g), self.labels[idx]
+            x, y = self._prepare(self.images[idx], g), self.labels[idx]
+            if self.world > 1:
+                part = len(idx) // self.world
+                x, y = x[self.rank * part:(self.rank + 1) * part], y[self.rank * part:(self.rank + 1) * part]
+            yield x, y
 
     def _prepare(self, batch: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         ops = self.augment.ops

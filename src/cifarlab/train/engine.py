@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import signal
@@ -22,6 +23,8 @@ from cifarlab.data.sources import DatasetInfo, class_balanced_split, load_datase
 from cifarlab.errors import Diverged, Interrupted, UsageError
 from cifarlab.models import build_model, count_params
 from cifarlab.report.summary import article_summary, write_summary
+from cifarlab.train import distributed
+from cifarlab.train.distributed import SINGLE, Dist, unwrap
 from cifarlab.train.checkpoint import atomic_write_json, atomic_write_text, save_checkpoint
 from cifarlab.train.optim import build_optimizer, build_scheduler
 from cifarlab.train.progress import Progress, log_tensorboard, tensorboard_writer
@@ -114,10 +117,11 @@ def make_run_dir(cfg: TrainConfig, resume: bool = False) -> Path:
 
 
 def evaluate(model, loader: DeviceLoader, precision: Precision, device: torch.device,
-             tta: bool = False) -> tuple[float, float]:
+             tta: bool = False, d: Dist = SINGLE) -> tuple[float, float]:
     """(mean cross-entropy, accuracy %) over a loader, in large batches, with one sync at the end.
 
     tta: average the logits of each image and its left-right mirror.
+    d: under torchrun each rank holds a slice of the split; the sums are added over ranks.
     """
     model.eval()
     loss_sum = torch.zeros((), device=device)
@@ -129,8 +133,10 @@ def evaluate(model, loader: DeviceLoader, precision: Precision, device: torch.de
                 out = (out + model(x.flip(3)).float()) / 2
             loss_sum += F.cross_entropy(out, y, reduction="sum")
             correct += (out.argmax(1) == y).sum()
-    n = len(loader.labels)
-    return loss_sum.item() / n, 100.0 * correct.item() / n
+    totals = d.all_sum(torch.stack([loss_sum.double(), correct.double(),
+                                    torch.tensor(float(len(loader.labels)), device=device, dtype=torch.float64)]))
+    loss, right, n = totals.tolist()
+    return loss / n, 100.0 * right / n
 
 
 @dataclass
@@ -147,9 +153,17 @@ class Trainer:
     scaler: object
     loader: DeviceLoader
     state: RunState
+    dist: Dist = SINGLE
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """The model itself, without the DDP wrapper (for evaluation and state dicts)."""
+        return unwrap(self.model)
 
     def save(self, name: str = "last.pt") -> None:
-        checkpoint = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        if not self.dist.is_main:
+            return
+        checkpoint = {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                       "scheduler": self.scheduler.state_dict(),
                       "scaler": self.scaler.state_dict() if self.scaler else None,
                       "config": self.cfg.to_dict(), "run": self.state.to_dict(),
@@ -158,13 +172,17 @@ class Trainer:
         save_checkpoint(self.out / "checkpoints" / name, checkpoint)
 
     def restore(self, checkpoint: dict) -> None:
-        self.model.load_state_dict(strip_prefixes(checkpoint["model"]))
+        self.net.load_state_dict(strip_prefixes(checkpoint["model"]))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.state = RunState.from_dict(checkpoint["run"])
+        if not self.dist.is_main:   # the saved partial sums are global: count them once, on rank 0
+            self.state.partial.update(loss_sum=0.0, correct=0, seen=0)
         set_rng_state(checkpoint["rng"], self.device)
+        if self.dist.enabled:       # dropout masks: a stream per rank
+            torch.manual_seed(self.cfg.seed + 1_000_003 * (self.dist.rank + 1) + self.state.epoch)
 
 
 def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -> tuple[float, float, int, float]:
@@ -203,8 +221,12 @@ def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
             bad |= ~torch.isfinite(loss.detach())
-        due = cfg.checkpoint_every and time.monotonic() - last_save >= cfg.checkpoint_every * 60
-        if (step % check_every == 0 or due or stop.signum is not None) and bad:
+        due = bool(cfg.checkpoint_every) and time.monotonic() - last_save >= cfg.checkpoint_every * 60
+        signum = stop.signum
+        if t.dist.enabled:  # every rank must take the same decision at the same step
+            flags = t.dist.all_max(torch.tensor([float(signum or 0), float(due), bad.float().item()]))
+            signum, due, bad = int(flags[0]) or None, bool(flags[1]), flags[2] > 0
+        if (step % check_every == 0 or due or signum is not None) and bad:
             progress.close()
             raise Diverged(f"non-finite training loss at epoch {epoch}, step {step} or the {check_every - 1} "
                            f"before it: training stopped. The last good checkpoint is kept in "
@@ -215,32 +237,48 @@ def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -
                            "--on-nan skip-step to skip such batches")
         t.state.step = step
         progress.step(loss if progress.tty and step % 25 == 0 else None)
-        if stop.signum is not None or due:
-            t.state.partial = {**t.state.partial, "loss_sum": loss_sum.item(), "correct": int(correct.item()),
-                               "seen": seen, "seconds": time.perf_counter() - start}
+        if signum is not None or due:
+            sums = t.dist.all_sum(torch.stack([loss_sum.double(), correct.double(),
+                                               torch.tensor(float(seen), device=device, dtype=torch.float64)]))
+            t.state.partial = {**t.state.partial, "loss_sum": sums[0].item(), "correct": int(sums[1].item()),
+                               "seen": int(sums[2].item()), "seconds": time.perf_counter() - start}
             t.save()
             last_save = time.monotonic()
-            if stop.signum is not None:
+            if signum is not None:
                 progress.close()
-                name = "SIGINT" if stop.signum == signal.SIGINT else "SIGTERM"
+                name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
                 raise Interrupted(f"stopped by {name} at epoch {epoch}, step {step}; state saved to "
                                   f"{t.out / 'checkpoints' / 'last.pt'}. Resume with: cifarlab train --resume {t.out}",
-                                  stop.signum)
+                                  signum)
     if bad:
         progress.close()
         raise Diverged(f"non-finite training loss in the last steps of epoch {epoch}: training stopped. The last "
                        f"good checkpoint is kept in {t.out / 'checkpoints' / 'last.pt'}. Lower --lr, or pass "
                        "--on-nan skip-step to skip such batches")
     seconds = time.perf_counter() - start
-    return loss_sum.item() / max(seen, 1), 100.0 * correct.item() / max(seen, 1), seen, seconds
+    sums = t.dist.all_sum(torch.stack([loss_sum.double(), correct.double(),
+                                       torch.tensor(float(seen), device=device, dtype=torch.float64)]))
+    total_loss, total_correct, total_seen = sums.tolist()
+    return total_loss / max(total_seen, 1), 100.0 * total_correct / max(total_seen, 1), int(total_seen), seconds
 
 
 def fit(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train `cfg` end to end and write its run folder; returns the summary dict.
 
     resume: continue the run in cfg.out from checkpoints/last.pt, exactly where it stopped.
+    Under torchrun (WORLD_SIZE > 1) this is one rank of a DistributedDataParallel run.
     """
-    device = resolve_device(cfg.device)
+    d = distributed.from_environment()
+    device = distributed.setup(d, resolve_device(cfg.device), cfg.batch_size)
+    try:
+        return _fit(cfg, resume, d, device)
+    finally:
+        distributed.teardown(d)
+
+
+def _fit(cfg: TrainConfig, resume: bool, d: Dist, device: torch.device) -> dict:
+    if not d.is_main:
+        cfg = dataclasses.replace(cfg, quiet=True, tensorboard=False)
     precision = Precision(resolve_precision(cfg.precision, device))
     if precision.name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UsageError("--precision bf16: this GPU has no bf16 support; use fp16 or auto")
@@ -248,7 +286,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> dict:
     t_load = time.perf_counter()
     data = prepare_data(cfg)
     load_time = time.perf_counter() - t_load
-    out = make_run_dir(cfg, resume)
+    out = distributed.broadcast_object(make_run_dir(cfg, resume) if d.is_main else None, d)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -262,27 +300,32 @@ def fit(cfg: TrainConfig, resume: bool = False) -> dict:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = count_params(model)
+    model = distributed.wrap(model, d, device)
+    if d.enabled:  # dropout masks: a stream per rank (init above used the same seed everywhere)
+        torch.manual_seed(cfg.seed + 1_000_003 * (d.rank + 1))
 
     aug = AugmentSettings(tuple(cfg.augment), cfg.crop_padding, cfg.jitter, cfg.cutout_size)
     train_loader = DeviceLoader(data.train, cfg.batch_size, info.mean, info.std, device, shuffle=True, augment=aug,
                                 seed=cfg.seed, drop_last=len(data.train) > cfg.batch_size,
-                                channels_last=channels_last)
+                                channels_last=channels_last, shard=(d.rank, d.world))
 
     def eval_loader(split):
-        return DeviceLoader(split, cfg.eval_batch_size, info.mean, info.std, device, channels_last=channels_last)
+        # under torchrun each rank evaluates a contiguous slice; evaluate() adds the sums up
+        part = split.subset(torch.arange(len(split)).tensor_split(d.world)[d.rank]) if d.enabled else split
+        return DeviceLoader(part, cfg.eval_batch_size, info.mean, info.std, device, channels_last=channels_last)
     val_loader = eval_loader(data.val) if data.val is not None else None
     test_loader = eval_loader(data.test)
 
     optimizer = build_optimizer(model, cfg)
     t = Trainer(cfg, out, device, precision, model, optimizer, build_scheduler(optimizer, cfg, len(train_loader)),
-                torch.amp.GradScaler(device.type) if precision.name == "fp16" else None, train_loader, RunState())
+                torch.amp.GradScaler(device.type) if precision.name == "fp16" else None, train_loader, RunState(), d)
     if checkpoint is not None:
         t.restore(checkpoint)
         if t.state.epoch >= cfg.epochs:
             raise UsageError(f"{out} already finished its {cfg.epochs} epochs; nothing to resume")
-        # metrics.jsonl continues from the checkpoint: no duplicate or lost epochs.
-        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in t.state.rows))
-    else:
+        if d.is_main:  # metrics.jsonl continues from the checkpoint: no duplicate or lost epochs.
+            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in t.state.rows))
+    elif d.is_main:
         config = {**cfg.to_dict(), "resolved": {"device": str(device), "precision": precision.name,
                                                  "channels_last": channels_last},
                   "params": params, "train_size": len(data.train),
@@ -308,6 +351,9 @@ def fit(cfg: TrainConfig, resume: bool = False) -> dict:
     s = t.state
     summary = make_summary(cfg, s.rows, params, s.train_time, s.images / max(s.train_phase, 1e-9), load_time,
                            device, precision.name)
+    summary["world_size"] = d.world
+    if not d.is_main:
+        return summary
     return write_summary(out, summary, article_summary(summary), cfg.quiet)
 
 
@@ -318,8 +364,9 @@ def run_epoch(t: Trainer, epoch: int, val_loader, test_loader, progress, stop, w
     t0 = time.perf_counter() - t.state.partial["seconds"]
     train_loss, train_acc, seen, t_train = train_epoch(t, epoch, progress, stop)
     tta = t.cfg.tta
-    val_loss, val_acc = evaluate(t.model, val_loader, t.precision, t.device, tta) if val_loader else (None, None)
-    test_loss, test_acc = evaluate(t.model, test_loader, t.precision, t.device, tta)
+    val_loss, val_acc = (evaluate(t.net, val_loader, t.precision, t.device, tta, t.dist) if val_loader
+                         else (None, None))
+    test_loss, test_acc = evaluate(t.net, test_loader, t.precision, t.device, tta, t.dist)
     epoch_time = time.perf_counter() - t0
     row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
            "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
@@ -331,8 +378,9 @@ def run_epoch(t: Trainer, epoch: int, val_loader, test_loader, progress, stop, w
     s.images += seen
     s.epoch, s.step = epoch, 0
     s.partial = RunState().partial
-    with open(t.out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    if t.dist.is_main:
+        with open(t.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
     progress.end_epoch(row)
     log_tensorboard(writer, row)
     # best.pt is chosen by val accuracy when there is a val split, else it is the last epoch.
@@ -340,9 +388,9 @@ def run_epoch(t: Trainer, epoch: int, val_loader, test_loader, progress, stop, w
     if improved:
         s.best = {"epoch": epoch, "val_acc": val_acc, "test_acc": test_acc}
     t.save()
-    if improved:
+    if improved and t.dist.is_main:
         t.save("best.pt")
-        save_file({k: v.detach().cpu().contiguous() for k, v in t.model.state_dict().items()},
+        save_file({k: v.detach().cpu().contiguous() for k, v in t.net.state_dict().items()},
                   str(t.out / "model.safetensors"))
 
 
