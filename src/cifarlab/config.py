@@ -42,6 +42,7 @@ class TrainConfig:
     gamma: float = 0.1              # decay factor (schedule = step)
     warmup_epochs: float = 0.0      # linear warm-up (cosine) / rise fraction source (onecycle)
     label_smoothing: float = 0.0
+    backbone_lr_factor: float = 1.0 # fine-tuning: lr of every layer but the classifier = lr x this
     tta: bool = False               # evaluate on each image and its mirror, average the logits
     augment: list[str] = field(default_factory=list)
     crop_padding: int = 4
@@ -55,6 +56,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool = True
+    compile: bool = False           # torch.compile the training model (falls back to eager where it cannot)
     data_dir: str | None = None
     download: bool = True
     out: str | None = None
@@ -148,6 +150,8 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
                f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+    _check(isinstance(cfg.backbone_lr_factor, (int, float)) and 0 < cfg.backbone_lr_factor <= 1,
+           f"--backbone-lr-factor must be in (0, 1], got {cfg.backbone_lr_factor}")
     _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     _check(0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma}")
     _check(cfg.optimizer in OPTIMIZERS, f"unknown optimizer '{cfg.optimizer}' (choose from {', '.join(OPTIMIZERS)})")

@@ -96,4 +96,6 @@ def wrap(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Modu
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside torch.compile's and DDP's wrappers."""
+    model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import platform
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +22,7 @@ from cifarlab.data.formats import Split
 from cifarlab.data.loader import AugmentSettings, DeviceLoader
 from cifarlab.data.sources import DatasetInfo, class_balanced_split, load_dataset
 from cifarlab.errors import Diverged, Interrupted, UsageError
-from cifarlab.models import build_model, count_params
+from cifarlab.models import build_model, count_params, load_pretrained, model_spec
 from cifarlab.report.summary import article_summary, write_summary
 from cifarlab.train import distributed
 from cifarlab.train.distributed import SINGLE, Dist, unwrap
@@ -154,6 +155,23 @@ class Trainer:
     loader: DeviceLoader
     state: RunState
     dist: Dist = SINGLE
+    eager: torch.nn.Module | None = None     # the uncompiled model, the fallback when --compile fails
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The training forward; a compiled model that cannot compile here falls back to eager, once."""
+        if self.eager is None or self.model is self.eager:
+            return self.model(x)
+        try:
+            out = self.model(x)
+        except Exception as e:  # noqa: BLE001 - no C compiler, unsupported op, old GPU: all mean "run eager"
+            if not self.cfg.quiet:
+                print(f"cifarlab: --compile is not available here ({type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}); training without it",
+                      file=sys.stderr, flush=True)
+            self.model = self.eager
+            return self.model(x)
+        self.eager = None
+        return out
 
     @property
     def net(self) -> torch.nn.Module:
@@ -185,6 +203,19 @@ class Trainer:
             torch.manual_seed(self.cfg.seed + 1_000_003 * (self.dist.rank + 1) + self.state.epoch)
 
 
+def compile_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """torch.compile(model) with --compile; it compiles lazily, so failures surface in Trainer.forward."""
+    if not cfg.compile:
+        return model
+    try:
+        return torch.compile(model)
+    except Exception as e:  # noqa: BLE001 - e.g. an unsupported Python for dynamo
+        if not cfg.quiet:
+            print(f"cifarlab: --compile is not available here ({type(e).__name__}); training without it",
+                  file=sys.stderr, flush=True)
+        return model
+
+
 def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -> tuple[float, float, int, float]:
     """Train epoch `epoch` (1-based) from t.state.step; returns (loss, accuracy %, images, seconds)."""
     cfg, device, model = t.cfg, t.device, t.model
@@ -202,7 +233,7 @@ def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -
     for x, y in t.loader:
         step = t.state.step + 1
         with t.precision.autocast(device):
-            out = model(x)
+            out = t.forward(x)
             loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
         t.optimizer.zero_grad(set_to_none=True)
         if cfg.on_nan == "skip-step" and not torch.isfinite(loss):
@@ -296,11 +327,14 @@ def _fit(cfg: TrainConfig, resume: bool, d: Dist, device: torch.device) -> dict:
     info = data.info
     model = build_model(cfg.model, info.num_classes, info.channels, info.size,
                         batchnorm=cfg.batchnorm, init=cfg.init, dropout=cfg.dropout).to(device)
+    if model_spec(cfg.model).pretrained and not resume:
+        load_pretrained(cfg.model, model, cfg.download)
     channels_last = cfg.channels_last and device.type != "mps"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = count_params(model)
     model = distributed.wrap(model, d, device)
+    eager, model = model, compile_model(model, cfg)
     if d.enabled:  # dropout masks: a stream per rank (init above used the same seed everywhere)
         torch.manual_seed(cfg.seed + 1_000_003 * (d.rank + 1))
 
@@ -316,9 +350,10 @@ def _fit(cfg: TrainConfig, resume: bool, d: Dist, device: torch.device) -> dict:
     val_loader = eval_loader(data.val) if data.val is not None else None
     test_loader = eval_loader(data.test)
 
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(distributed.unwrap(eager), cfg)
     t = Trainer(cfg, out, device, precision, model, optimizer, build_scheduler(optimizer, cfg, len(train_loader)),
-                torch.amp.GradScaler(device.type) if precision.name == "fp16" else None, train_loader, RunState(), d)
+                torch.amp.GradScaler(device.type) if precision.name == "fp16" else None, train_loader, RunState(), d,
+                eager=eager)
     if checkpoint is not None:
         t.restore(checkpoint)
         if t.state.epoch >= cfg.epochs:

@@ -10,14 +10,24 @@ from torch import nn
 from cifarlab.config import TrainConfig
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def _head_names(model: nn.Module) -> set[str]:
+    """Parameter names of the classifier: the last Linear layer (fc, classifier.4, head, ...)."""
+    last = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
+    return {f"{last[0]}.{p}" for p, _ in model.get_submodule(last[0]).named_parameters()} if last else set()
+
+
+def _param_groups(model: nn.Module, weight_decay: float, lr: float, backbone_lr_factor: float = 1.0) -> list[dict]:
     # With weight decay, BN parameters and biases are left undecayed: shrinking a BN
     # scale or a bias towards zero regularises nothing and only slows training.
-    decay, no_decay = [], []
-    for p in model.parameters():
+    # Fine-tuning (backbone_lr_factor < 1): the pretrained layers move slower than the new head.
+    head = _head_names(model) if backbone_lr_factor != 1.0 else set()
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((name in head, p.ndim > 1), []).append(p)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0,
+             "lr": lr if is_head or not head else lr * backbone_lr_factor}
+            for (is_head, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
 
 
 def _fused(model: nn.Module) -> dict:
@@ -28,7 +38,7 @@ def _fused(model: nn.Module) -> dict:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, cfg.weight_decay)
+    groups = _param_groups(model, cfg.weight_decay, cfg.lr, cfg.backbone_lr_factor)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                **_fused(model))
