@@ -1,0 +1,96 @@
+"""Wall time to a target test accuracy for a recipe, with the per-epoch curve, over one or more seeds.
+
+    python benchmarks/time_to_accuracy.py --model basic-cnn --recipe tuned-basic-cnn --target 78 \
+        --data-dir DIR [--seeds 2] [--device cuda] [--json-out FILE] [-- any extra train flags]
+
+Time counts training and the per-epoch evaluation (cifarlab's `train_time_s`), not loading the data
+into memory; the first epoch includes any warm-up (cuDNN autotuning, torch.compile). The time to the
+target is the cumulative time at the end of the first epoch whose test accuracy reaches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from cifarlab.config import build_config
+from cifarlab.train.engine import fit
+
+
+def one_run(args, seed: int, extra: dict) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        cfg = build_config({"model": args.model, "dataset": args.dataset, "data_dir": args.data_dir,
+                            "device": args.device, "seed": seed, "out": out, "quiet": True,
+                            "tensorboard": False, **extra}, args.recipe)
+        summary = fit(cfg)
+        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    elapsed, curve, reached = 0.0, [], None
+    for r in rows:
+        elapsed += r["epoch_time_s"]
+        curve.append({"epoch": r["epoch"], "seconds": round(elapsed, 2), "test_acc": r["test_acc"]})
+        if reached is None and r["test_acc"] >= args.target:
+            reached = elapsed
+    return {"seed": seed, "final_test_acc": summary["final_test_acc"], "time_to_target_s": reached,
+            "train_time_s": summary["train_time_s"], "curve": curve}
+
+
+def parse_extra(tokens: list[str]) -> dict:
+    """`-- --epochs 5 --lr 0.1` -> {"epochs": 5, "lr": 0.1} (numbers parsed, flags without value -> True)."""
+    out, i = {}, 0
+    while i < len(tokens):
+        key = tokens[i].lstrip("-").replace("-", "_")
+        if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            value = tokens[i + 1]
+            for cast in (int, float):
+                try:
+                    value = cast(value)
+                    break
+                except ValueError:
+                    pass
+            out[key], i = value, i + 2
+        else:
+            out[key], i = True, i + 1
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="basic-cnn")
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--recipe", default="tuned-basic-cnn")
+    parser.add_argument("--target", type=float, required=True, help="test accuracy to reach, percent")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--json-out", help="also write the results here")
+    args, rest = parser.parse_known_args()
+    extra = parse_extra([t for t in rest if t != "--"])
+    runs = [one_run(args, seed, extra) for seed in range(args.seeds)]
+    finals = [r["final_test_acc"] for r in runs]
+    times = [r["time_to_target_s"] for r in runs if r["time_to_target_s"] is not None]
+    result = {"model": args.model, "recipe": args.recipe, "dataset": args.dataset, "target": args.target,
+              "device": str(args.device), "torch": torch.__version__, "machine": platform.machine(),
+              "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+              "final_test_acc_mean": statistics.mean(finals),
+              "final_test_acc_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+              "reached": f"{len(times)}/{len(runs)}",
+              "time_to_target_mean_s": statistics.mean(times) if times else None, "runs": runs}
+    for r in runs:
+        reached = "not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f} s"
+        print(f"seed {r['seed']}: final {r['final_test_acc']:.2f}%, time to {args.target}%: {reached}; "
+              "curve " + ", ".join(f"{c['seconds']:.0f}s:{c['test_acc']:.1f}" for c in r["curve"]))
+    print(f"{args.recipe} ({args.model}, {args.dataset}): final {result['final_test_acc_mean']:.2f} "
+          f"\u00b1 {result['final_test_acc_std']:.2f}% over {len(runs)} seed(s); reached {args.target}% in "
+          f"{result['reached']} runs" + (f", mean {result['time_to_target_mean_s']:.1f} s" if times else ""))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
