@@ -129,6 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="folder for the results (default RUN_DIR/evaluation-SPLIT)")
     evaluate.add_argument("--json", action="store_true")
 
+    predict = sub.add_parser("predict", help="top-k labels for image files",
+                             description="Classify image files (PNG, JPEG, any size) with a trained model: each is "
+                             "converted to RGB (grayscale for MNIST-style models), resized to the dataset's size and "
+                             "normalised as in training.",
+                             epilog="Example: cifarlab predict runs/resnet18 cat.png ship.jpg --top-k 3")
+    predict.add_argument("source", metavar="CHECKPOINT|RUN_DIR")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--top-k", type=int, default=5, help="labels to show per image (default 5)")
+    predict.add_argument("--json", action="store_true")
+
+    from cifarlab.export import FORMATS
+    export = sub.add_parser("export", help="write a trained model as ONNX, TorchScript or safetensors",
+                            description="Export a run's model (its best checkpoint) for use outside cifarlab. Input: "
+                            "float32 NCHW images, pixels / 255 normalised with the dataset's mean/std (stored in the "
+                            "file's metadata with the class names). ONNX: input 'images', output 'logits', dynamic "
+                            "batch; needs `pip install 'cifarlab[export]'`.",
+                            epilog="Example: cifarlab export runs/resnet18 --format onnx --out resnet18.onnx")
+    export.add_argument("source", metavar="RUN_DIR")
+    export.add_argument("--format", choices=FORMATS, required=True)
+    export.add_argument("--out", metavar="FILE",
+                        help="output file (default RUN_DIR/" + ", RUN_DIR/".join(FORMATS.values()) + ")")
+
     models = sub.add_parser("models", help="list models with their parameter counts")
     models.add_argument("--dataset", default="cifar10", help="count parameters for this dataset (default cifar10)")
     models.add_argument("--json", action="store_true")
@@ -253,6 +275,28 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from cifarlab.predict import format_predictions, predict_images
+
+    results = predict_images(args.source, args.images, args.top_k)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(format_predictions(results), end="")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from cifarlab.export import export_run
+
+    exported = export_run(args.source, args.format, args.out)
+    check = ""
+    if exported.max_abs_diff is not None:
+        check = f"; max |exported - PyTorch| logit difference on a random batch: {exported.max_abs_diff:.2e}"
+    print(f"{exported.format}: {exported.path} ({exported.exporter}{check})")
+    return 0
+
+
 def cmd_models(args) -> int:
     from cifarlab.data.sources import dataset_info
     from cifarlab.models import MODELS, build_model, count_params
@@ -267,10 +311,11 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{'model':<12} {'params (' + args.dataset + ')':>20}  description")
+        width = max(len(name) for name in MODELS)
+        print(f"{'model':<{width}} {'params (' + args.dataset + ')':>20}  description")
         for r in rows:
             count = f"{r['params']:,}" if r["params"] is not None else "n/a"
-            print(f"{r['name']:<12} {count:>20}  {r['description']}")
+            print(f"{r['name']:<{width}} {count:>20}  {r['description']}")
     return 0
 
 
@@ -306,7 +351,8 @@ def cmd_data(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "models": cmd_models, "recipes": cmd_recipes, "data": cmd_data,
-            "compare": cmd_compare, "ablate": cmd_ablate, "reproduce": cmd_reproduce, "evaluate": cmd_evaluate}
+            "compare": cmd_compare, "ablate": cmd_ablate, "reproduce": cmd_reproduce, "evaluate": cmd_evaluate,
+            "predict": cmd_predict, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     except CifarlabError as e:
         if os.environ.get("CIFARLAB_DEBUG") == "1":
             raise
+        if isinstance(e, Interrupted) and os.environ.get("RANK", "0") != "0":
+            return e.exit_code  # under torchrun, rank 0 alone says where the state was saved
         print(f"cifarlab: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
