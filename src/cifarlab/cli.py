@@ -51,6 +51,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS,
                    help="auto = bf16 where the hardware runs it natively, fp16 on older GPUs, else fp32")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
+    p.add_argument("--compile", action="store_const", const=True,
+                   help="torch.compile the model for training (falls back to eager, with a warning, where it "
+                   "cannot compile); see BENCHMARKS.md for where it helps")
+    p.add_argument("--backbone-lr-factor", type=float,
+                   help="fine-tuning: every layer but the classifier learns at lr x this (0, 1]")
     p.add_argument("--data-dir", help="dataset root (default $CIFARLAB_DATA or ~/.cache/cifarlab)")
     p.add_argument("--no-download", dest="download", action="store_const", const=False,
                    help="never download; fail with a message naming the missing files")
@@ -298,6 +303,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_models(args) -> int:
+    import torch
+
     from cifarlab.data.sources import dataset_info
     from cifarlab.models import MODELS, build_model, count_params
 
@@ -306,7 +313,9 @@ def cmd_models(args) -> int:
     for name, spec in MODELS.items():
         params = None
         if info.size >= spec.min_size:
-            params = count_params(build_model(name, info.num_classes, info.channels, info.size))
+            # On the meta device nothing is allocated or initialised: counting 36M parameters is instant.
+            with torch.device("meta"):
+                params = count_params(build_model(name, info.num_classes, info.channels, info.size))
         rows.append({"name": name, "params": params, "dataset": args.dataset, "description": spec.summary})
     if args.json:
         print(json.dumps(rows, indent=2))
