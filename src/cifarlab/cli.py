@@ -21,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from cifarlab.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
 
-    p.add_argument("--model", help="basic-cnn | deeper-cnn | resnet18 (see `cifarlab models`)")
+    p.add_argument("--model", help="basic-cnn | deeper-cnn | resnet18 | resnet18-imagenet | resnet34 | ... (all: `cifarlab models`)")
     p.add_argument("--dataset", help="cifar10 | cifar100 | mnist | fashion-mnist")
     p.add_argument("--recipe", help="a named recipe (see `cifarlab recipes`) or a .toml file; flags override it")
     p.add_argument("--epochs", type=int)

@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 110
 
@@ -41,6 +42,7 @@ def curves(series: dict[str, list[dict]], path: Path, title: str = "Training cur
     ax_loss.set(xlabel="epoch", ylabel="test loss (log scale)", title="test loss", yscale="log")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
     ax_acc.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
 
