@@ -30,7 +30,7 @@ def loss_and_grads(model, x, y, autocast_dtype=None):
     return loss.item(), [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("name", ["basic-cnn", "deeper-cnn", "resnet18"])
+@pytest.mark.parametrize("name", ["basic-cnn", "deeper-cnn"])      # resnet18: same ops, 30 s of emulated bf16
 def test_bf16_autocast_loss_matches_fp32_on_a_real_batch(name):
     x, y = real_batch()
     torch.manual_seed(0)

@@ -79,11 +79,14 @@ def test_reproduce_report_blocks_hold_the_run_folders_numbers(study):
 def test_reproduce_again_reuses_finished_runs(study):
     out, _ = study
     before = json.loads((out / "reproduce.json").read_text())
+    evaluated = {key: (out / key / "evaluation-test" / "evaluation.json").stat().st_mtime_ns for key in RUNS}
     result = run_cli("reproduce", "--data-dir", str(MINI), "--scale", "0.05", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("already finished, reusing it") == 6
     after = json.loads((out / "reproduce.json").read_text())
     assert [r["final_test_acc"] for r in after["runs"]] == [r["final_test_acc"] for r in before["runs"]]
+    # finished runs' evaluations are reused too, not recomputed
+    assert {key: (out / key / "evaluation-test" / "evaluation.json").stat().st_mtime_ns for key in RUNS} == evaluated
 
 
 def test_reproduce_rejects_a_scale_outside_zero_to_one(tmp_path):

@@ -119,7 +119,8 @@ def reproduce(data_dir, scale: float = 1.0, tuned: bool = False, out: str | None
             print(f"cifarlab reproduce: run {i}/{len(jobs)}: {key} ({cfg.epochs} epochs, recipe {cfg.recipe})",
                   flush=True)
         runs[key] = run_or_reuse(cfg)
-        evaluations[key] = evaluate_run(runs[key].path, data_dir=data_dir, device=cfg.device)
+        evaluations[key] = reuse_evaluation(runs[key].path) or evaluate_run(runs[key].path, data_dir=data_dir,
+                                                                            device=cfg.device)
     result = {"scale": scale, "tuned": tuned, "data_dir": str(data_dir) if data_dir else None,
               "wall_time_s": time.perf_counter() - start, "machine": platform.machine(),
               "runs": [{"key": key, "recipe": cfg.recipe, "folder": str(runs[key].path), **runs[key].summary,
@@ -129,6 +130,19 @@ def reproduce(data_dir, scale: float = 1.0, tuned: bool = False, out: str | None
     result["table"] = results_table(jobs, runs)
     result["folder"] = str(out)
     return result
+
+
+def reuse_evaluation(run_dir: Path) -> dict | None:
+    """A finished run's evaluation-test/ from an earlier pass, if it is newer than the run's weights."""
+    import json
+
+    folder = run_dir / "evaluation-test"
+    weights = run_dir / "model.safetensors"
+    result = folder / "evaluation.json"
+    if not (result.is_file() and weights.is_file() and result.stat().st_mtime >= weights.stat().st_mtime
+            and (folder / "confusion.png").is_file() and (folder / "per_class.png").is_file()):
+        return None
+    return {**json.loads(result.read_text()), "folder": str(folder)}
 
 
 def results_table(jobs, runs) -> str:
