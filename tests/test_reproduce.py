@@ -35,7 +35,7 @@ def study(tmp_path_factory):
     if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
         pytest.skip("../shared/data/cifar-mini is not present")
     out = tmp_path_factory.mktemp("study") / "reproduce"
-    result = run_cli("reproduce", "--data-dir", str(MINI), "--scale", "0.05", "--out", str(out), "--quiet")
+    result = run_cli("reproduce", "--data-dir", str(MINI), "--scale", "0.02", "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     return out, result.stdout
 
@@ -50,12 +50,11 @@ def test_reproduce_runs_the_articles_six_runs_with_its_recipes(study):
         assert row["final_test_acc"] == summary["final_test_acc"]
         assert row["article"]["final_test_acc"] == ARTICLE_TEST[row["key"]]
         assert config["recipe"] == f"article-{summary['model']}"
-        assert config["limit_train"] == round(5000 * 0.05)                    # --scale shrinks the train set
+        assert config["limit_train"] == 100                                   # --scale 0.02 of 5,000 images
         # ours (article) side by side in the printed table
         assert f"{summary['final_test_acc']:.2f} ({ARTICLE_TEST[row['key']]:.2f})" in stdout
     epochs = {r["key"]: r["epochs"] for r in data["runs"]}
-    assert epochs == {"basic-cnn-cifar10": 1, "deeper-cnn-cifar10": 1, "deeper-cnn-cifar100-20ep": 1,
-                      "deeper-cnn-cifar100-35ep": 2, "resnet18-cifar10": 1, "resnet18-cifar100": 1}
+    assert set(epochs.values()) == {1}                                        # round(0.02 x 10..35), at least 1
 
 
 def test_reproduce_report_blocks_hold_the_run_folders_numbers(study):
@@ -80,7 +79,7 @@ def test_reproduce_again_reuses_finished_runs(study):
     out, _ = study
     before = json.loads((out / "reproduce.json").read_text())
     evaluated = {key: (out / key / "evaluation-test" / "evaluation.json").stat().st_mtime_ns for key in RUNS}
-    result = run_cli("reproduce", "--data-dir", str(MINI), "--scale", "0.05", "--out", str(out))
+    result = run_cli("reproduce", "--data-dir", str(MINI), "--scale", "0.02", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("already finished, reusing it") == 6
     after = json.loads((out / "reproduce.json").read_text())

@@ -10,7 +10,7 @@ from conftest import run_cli
 
 def train(data, out, *extra):
     result = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(data),
-                     "--limit-train", "2000", "--epochs", "2", "--quiet", "--out", str(out), *extra)
+                     "--limit-train", "1000", "--epochs", "2", "--quiet", "--out", str(out), *extra)
     assert result.returncode == 0, result.stderr
     return json.loads((out / "summary.json").read_text())
 
