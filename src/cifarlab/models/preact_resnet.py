@@ -16,18 +16,21 @@ for the final unit (kuangliu/pytorch-cifar's PreActResNet18 leaves it out:
 from torch import nn
 
 
-def _norm(channels: int, batchnorm: bool) -> nn.Module:
+def norm(channels: int, batchnorm: bool) -> nn.Module:
     return nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
 
 
 class PreActBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int = 1, batchnorm: bool = True):
+    """BN -> ReLU -> conv3x3 -> BN -> ReLU -> [dropout] -> conv3x3, + shortcut (also the Wide ResNet block)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, batchnorm: bool = True, dropout: float = 0.0):
         super().__init__()
         # Without BN the convs get a bias back, as a plain conv layer would have.
         bias = not batchnorm
-        self.bn1 = _norm(cin, batchnorm)
+        self.bn1 = norm(cin, batchnorm)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
-        self.bn2 = _norm(cout, batchnorm)
+        self.bn2 = norm(cout, batchnorm)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
         # Not in place: without BN, bn1 is the identity and an in-place ReLU would overwrite the
         # block's input, which the identity shortcut still needs.
@@ -38,7 +41,7 @@ class PreActBlock(nn.Module):
         out = self.relu(self.bn1(x))
         shortcut = self.projection(out) if self.projection is not None else x
         out = self.conv1(out)
-        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv2(self.dropout(self.relu(self.bn2(out))))
         return out + shortcut
 
 
@@ -53,7 +56,7 @@ class PreActResNet(nn.Module):
                 layers.append(PreActBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, batchnorm))
                 cin = cout
         self.layers = nn.Sequential(*layers)
-        self.head = nn.Sequential(_norm(cin, batchnorm), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
+        self.head = nn.Sequential(norm(cin, batchnorm), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
                                   nn.Flatten(), nn.Linear(cin, num_classes))
 
     def forward(self, x):

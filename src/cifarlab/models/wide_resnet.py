@@ -17,34 +17,9 @@ the width or stride changes. Dropout is the paper's 0.3 when switched on
 
 from torch import nn
 
+from cifarlab.models.preact_resnet import PreActBlock, norm
+
 PAPER_DROPOUT = 0.3
-
-
-def _norm(channels: int, batchnorm: bool) -> nn.Module:
-    return nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
-
-
-class WideBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, batchnorm: bool, dropout: float):
-        super().__init__()
-        # Without BN the convs get a bias back, as a plain conv layer would have.
-        bias = not batchnorm
-        self.bn1 = _norm(cin, batchnorm)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
-        self.bn2 = _norm(cout, batchnorm)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
-        # Not in place: without BN, bn1 is the identity and an in-place ReLU would overwrite the
-        # block's input, which the identity shortcut still needs.
-        self.relu = nn.ReLU()
-        self.projection = nn.Conv2d(cin, cout, 1, stride, bias=bias) if stride != 1 or cin != cout else None
-
-    def forward(self, x):
-        out = self.relu(self.bn1(x))
-        shortcut = self.projection(out) if self.projection is not None else x
-        out = self.conv1(out)
-        out = self.conv2(self.dropout(self.relu(self.bn2(out))))
-        return out + shortcut
 
 
 class WideResNet(nn.Module):
@@ -58,10 +33,10 @@ class WideResNet(nn.Module):
         layers, cin = [], 16
         for i, cout in enumerate((16 * widen, 32 * widen, 64 * widen)):
             for j in range(n):
-                layers.append(WideBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, batchnorm, rate))
+                layers.append(PreActBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, batchnorm, rate))
                 cin = cout
         self.layers = nn.Sequential(*layers)
-        self.head = nn.Sequential(_norm(cin, batchnorm), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
+        self.head = nn.Sequential(norm(cin, batchnorm), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
                                   nn.Flatten(), nn.Linear(cin, num_classes))
 
     def forward(self, x):
