@@ -30,7 +30,7 @@ class PreActBlock(nn.Module):
         self.bn1 = norm(cin, batchnorm)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
         self.bn2 = norm(cout, batchnorm)
-        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.dropout = nn.Dropout(dropout)   # p = 0: a no-op (pre-activation ResNet, WRN switched off)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
         # Not in place: without BN, bn1 is the identity and an in-place ReLU would overwrite the
         # block's input, which the identity shortcut still needs.
@@ -46,14 +46,17 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(nn.Module):
-    def __init__(self, blocks: list[int], num_classes: int = 10, in_channels: int = 3,
-                 batchnorm: bool = True):
+    """Stem conv, stages of pre-activation blocks (the first block of every later stage strides 2),
+    BN -> ReLU, global average pool, FC. Also the Wide ResNet's plan (wide_resnet.py)."""
+
+    def __init__(self, blocks: list[int], widths=(64, 128, 256, 512), stem: int = 64, num_classes: int = 10,
+                 in_channels: int = 3, batchnorm: bool = True, dropout: float = 0.0):
         super().__init__()
-        self.stem = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=not batchnorm)
-        layers, cin = [], 64
-        for i, (n, cout) in enumerate(zip(blocks, (64, 128, 256, 512))):
+        self.stem = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=not batchnorm)
+        layers, cin = [], stem
+        for i, (n, cout) in enumerate(zip(blocks, widths)):
             for j in range(n):
-                layers.append(PreActBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, batchnorm))
+                layers.append(PreActBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, batchnorm, dropout))
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.head = nn.Sequential(norm(cin, batchnorm), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),

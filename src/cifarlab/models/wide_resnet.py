@@ -15,37 +15,24 @@ the width or stride changes. Dropout is the paper's 0.3 when switched on
     wrn-28-10: n = 4, widths 160/320/640
 """
 
-from torch import nn
 
-from cifarlab.models.preact_resnet import PreActBlock, norm
+from cifarlab.models.preact_resnet import PreActResNet
 
 PAPER_DROPOUT = 0.3
 
 
-class WideResNet(nn.Module):
-    def __init__(self, depth: int, widen: int, num_classes: int = 10, in_channels: int = 3,
-                 batchnorm: bool = True, dropout: bool = True):
-        super().__init__()
-        if (depth - 4) % 6:
-            raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
-        n, rate = (depth - 4) // 6, PAPER_DROPOUT if dropout else 0.0
-        self.stem = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=not batchnorm)
-        layers, cin = [], 16
-        for i, cout in enumerate((16 * widen, 32 * widen, 64 * widen)):
-            for j in range(n):
-                layers.append(PreActBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, batchnorm, rate))
-                cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.head = nn.Sequential(norm(cin, batchnorm), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten(), nn.Linear(cin, num_classes))
-
-    def forward(self, x):
-        return self.head(self.layers(self.stem(x)))
+def wide_resnet(depth: int, widen: int, num_classes: int = 10, in_channels: int = 3,
+                batchnorm: bool = True, dropout: bool = True) -> PreActResNet:
+    if (depth - 4) % 6:
+        raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
+    n = (depth - 4) // 6
+    return PreActResNet([n] * 3, (16 * widen, 32 * widen, 64 * widen), 16, num_classes, in_channels, batchnorm,
+                        PAPER_DROPOUT if dropout else 0.0)
 
 
-def wrn_16_8(**kwargs) -> WideResNet:
-    return WideResNet(16, 8, **kwargs)
+def wrn_16_8(**kwargs) -> PreActResNet:
+    return wide_resnet(16, 8, **kwargs)
 
 
-def wrn_28_10(**kwargs) -> WideResNet:
-    return WideResNet(28, 10, **kwargs)
+def wrn_28_10(**kwargs) -> PreActResNet:
+    return wide_resnet(28, 10, **kwargs)
