@@ -12,7 +12,7 @@ from pathlib import Path
 from cifarlab.config import TrainConfig
 from cifarlab.errors import UsageError
 from cifarlab.report.document import text_table
-from cifarlab.report.runs import Run, load_run, mean_rows, mean_std
+from cifarlab.report.runs import Run, load_run, mean_std
 from cifarlab.report.summary import RULE, comparison_block, summary_title, write_summary
 
 # summary.json keys that get a mean and a std over seeds.
@@ -119,7 +119,7 @@ def comparison_figure(runs: list[Run], path: Path) -> Path:
     bars.set_xticks(range(len(runs)), names, rotation=20, ha="right", fontsize=8)
     bars.set(ylabel="final test accuracy (%)", ylim=(0, 105), title="Final test accuracy")
     for i, r in enumerate(runs):
-        rows = mean_rows([r.rows]) if r.rows else []
+        rows = r.rows
         lines.plot([x["epoch"] for x in rows], [x["test_acc"] for x in rows], color=f"C{i % 10}", marker="o",
                    ms=3, label=r.name)
     lines.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy per epoch")

@@ -117,6 +117,13 @@ def make_run_dir(cfg: TrainConfig, resume: bool = False) -> Path:
     return out
 
 
+def global_sums(d: Dist, loss_sum: torch.Tensor, correct: torch.Tensor, count: int) -> list[float]:
+    """(loss sum, correct, images) added over every rank (just read back in a single process)."""
+    local = torch.stack([loss_sum.double(), correct.double(),
+                         torch.tensor(float(count), device=loss_sum.device, dtype=torch.float64)])
+    return d.all_sum(local).tolist()
+
+
 def evaluate(model, loader: DeviceLoader, precision: Precision, device: torch.device,
              tta: bool = False, d: Dist = SINGLE) -> tuple[float, float]:
     """(mean cross-entropy, accuracy %) over a loader, in large batches, with one sync at the end.
@@ -134,9 +141,7 @@ def evaluate(model, loader: DeviceLoader, precision: Precision, device: torch.de
                 out = (out + model(x.flip(3)).float()) / 2
             loss_sum += F.cross_entropy(out, y, reduction="sum")
             correct += (out.argmax(1) == y).sum()
-    totals = d.all_sum(torch.stack([loss_sum.double(), correct.double(),
-                                    torch.tensor(float(len(loader.labels)), device=device, dtype=torch.float64)]))
-    loss, right, n = totals.tolist()
+    loss, right, n = global_sums(d, loss_sum, correct, len(loader.labels))
     return loss / n, 100.0 * right / n
 
 
@@ -269,10 +274,9 @@ def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -
         t.state.step = step
         progress.step(loss if progress.tty and step % 25 == 0 else None)
         if signum is not None or due:
-            sums = t.dist.all_sum(torch.stack([loss_sum.double(), correct.double(),
-                                               torch.tensor(float(seen), device=device, dtype=torch.float64)]))
-            t.state.partial = {**t.state.partial, "loss_sum": sums[0].item(), "correct": int(sums[1].item()),
-                               "seen": int(sums[2].item()), "seconds": time.perf_counter() - start}
+            total_loss, total_correct, total_seen = global_sums(t.dist, loss_sum, correct, seen)
+            t.state.partial = {**t.state.partial, "loss_sum": total_loss, "correct": int(total_correct),
+                               "seen": int(total_seen), "seconds": time.perf_counter() - start}
             t.save()
             last_save = time.monotonic()
             if signum is not None:
@@ -287,9 +291,7 @@ def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -
                        f"good checkpoint is kept in {t.out / 'checkpoints' / 'last.pt'}. Lower --lr, or pass "
                        "--on-nan skip-step to skip such batches")
     seconds = time.perf_counter() - start
-    sums = t.dist.all_sum(torch.stack([loss_sum.double(), correct.double(),
-                                       torch.tensor(float(seen), device=device, dtype=torch.float64)]))
-    total_loss, total_correct, total_seen = sums.tolist()
+    total_loss, total_correct, total_seen = global_sums(t.dist, loss_sum, correct, seen)
     return total_loss / max(total_seen, 1), 100.0 * total_correct / max(total_seen, 1), int(total_seen), seconds
 
 
