@@ -61,7 +61,7 @@ def test_every_registered_model_trains_one_step_on_mnist_shapes():
         model = build_model(name, 10, 1, 28)
         loss = model(torch.randn(2, 1, 28, 28)).logsumexp(1).mean()   # 2: BN still sees >1 value per channel
         loss.backward()
-        assert all(p.grad is not None for p in model.parameters())
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)   # fast94 freezes some
 
 
 def test_basic_cnn_pool_before_relu_matches_the_article_order():

@@ -21,7 +21,8 @@ class _Parser(argparse.ArgumentParser):
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from cifarlab.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
 
-    p.add_argument("--model", help="basic-cnn | deeper-cnn | resnet18 | resnet18-imagenet | resnet34 | ... (all: `cifarlab models`)")
+    p.add_argument("--model", help="basic-cnn | deeper-cnn | resnet18 | fast94 | resnet18-imagenet | ... (all: "
+                   "`cifarlab models`); a recipe made for one model (fast94, tuned-*) names it for you")
     p.add_argument("--dataset", help="cifar10 | cifar100 | mnist | fashion-mnist")
     p.add_argument("--recipe", help="a named recipe (see `cifarlab recipes`) or a .toml file; flags override it")
     p.add_argument("--epochs", type=int)
@@ -39,7 +40,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--tta", action="store_const", const=True,
                    help="test-time augmentation: average predictions on each image and its mirror")
-    p.add_argument("--augment", help="comma list of crop,flip,jitter,cutout, or none")
+    p.add_argument("--no-tta", dest="tta", action="store_const", const=False, help="turn off a recipe's TTA")
+    p.add_argument("--tta-shift", type=int, metavar="PIXELS",
+                   help="the final evaluation also averages two copies moved PIXELS up-left and down-right "
+                   "(fast94: 1)")
+    p.add_argument("--lookahead", action="store_const", const=True,
+                   help="lookahead weight averaging: every 5 steps pull the weights to their slow average")
+    p.add_argument("--no-lookahead", dest="lookahead", action="store_const", const=False,
+                   help="turn off a recipe's lookahead (ablation)")
+    p.add_argument("--norm-lr-factor", type=float, help="normalisation-layer parameters (BatchNorm, LayerNorm) learn at lr x this (fast94: 64)")
+    p.add_argument("--augment", help="comma list of crop,translate,flip,alt-flip,jitter,cutout, or none "
+                   "(translate: crop from a reflect-padded image; alt-flip: mirror each image every other epoch)")
     p.add_argument("--no-batchnorm", dest="batchnorm", action="store_const", const=False,
                    help="build the model without BatchNorm (ablation)")
     p.add_argument("--init", help="auto (the article's choice per model) | kaiming | xavier | default")
@@ -116,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--data-dir", help="dataset root (default $CIFARLAB_DATA or ~/.cache/cifarlab)")
     reproduce.add_argument("--scale", type=float, default=1.0,
                            help="multiply epochs and train-set size by F in (0, 1] for a quick pass (default 1)")
-    reproduce.add_argument("--tuned", action="store_true", help="add our tuned recipes side by side")
+    reproduce.add_argument("--tuned", action="store_true",
+                           help="add our tuned recipes side by side (tuned-<model>[-<dataset>]; at full scale "
+                           "the deeper-cnn and resnet18 ones take hours on a CPU)")
     reproduce.add_argument("--out", default="runs/reproduce", help="study folder (default runs/reproduce)")
     reproduce.add_argument("--device", choices=DEVICES_CHOICES)
     reproduce.add_argument("--no-download", dest="download", action="store_const", const=False)
@@ -128,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                               epilog="Example: cifarlab evaluate runs/basic --tta flip")
     evaluate.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
     evaluate.add_argument("--split", choices=("test", "val"), default="test")
-    evaluate.add_argument("--tta", choices=("none", "flip"), default="none", help="flip = average with the mirror")
+    evaluate.add_argument("--tta", choices=("none", "flip", "flip-shift"), default="none",
+                          help="flip = average with the mirror; flip-shift = also with copies moved 1 pixel "
+                          "up-left and down-right (what the fast94 recipe's final evaluation uses)")
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--device", choices=DEVICES_CHOICES, default="auto")
     evaluate.add_argument("--out", help="folder for the results (default RUN_DIR/evaluation-SPLIT)")
@@ -171,10 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_config(args, default_recipe: bool = False):
-    from cifarlab.config import build_config, list_recipes, parse_augment
+    from cifarlab.config import build_config, list_recipes, parse_augment, recipe_models
 
+    made_for = recipe_models(args.recipe) if args.recipe else []
+    if args.model is None and len(made_for) == 1:   # a recipe made for one model (fast94) names it
+        args.model = made_for[0]
     if args.model is None or args.dataset is None:
         raise UsageError(f"{args.command} needs --model and --dataset (see `cifarlab models`)")
+    if made_for and args.model not in made_for and not args.quiet:
+        print(f"cifarlab: note: recipe {args.recipe} was made for {', '.join(made_for)}, not {args.model}; "
+              "its settings may not suit it", file=sys.stderr)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "seeds", "without")}
     if args.augment is not None:
         overrides["augment"] = parse_augment(args.augment)
@@ -263,11 +284,12 @@ def cmd_reproduce(args) -> int:
 def cmd_evaluate(args) -> int:
     from cifarlab.evaluate import evaluate_run
 
-    r = evaluate_run(args.source, args.split, args.tta == "flip", args.data_dir, args.out, args.device)
+    r = evaluate_run(args.source, args.split, args.tta != "none", args.data_dir, args.out, args.device,
+                     shift=1 if args.tta == "flip-shift" else 0)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "folder"}, indent=2))
         return 0
-    print(f"{r['model']} on {r['dataset']} {r['split']} ({r['images']:,} images{', flip TTA' if r['tta'] else ''}): "
+    print(f"{r['model']} on {r['dataset']} {r['split']} ({r['images']:,} images{', flip TTA' if r['tta'] else ''}{' + shifts' if r['tta_shift'] else ''}): "
           f"accuracy {r['accuracy']:.2f}%")
     width = max(len(c) for c in r["classes"][:20])
     for name, acc in list(r["per_class"].items())[:20]:

@@ -43,7 +43,10 @@ class TrainConfig:
     warmup_epochs: float = 0.0      # linear warm-up (cosine) / rise fraction source (onecycle)
     label_smoothing: float = 0.0
     backbone_lr_factor: float = 1.0 # fine-tuning: lr of every layer but the classifier = lr x this
+    norm_lr_factor: float = 1.0     # lr of normalisation-layer parameters = lr x this (fast94: BN shifts 64x)
+    lookahead: bool = False         # every 5 steps pull the weights to a slow average of themselves
     tta: bool = False               # evaluate on each image and its mirror, average the logits
+    tta_shift: int = 0              # final evaluation: also copies moved this many pixels up-left / down-right
     augment: list[str] = field(default_factory=list)
     crop_padding: int = 4
     jitter: float = 0.2
@@ -97,22 +100,31 @@ def _parse_toml(text: str, source: str) -> dict:
         raise UsageError(f"{source}: invalid TOML ({e})") from None
 
 
-def load_recipe(name_or_path: str) -> dict:
-    """A recipe's settings (validated keys), from a shipped name or a .toml path."""
+def _recipe_data(name_or_path: str) -> tuple[dict, str]:
+    """(everything the recipe file holds, where it came from), from a shipped name or a .toml path."""
     path = Path(name_or_path)
     if name_or_path.endswith(".toml") or path.is_file():
         if not path.is_file():
             raise UsageError(f"{path}: recipe file not found")
         try:
-            data = _parse_toml(path.read_text(), str(path))
+            return _parse_toml(path.read_text(), str(path)), str(path)
         except UnicodeDecodeError:
             raise UsageError(f"{path}: recipe file is not UTF-8 text") from None
-        source = str(path)
-    else:
-        recipes = list_recipes()
-        if name_or_path not in recipes:
-            raise UsageError(f"unknown recipe '{name_or_path}' (choose from {', '.join(recipes)})")
-        data, source = recipes[name_or_path], name_or_path
+    recipes = list_recipes()
+    if name_or_path not in recipes:
+        raise UsageError(f"unknown recipe '{name_or_path}' (choose from {', '.join(recipes)})")
+    return recipes[name_or_path], name_or_path
+
+
+def recipe_models(name_or_path: str) -> list[str]:
+    """The models a recipe was made for (its `models` list; empty: any)."""
+    models = _recipe_data(name_or_path)[0].get("models", [])
+    return list(models) if isinstance(models, list) else []
+
+
+def load_recipe(name_or_path: str) -> dict:
+    """A recipe's settings (validated keys), from a shipped name or a .toml path."""
+    data, source = _recipe_data(name_or_path)
     settings = {k: v for k, v in data.items() if k not in ("description", "models", "target")}
     for key in settings:
         if key not in FIELD_TYPES or key in _NOT_IN_RECIPES:
@@ -152,6 +164,12 @@ def validate(cfg: TrainConfig) -> None:
                f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
     _check(isinstance(cfg.backbone_lr_factor, (int, float)) and 0 < cfg.backbone_lr_factor <= 1,
            f"--backbone-lr-factor must be in (0, 1], got {cfg.backbone_lr_factor}")
+    _check(isinstance(cfg.norm_lr_factor, (int, float)) and math.isfinite(cfg.norm_lr_factor)
+           and cfg.norm_lr_factor > 0, f"--norm-lr-factor must be a finite number > 0, got {cfg.norm_lr_factor}")
+    _check(isinstance(cfg.tta_shift, int) and 0 <= cfg.tta_shift <= 4,
+           f"--tta-shift must be 0..4 pixels, got {cfg.tta_shift}")
+    for name in ("lookahead", "tta", "nesterov", "batchnorm", "dropout", "channels_last", "compile"):
+        _check(isinstance(getattr(cfg, name), bool), f"{name} must be true or false, got {getattr(cfg, name)!r}")
     _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     _check(0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma}")
     _check(cfg.optimizer in OPTIMIZERS, f"unknown optimizer '{cfg.optimizer}' (choose from {', '.join(OPTIMIZERS)})")
@@ -166,6 +184,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(isinstance(cfg.augment, list), f"augment must be a list, got {cfg.augment!r}")
     for op in cfg.augment:
         _check(op in AUGMENTATIONS, f"unknown augmentation '{op}' (choose from {', '.join(AUGMENTATIONS)}, or none)")
+    for a, b in (("crop", "translate"), ("flip", "alt-flip")):
+        _check(not (a in cfg.augment and b in cfg.augment), f"augment: choose one of {a} and {b}, not both")
     _check(isinstance(cfg.val_size, int) and cfg.val_size >= 0, f"--val-size must be >= 0, got {cfg.val_size}")
     _check(cfg.limit_train is None or cfg.limit_train >= 1, f"--limit-train must be >= 1, got {cfg.limit_train}")
     _check(0 <= cfg.crop_padding <= 16 and cfg.cutout_size >= 1 and 0 <= cfg.jitter < 1,

@@ -15,7 +15,7 @@ from cifarlab.data.loader import DeviceLoader
 from cifarlab.errors import UsageError
 from cifarlab.models import build_model
 from cifarlab.train.checkpoint import atomic_write_json
-from cifarlab.train.engine import Precision, prepare_data, resolve_device, resolve_precision
+from cifarlab.train.engine import Precision, prepare_data, resolve_device, resolve_precision, tta_logits
 from cifarlab.train.state import load_checkpoint, strip_prefixes
 
 
@@ -65,16 +65,15 @@ def load_trained(source: str | Path) -> Trained:
     return Trained(model, cfg, run_dir)
 
 
-def predict_split(model, split, info, device, precision: Precision, tta: bool, batch_size: int = 1000):
-    """Predicted labels for every image of a split."""
+def predict_split(model, split, info, device, precision: Precision, tta: bool, batch_size: int = 1000,
+                  shift: int = 0):
+    """Predicted labels for every image of a split (tta: with the mirror; shift: and shifted copies)."""
     model = model.to(device).eval()
     loader = DeviceLoader(split, batch_size, info.mean, info.std, device, channels_last=device.type != "mps")
     preds = []
     with torch.inference_mode(), precision.autocast(device):
         for x, _ in loader:
-            out = model(x).float()
-            if tta:
-                out = out + model(x.flip(3)).float()
+            out = tta_logits(model, x, tta, shift) if tta or shift else model(x).float()
             preds.append(out.argmax(1))
     return torch.cat(preds).cpu()
 
@@ -93,7 +92,7 @@ def most_confused(matrix: torch.Tensor, classes: list[str], k: int = 5) -> list[
 
 
 def evaluate_run(source: str | Path, split: str = "test", tta: bool = False, data_dir: str | None = None,
-                 out: str | Path | None = None, device: str = "auto") -> dict:
+                 out: str | Path | None = None, device: str = "auto", shift: int = 0) -> dict:
     """Evaluate and write evaluation.json, confusion.png, per_class.png; returns the result dict."""
     from cifarlab.report import plots
 
@@ -107,18 +106,19 @@ def evaluate_run(source: str | Path, split: str = "test", tta: bool = False, dat
     chosen = data.val if split == "val" else data.test
     dev = resolve_device(device)
     precision = Precision(resolve_precision("auto", dev))
-    preds = predict_split(trained.model, chosen, data.info, dev, precision, tta)
+    preds = predict_split(trained.model, chosen, data.info, dev, precision, tta, shift=shift)
     labels = chosen.labels.cpu()
     n = data.info.num_classes
     matrix = confusion(labels, preds, n)
     per_class = (matrix.diag().float() / matrix.sum(1).clamp(min=1).float() * 100).tolist()
     result = {
-        "source": str(source), "model": cfg.model, "dataset": cfg.dataset, "split": split, "tta": tta,
+        "source": str(source), "model": cfg.model, "dataset": cfg.dataset, "split": split, "tta": tta, "tta_shift": shift,
         "images": len(labels), "accuracy": 100.0 * (preds == labels).float().mean().item(),
         "per_class": dict(zip(data.classes, per_class)), "classes": data.classes,
         "confusion": matrix.tolist(), "most_confused": most_confused(matrix, data.classes),
     }
-    folder = Path(out) if out else trained.run_dir / f"evaluation-{split}{'-tta' if tta else ''}"
+    views = ("-tta" if tta else "") + (f"-shift{shift}" if shift else "")
+    folder = Path(out) if out else trained.run_dir / f"evaluation-{split}{views}"
     atomic_write_json(folder / "evaluation.json", result)
     title = f"{cfg.model} on {cfg.dataset} {split}"
     plots.confusion_matrix(result["confusion"], data.classes, folder / "confusion.png", f"Confusion matrix: {title}")

@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import torch
 
-AUGMENTATIONS = ("crop", "flip", "jitter", "cutout")
+# translate: a crop from a reflect-padded image (no black borders); alt-flip: each image is
+# mirrored in every other epoch (a seeded half of the images in even epochs, the rest in odd),
+# so over two epochs the network sees both views of every image instead of a random 3/4.
+AUGMENTATIONS = ("crop", "translate", "flip", "alt-flip", "jitter", "cutout")
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) * (high - low) + low
 
 
-def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
-    """Zero-pad by `padding` and cut a random H x W window per image."""
+def random_crop(x: torch.Tensor, padding: int, g: torch.Generator, mode: str = "constant") -> torch.Tensor:
+    """Pad by `padding` (zeros, or mode="reflect") and cut a random H x W window per image."""
     b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    if mode == "reflect":  # reflect padding exists for float tensors only
+        padded = torch.nn.functional.pad(x.float(), (padding,) * 4, mode="reflect").to(x.dtype)
+    else:
+        padded = torch.nn.functional.pad(x, (padding,) * 4)
     dy = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=x.device)
     dx = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]

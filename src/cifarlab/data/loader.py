@@ -63,6 +63,9 @@ class DeviceLoader:
         self.seed = seed
         self.epoch, self.start_step = 0, 0
         self.rank, self.world = shard
+        # alt-flip: which images are mirrored in even epochs (the others in odd ones)
+        self.flip_even = torch.rand(len(self.labels), generator=self._generator(-1, -1),
+                                    device=device) < 0.5 if "alt-flip" in augment.ops else None
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -86,18 +89,22 @@ class DeviceLoader:
         for i in range(start, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             g = self._generator(epoch, i) if self.augment.ops else None
-            x, y = self._prepare(self.images[idx], g), self.labels[idx]
+            flips = self.flip_even[idx] ^ bool(epoch % 2) if self.flip_even is not None else None
+            x, y = self._prepare(self.images[idx], g, flips), self.labels[idx]
             if self.world > 1:
                 part = len(idx) // self.world
                 x, y = x[self.rank * part:(self.rank + 1) * part], y[self.rank * part:(self.rank + 1) * part]
             yield x, y
 
-    def _prepare(self, batch: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    def _prepare(self, batch: torch.Tensor, g: torch.Generator | None, flips: torch.Tensor | None) -> torch.Tensor:
         ops = self.augment.ops
-        if "crop" in ops:
-            batch = augment.random_crop(batch, self.augment.crop_padding, g)
+        if "crop" in ops or "translate" in ops:
+            mode = "reflect" if "translate" in ops else "constant"
+            batch = augment.random_crop(batch, self.augment.crop_padding, g, mode)
         if "flip" in ops:
             batch = augment.random_flip(batch, g)
+        if flips is not None:
+            batch = torch.where(flips[:, None, None, None], batch.flip(3), batch)
         x = batch.float().div_(255)
         if "jitter" in ops:
             x = augment.color_jitter(x, self.augment.jitter, g)

@@ -10,6 +10,7 @@ from torch import nn
 from cifarlab.errors import UsageError
 from cifarlab.models.basic_cnn import BasicCNN
 from cifarlab.models.deeper_cnn import DeeperCNN
+from cifarlab.models.fast94 import fast94
 from cifarlab.models.init import INITS, initialize
 from cifarlab.models.pretrained import load_imagenet_weights, resnet18_imagenet
 from cifarlab.models.preact_resnet import preact_resnet18
@@ -73,6 +74,11 @@ MODELS: dict[str, ModelSpec] = {
         "vit-tiny", "ViT-Tiny",
         lambda n, c, s, bn, do: vit_tiny(num_classes=n, in_channels=c, image_size=s, dropout=do),
         "default", 4, "Vision Transformer: 4x4 patches, dim 192, 9 blocks, 3 heads, MLP 768, class token"),
+    "fast94": ModelSpec(
+        "fast94", "fast94",
+        lambda n, c, s, bn, do: fast94(num_classes=n, in_channels=c),
+        "default", 8, "speed-run net: frozen 2x2 whitening stem, 3 stages conv-pool-BN-GELU-conv-BN-GELU "
+                      "(64, 256, 256), max-pool, scaled linear head"),
 }
 
 # torchvision's ImageNet ResNet-18, adapted to 32x32 (models/pretrained.py); the same 11,173,962

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 import cifarlab
 from cifarlab.config import TrainConfig
 from cifarlab.data.formats import Split
+from cifarlab.data.augment import normalize
 from cifarlab.data.loader import AugmentSettings, DeviceLoader
 from cifarlab.data.sources import DatasetInfo, class_balanced_split, load_dataset
 from cifarlab.errors import Diverged, Interrupted, UsageError
@@ -27,6 +28,7 @@ from cifarlab.report.summary import article_summary, write_summary
 from cifarlab.train import distributed
 from cifarlab.train.distributed import SINGLE, Dist, unwrap
 from cifarlab.train.checkpoint import atomic_write_json, atomic_write_text, save_checkpoint
+from cifarlab.train.lookahead import Lookahead
 from cifarlab.train.optim import build_optimizer, build_scheduler
 from cifarlab.train.progress import Progress, log_tensorboard, tensorboard_writer
 from cifarlab.train.state import RunState, StopSignals, load_checkpoint, rng_state, set_rng_state, strip_prefixes
@@ -124,11 +126,28 @@ def global_sums(d: Dist, loss_sum: torch.Tensor, correct: torch.Tensor, count: i
     return d.all_sum(local).tolist()
 
 
+def tta_logits(model, x: torch.Tensor, flip: bool = True, shift: int = 0) -> torch.Tensor:
+    """Logits averaged over test-time views: the image and its mirror (flip), and with shift > 0
+    also copies moved `shift` pixels up-left and down-right (reflect-padded), weighted 1/4 each."""
+    def both(v):
+        out = model(v).float()
+        return (out + model(v.flip(3)).float()) / 2 if flip else out
+    out = both(x)
+    if shift:
+        h, w = x.shape[2:]
+        padded = F.pad(x, (shift,) * 4, mode="reflect")
+        moved = [padded[:, :, :h, :w], padded[:, :, 2 * shift:, 2 * shift:]]
+        out = out / 2 + sum(both(v.contiguous(memory_format=torch.channels_last)
+                                 if x.is_contiguous(memory_format=torch.channels_last) else v)
+                            for v in moved) / 4
+    return out
+
+
 def evaluate(model, loader: DeviceLoader, precision: Precision, device: torch.device,
-             tta: bool = False, d: Dist = SINGLE) -> tuple[float, float]:
+             tta: bool = False, d: Dist = SINGLE, shift: int = 0) -> tuple[float, float]:
     """(mean cross-entropy, accuracy %) over a loader, in large batches, with one sync at the end.
 
-    tta: average the logits of each image and its left-right mirror.
+    tta: average the logits of each image and its left-right mirror (shift: and shifted copies).
     d: under torchrun each rank holds a slice of the split; the sums are added over ranks.
     """
     model.eval()
@@ -136,9 +155,7 @@ def evaluate(model, loader: DeviceLoader, precision: Precision, device: torch.de
     correct = torch.zeros((), device=device, dtype=torch.long)
     with torch.inference_mode(), precision.autocast(device):
         for x, y in loader:
-            out = model(x).float()
-            if tta:
-                out = (out + model(x.flip(3)).float()) / 2
+            out = tta_logits(model, x, tta, shift) if tta or shift else model(x).float()
             loss_sum += F.cross_entropy(out, y, reduction="sum")
             correct += (out.argmax(1) == y).sum()
     loss, right, n = global_sums(d, loss_sum, correct, len(loader.labels))
@@ -161,6 +178,7 @@ class Trainer:
     state: RunState
     dist: Dist = SINGLE
     eager: torch.nn.Module | None = None     # the uncompiled model, the fallback when --compile fails
+    lookahead: Lookahead | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The training forward; a compiled model that cannot compile here falls back to eager, once."""
@@ -191,7 +209,8 @@ class Trainer:
                       "scaler": self.scaler.state_dict() if self.scaler else None,
                       "config": self.cfg.to_dict(), "run": self.state.to_dict(),
                       "epoch": self.state.epoch, "step": self.state.step,
-                      "rng": rng_state(self.device), "cifarlab": cifarlab.__version__}
+                      "rng": rng_state(self.device), "cifarlab": cifarlab.__version__,
+                      "lookahead": self.lookahead.state_dict() if self.lookahead else None}
         save_checkpoint(self.out / "checkpoints" / name, checkpoint)
 
     def restore(self, checkpoint: dict) -> None:
@@ -201,6 +220,8 @@ class Trainer:
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.state = RunState.from_dict(checkpoint["run"])
+        if self.lookahead is not None and checkpoint.get("lookahead"):
+            self.lookahead.load_state_dict(checkpoint["lookahead"])
         if not self.dist.is_main:   # the saved partial sums are global: count them once, on rank 0
             self.state.partial.update(loss_sum=0.0, correct=0, seen=0)
         set_rng_state(checkpoint["rng"], self.device)
@@ -243,6 +264,8 @@ def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -
         t.optimizer.zero_grad(set_to_none=True)
         if cfg.on_nan == "skip-step" and not torch.isfinite(loss):
             t.scheduler.step()      # the schedule keeps its length; the batch is dropped
+            if t.lookahead is not None:
+                t.lookahead.step((epoch - 1) * len(t.loader) + step)
         else:
             if t.scaler is not None:
                 t.scaler.scale(loss).backward()
@@ -252,6 +275,8 @@ def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -
                 loss.backward()
                 t.optimizer.step()
             t.scheduler.step()
+            if t.lookahead is not None:
+                t.lookahead.step((epoch - 1) * len(t.loader) + step)
             # Accumulate on the device: no .item() (a host sync) inside the step.
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
@@ -331,6 +356,12 @@ def _fit(cfg: TrainConfig, resume: bool, d: Dist, device: torch.device) -> dict:
                         batchnorm=cfg.batchnorm, init=cfg.init, dropout=cfg.dropout).to(device)
     if model_spec(cfg.model).pretrained and not resume:
         load_pretrained(cfg.model, model, cfg.download)
+    setup_time = 0.0
+    if hasattr(model, "init_from_data") and not resume:  # fast94's whitening stem: from 5,000 train images
+        t_setup = time.perf_counter()
+        sample = data.train.images[:5000].float().div_(255)
+        model.init_from_data(normalize(sample, torch.tensor(info.mean), torch.tensor(info.std)))
+        setup_time = time.perf_counter() - t_setup   # part of training: counted in epoch 1's time
     channels_last = cfg.channels_last and device.type != "mps"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -355,7 +386,9 @@ def _fit(cfg: TrainConfig, resume: bool, d: Dist, device: torch.device) -> dict:
     optimizer = build_optimizer(distributed.unwrap(eager), cfg)
     t = Trainer(cfg, out, device, precision, model, optimizer, build_scheduler(optimizer, cfg, len(train_loader)),
                 torch.amp.GradScaler(device.type) if precision.name == "fp16" else None, train_loader, RunState(), d,
-                eager=eager)
+                eager=eager, lookahead=Lookahead(unwrap(eager), cfg.epochs * len(train_loader))
+                if cfg.lookahead else None)
+    t.state.partial["seconds"] = setup_time
     if checkpoint is not None:
         t.restore(checkpoint)
         if t.state.epoch >= cfg.epochs:
@@ -400,10 +433,14 @@ def run_epoch(t: Trainer, epoch: int, val_loader, test_loader, progress, stop, w
     t.state.partial["lr"] = lr
     t0 = time.perf_counter() - t.state.partial["seconds"]
     train_loss, train_acc, seen, t_train = train_epoch(t, epoch, progress, stop)
-    tta = t.cfg.tta
-    val_loss, val_acc = (evaluate(t.net, val_loader, t.precision, t.device, tta, t.dist) if val_loader
+    final = epoch == t.cfg.epochs
+    if final and t.lookahead is not None:
+        t.lookahead.finish()
+    # shifted test-time views cost 2x more passes: only the final evaluation uses them
+    tta, shift = t.cfg.tta, t.cfg.tta_shift if final else 0
+    val_loss, val_acc = (evaluate(t.net, val_loader, t.precision, t.device, tta, t.dist, shift) if val_loader
                          else (None, None))
-    test_loss, test_acc = evaluate(t.net, test_loader, t.precision, t.device, tta, t.dist)
+    test_loss, test_acc = evaluate(t.net, test_loader, t.precision, t.device, tta, t.dist, shift)
     epoch_time = time.perf_counter() - t0
     row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
            "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
