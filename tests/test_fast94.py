@@ -195,9 +195,9 @@ def test_shifted_tta_views_move_the_image_one_pixel_each_way():
 
 
 def mini_fast94(tmp_path, name, **extra):
-    # the recipe as shipped but smaller: 8 steps of 128 per epoch; shifted views only (3 passes, not 6)
-    values = {"model": "fast94", "dataset": "cifar10", "data_dir": str(MINI), "epochs": 2, "limit_train": 1024,
-              "batch_size": 128, "eval_batch_size": 500, "tta": False, "quiet": True, "tensorboard": False,
+    # the recipe as shipped but smaller: 8 steps of 64 per epoch; shifted views only (3 passes, not 6)
+    values = {"model": "fast94", "dataset": "cifar10", "data_dir": str(MINI), "epochs": 2, "limit_train": 512,
+              "batch_size": 64, "eval_batch_size": 500, "tta": False, "quiet": True, "tensorboard": False,
               "out": str(tmp_path / name), **extra}
     return build_config(values, "fast94")
 
@@ -227,7 +227,7 @@ def test_fast94_recipe_learns_real_images_and_resumes_bit_exactly(tmp_path, monk
     if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
         pytest.skip("../shared/data/cifar-mini is not present")
     summary = fit(mini_fast94(tmp_path, "whole"))
-    # 16 steps on 1,024 real images: well above the 10% of chance, with every part of the recipe on
+    # 16 steps on 512 real images: well above the 10% of chance, with every part of the recipe on
     assert summary["final_test_acc"] > 20.0 and summary["params"] == 1_972_792
     # the saved run reloads (frozen whitening included) and scores what training reported
     from cifarlab.evaluate import evaluate_run
