@@ -264,8 +264,6 @@ def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -
         t.optimizer.zero_grad(set_to_none=True)
         if cfg.on_nan == "skip-step" and not torch.isfinite(loss):
             t.scheduler.step()      # the schedule keeps its length; the batch is dropped
-            if t.lookahead is not None:
-                t.lookahead.step((epoch - 1) * len(t.loader) + step)
         else:
             if t.scaler is not None:
                 t.scaler.scale(loss).backward()
@@ -275,13 +273,13 @@ def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -
                 loss.backward()
                 t.optimizer.step()
             t.scheduler.step()
-            if t.lookahead is not None:
-                t.lookahead.step((epoch - 1) * len(t.loader) + step)
             # Accumulate on the device: no .item() (a host sync) inside the step.
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
             bad |= ~torch.isfinite(loss.detach())
+        if t.lookahead is not None:   # skipped batches count too: the syncs stay on their schedule
+            t.lookahead.step((epoch - 1) * len(t.loader) + step)
         due = bool(cfg.checkpoint_every) and time.monotonic() - last_save >= cfg.checkpoint_every * 60
         signum = stop.signum
         if t.dist.enabled:  # every rank must take the same decision at the same step
