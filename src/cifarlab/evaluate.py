@@ -73,7 +73,7 @@ def predict_split(model, split, info, device, precision: Precision, tta: bool, b
     preds = []
     with torch.inference_mode(), precision.autocast(device):
         for x, _ in loader:
-            out = tta_logits(model, x, tta, shift) if tta or shift else model(x).float()
+            out = tta_logits(model, x, tta, shift)
             preds.append(out.argmax(1))
     return torch.cat(preds).cpu()
 

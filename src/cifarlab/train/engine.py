@@ -128,7 +128,8 @@ def global_sums(d: Dist, loss_sum: torch.Tensor, correct: torch.Tensor, count: i
 
 def tta_logits(model, x: torch.Tensor, flip: bool = True, shift: int = 0) -> torch.Tensor:
     """Logits averaged over test-time views: the image and its mirror (flip), and with shift > 0
-    also copies moved `shift` pixels up-left and down-right (reflect-padded), weighted 1/4 each."""
+    also copies moved `shift` pixels up-left and down-right (reflect-padded), weighted 1/4 each.
+    With neither, just the model's logits."""
     def both(v):
         out = model(v).float()
         return (out + model(v.flip(3)).float()) / 2 if flip else out
@@ -155,7 +156,7 @@ def evaluate(model, loader: DeviceLoader, precision: Precision, device: torch.de
     correct = torch.zeros((), device=device, dtype=torch.long)
     with torch.inference_mode(), precision.autocast(device):
         for x, y in loader:
-            out = tta_logits(model, x, tta, shift) if tta or shift else model(x).float()
+            out = tta_logits(model, x, tta, shift)
             loss_sum += F.cross_entropy(out, y, reduction="sum")
             correct += (out.argmax(1) == y).sum()
     loss, right, n = global_sums(d, loss_sum, correct, len(loader.labels))
