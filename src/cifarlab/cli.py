@@ -48,7 +48,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="lookahead weight averaging: every 5 steps pull the weights to their slow average")
     p.add_argument("--no-lookahead", dest="lookahead", action="store_const", const=False,
                    help="turn off a recipe's lookahead (ablation)")
-    p.add_argument("--norm-lr-factor", type=float, help="normalisation-layer parameters (BatchNorm, LayerNorm) learn at lr x this (fast94: 64)")
+    p.add_argument("--norm-lr-factor", type=float,
+                   help="normalisation-layer parameters (BatchNorm, LayerNorm) learn at lr x this (fast94: 64)")
     p.add_argument("--augment", help="comma list of crop,translate,flip,alt-flip,jitter,cutout, or none "
                    "(translate: crop from a reflect-padded image; alt-flip: mirror each image every other epoch)")
     p.add_argument("--no-batchnorm", dest="batchnorm", action="store_const", const=False,

@@ -37,8 +37,12 @@ def random_crop(x: torch.Tensor, padding: int, g: torch.Generator, mode: str = "
 
 def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
-    flip = torch.rand(x.shape[0], generator=g, device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    return flip_where(x, torch.rand(x.shape[0], generator=g, device=x.device) < 0.5)
+
+
+def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images whose `mask` entry is True."""
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,7 @@ class DeviceLoader:
         if "flip" in ops:
             batch = augment.random_flip(batch, g)
         if flips is not None:
-            batch = torch.where(flips[:, None, None, None], batch.flip(3), batch)
+            batch = augment.flip_where(batch, flips)
         x = batch.float().div_(255)
         if "jitter" in ops:
             x = augment.color_jitter(x, self.augment.jitter, g)

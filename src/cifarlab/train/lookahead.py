@@ -18,7 +18,6 @@ MAX_DECAY = 0.95 ** 5   # the slow copy's decay per sync at the end of training
 
 class Lookahead:
     def __init__(self, model: nn.Module, total_steps: int):
-        self.model = model
         self.total_steps = max(1, total_steps)
         # parameters and the BN running statistics: every floating-point tensor of the state
         # (not num_batches_tracked, an integer count)
