@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab.models import build_model
-from cifarlab.train.engine import Precision, resolve_precision
-from cifarlab.train.optim import _fused
+from cifarlab.training.engine import Precision, resolve_precision
+from cifarlab.training.optim import _fused
 
 BATCH = {"basic-cnn": 64, "deeper-cnn": 128, "resnet18": 128, "fast94": 1024}
 

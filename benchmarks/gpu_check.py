@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from cifarlab.config import build_config, list_recipes
 from cifarlab.data.sources import DATASETS, load_dataset
 from cifarlab.models import MODELS, build_model
-from cifarlab.train.engine import fit
+from cifarlab.training.engine import fit
 
 
 def real_batch(data_dir: str, n: int = 64):

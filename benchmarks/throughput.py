@@ -26,7 +26,7 @@ import torchvision.transforms as T
 from cifarlab.config import build_config
 from cifarlab.data.sources import DATASETS
 from cifarlab.models import build_model
-from cifarlab.train.engine import fit
+from cifarlab.training.engine import fit
 
 
 class LocalCIFAR10(torchvision.datasets.CIFAR10):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from cifarlab.config import build_config
-from cifarlab.train.engine import fit
+from cifarlab.training.engine import fit
 
 
 def one_run(args, seed: int, extra: dict) -> dict:

@@ -9,7 +9,7 @@ from conftest import MINI, run_cli
 from cifarlab.data.formats import Split
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.data.sources import load_dataset
-from cifarlab.evaluate import load_trained
+from cifarlab.run import load_run
 
 CPU = torch.device("cpu")
 
@@ -37,7 +37,7 @@ def _batches(split: Split, info, batch_size: int = 250):
 
 
 def _eager_logits(run, split, info) -> torch.Tensor:
-    model = load_trained(run).model.eval()
+    model = load_run(run).model()
     with torch.inference_mode():
         return torch.cat([model(x) for x, _ in _batches(split, info)])
 
@@ -86,7 +86,7 @@ def test_torchscript_export_to_out_matches_eager_within_1e_5(run, mini, tmp_path
     scripted = torch.jit.load(str(target), _extra_files=extra)
     assert json.loads(extra["cifarlab.json"])["model"] == "basic-cnn"
     x, _ = next(iter(_batches(mini.test, mini.info, 64)))
-    eager = load_trained(run).model.eval()
+    eager = load_run(run).model()
     with torch.inference_mode():
         torch.testing.assert_close(scripted(x), eager(x), rtol=0, atol=1e-5)
 
@@ -104,7 +104,7 @@ def test_safetensors_export_round_trips_weights_and_metadata(run, mini):
         metadata = json.loads(f.metadata()["cifarlab"])
     assert (metadata["model"], metadata["dataset"], metadata["classes"]) == ("basic-cnn", "cifar10", mini.classes)
     weights = load_file(str(path))
-    original = load_trained(run).model.state_dict()
+    original = load_run(run).model().state_dict()
     assert weights.keys() == original.keys()
     assert all(torch.equal(weights[k], original[k]) for k in original)
     rebuilt = build_model(metadata["model"], metadata["num_classes"], metadata["in_channels"],
@@ -112,14 +112,18 @@ def test_safetensors_export_round_trips_weights_and_metadata(run, mini):
     rebuilt.load_state_dict(weights)
     x, _ = next(iter(_batches(mini.test, mini.info, 16)))
     with torch.inference_mode():
-        assert torch.equal(rebuilt.eval()(x), load_trained(run).model.eval()(x))
+        assert torch.equal(rebuilt.eval()(x), load_run(run).model()(x))
 
 
 def test_export_of_a_folder_that_is_not_a_run_exits_2(tmp_path):
     result = run_cli("export", str(tmp_path), "--format", "onnx")
     assert result.returncode == 2
-    assert result.stderr.strip() == f"cifarlab: error: {tmp_path}: not a cifarlab run folder " \
-                                    "(needs config.json and a checkpoint)"
+    assert result.stderr.strip() == f"cifarlab: error: {tmp_path}: not a cifarlab run folder (no config.json)"
+    (tmp_path / "config.json").write_text("{}")
+    result = run_cli("export", str(tmp_path), "--format", "onnx")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"cifarlab: error: {tmp_path}: no checkpoint or model.safetensors in this " \
+                                    "run folder"
 
 
 @pytest.fixture(scope="module")

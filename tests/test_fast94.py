@@ -13,10 +13,10 @@ from cifarlab.data.formats import Split
 from cifarlab.data.loader import AugmentSettings, DeviceLoader
 from cifarlab.errors import Interrupted
 from cifarlab.models import build_model, count_params
-from cifarlab.train import engine
-from cifarlab.train.engine import fit, tta_logits
-from cifarlab.train.lookahead import MAX_DECAY, Lookahead
-from cifarlab.train.optim import build_optimizer
+from cifarlab.training import engine
+from cifarlab.training.engine import fit, tta_logits
+from cifarlab.training.lookahead import MAX_DECAY, Lookahead
+from cifarlab.training.optim import build_optimizer
 
 from conftest import MINI
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from cifarlab.config import build_config
 from cifarlab.models import build_model
-from cifarlab.train.engine import fit
+from cifarlab.training.engine import fit
 
 from conftest import MINI
 

@@ -3,7 +3,7 @@ import torch
 
 from cifarlab.config import TrainConfig
 from cifarlab.models import build_model
-from cifarlab.train.optim import build_optimizer, lr_factor
+from cifarlab.training.optim import build_optimizer, lr_factor
 
 
 def test_step_schedule_decays_every_five_epochs_as_in_the_article():

@@ -9,7 +9,7 @@ import torchvision
 from cifarlab.config import TrainConfig
 from cifarlab.models import build_model, count_params
 from cifarlab.models.pretrained import WEIGHTS_FILE, adapt_stem, load_imagenet_weights
-from cifarlab.train.optim import build_optimizer
+from cifarlab.training.optim import build_optimizer
 
 from conftest import MINI, run_cli
 

@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from cifarlab.config import TrainConfig, build_config, validate
 from cifarlab.errors import CifarlabError, Diverged, UsageError
-from cifarlab.train import checkpoint as ckpt
-from cifarlab.train.engine import fit
+from cifarlab import run as ckpt
+from cifarlab.training.engine import fit
 
 from conftest import MINI, run_cli
 
@@ -131,7 +131,7 @@ def test_diverging_run_stops_with_one_line_naming_epoch_and_step(tmp_path):
 
 def _nan_at(monkeypatch, call):
     """Make the training loss NaN on the call-th cross-entropy of training (evaluation calls pass through)."""
-    import cifarlab.train.engine as engine
+    import cifarlab.training.engine as engine
     real, calls = engine.F.cross_entropy, {"n": 0}
 
     def cross_entropy(out, y, **kw):
@@ -180,7 +180,7 @@ def test_crafted_checkpoint_is_refused_without_running_it(tmp_path, uninterrupte
     for args in (["evaluate", str(run / "checkpoints" / "last.pt")], ["train", "--resume", str(run)]):
         result = run_cli(*args, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
-        assert "refused or unreadable checkpoint" in result.stderr and "Traceback" not in result.stderr
+        assert "refused: it holds objects that could run code when loaded" in result.stderr and "Traceback" not in result.stderr
         assert not (tmp_path / "PWNED").exists()
 
 

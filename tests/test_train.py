@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from cifarlab.config import build_config
 from cifarlab.models import build_model
-from cifarlab.train.engine import fit, resolve_precision, cpu_supports_bf16
+from cifarlab.training.engine import fit, resolve_precision, cpu_supports_bf16
 
 from conftest import run_cli, write_cifar10
 

@@ -70,11 +70,12 @@ def test_no_batchnorm_removes_every_norm_layer(name):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
-def test_vit_keeps_its_layernorms_without_batchnorm():
+def test_vit_has_layernorms_and_refuses_the_batchnorm_switch_it_does_not_have():
     with torch.device("meta"):
-        with_bn, without = build_model("vit-tiny", 10), build_model("vit-tiny", 10, batchnorm=False)
-    assert count_params(with_bn) == count_params(without)
-    assert sum(isinstance(m, torch.nn.LayerNorm) for m in without.modules()) == 2 * 9 + 1
+        model = build_model("vit-tiny", 10)
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules()) == 2 * 9 + 1
+    with pytest.raises(UsageError, match="--no-batchnorm: model 'vit-tiny' has no batchnorm switch"):
+        build_model("vit-tiny", 10, batchnorm=False)
 
 
 def test_pre_activation_blocks_without_bn_leave_the_identity_path_untouched():

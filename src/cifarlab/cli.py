@@ -22,8 +22,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     from cifarlab.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
 
     p.add_argument("--model", help="basic-cnn | deeper-cnn | resnet18 | fast94 | resnet18-imagenet | ... (all: "
-                   "`cifarlab models`); a recipe made for one model (fast94, tuned-*) names it for you")
-    p.add_argument("--dataset", help="cifar10 | cifar100 | mnist | fashion-mnist")
+                   "`cifarlab models`), or your own as module:factory (e.g. mynet:TinyNet, imported from the "
+                   "current folder or PYTHONPATH); a recipe made for one model (fast94, tuned-*) names it for you")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="an extra keyword for your own model's factory (repeatable; VALUE as a Python literal)")
+    p.add_argument("--dataset", help="cifar10 | cifar100 | mnist | fashion-mnist, or your own images: "
+                   "folder:PATH (PATH/train/<class>/*.png, PATH/test/<class>/..., optional PATH/val/) or npz:FILE")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="folder:/npz: resize every image to NxN (antialiased); needed when sizes differ")
+    p.add_argument("--channels", type=int, choices=(1, 3),
+                   help="folder:/npz: 1 = grayscale, 3 = RGB (default: as the first image)")
     p.add_argument("--recipe", help="a named recipe (see `cifarlab recipes`) or a .toml file; flags override it")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -186,24 +194,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_config(args, default_recipe: bool = False):
-    from cifarlab.config import build_config, list_recipes, parse_augment, recipe_models
+def _model_args(pairs: list[str] | None) -> dict | None:
+    """['width=64', 'act="gelu"'] -> {'width': 64, 'act': 'gelu'}; a VALUE that is no literal stays a string."""
+    import ast
 
-    made_for = recipe_models(args.recipe) if args.recipe else []
-    if args.model is None and len(made_for) == 1:   # a recipe made for one model (fast94) names it
-        args.model = made_for[0]
-    if args.model is None or args.dataset is None:
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--model-arg {pair}: write KEY=VALUE, e.g. --model-arg width=64")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def _train_config(args, default_recipe: bool = False):
+    from cifarlab.config import train_config
+
+    if args.model is None and args.recipe is None or args.dataset is None:
         raise UsageError(f"{args.command} needs --model and --dataset (see `cifarlab models`)")
-    if made_for and args.model not in made_for and not args.quiet:
-        print(f"cifarlab: note: recipe {args.recipe} was made for {', '.join(made_for)}, not {args.model}; "
-              "its settings may not suit it", file=sys.stderr)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "recipe", "seeds", "without")}
-    if args.augment is not None:
-        overrides["augment"] = parse_augment(args.augment)
-    recipe = args.recipe
-    if recipe is None and default_recipe and f"article-{args.model}" in list_recipes():
-        recipe = f"article-{args.model}"
-    return build_config(overrides, recipe)
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("command", "recipe", "seeds", "without", "resume", "model_arg")}
+    overrides["model_args"] = _model_args(args.model_arg)
+    return train_config(overrides, args.recipe, default_recipe, note=lambda m: print(m, file=sys.stderr))
 
 
 def _check_seeds(seeds: int) -> None:
@@ -211,33 +228,21 @@ def _check_seeds(seeds: int) -> None:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
 
 
-RESUME_MAY_CHANGE = ("data_dir", "device", "quiet", "download", "checkpoint_every", "tensorboard")
+def _resume(args) -> None:
+    from cifarlab.api import resume
 
-
-def _resume_config(args):
-    from cifarlab.config import config_from_dict
-
-    given = [k for k, v in vars(args).items()
-             if v is not None and k not in ("command", "resume", "seeds", *RESUME_MAY_CHANGE)]
-    if given or args.seeds != 1:
-        flag = "--" + (given[0] if given else "seeds").replace("_", "-")
-        raise UsageError(f"--resume continues the run with its saved settings; {flag} cannot be changed "
-                         f"(allowed: {', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE[:-1])})")
-    run = Path(args.resume)
-    if not (run / "config.json").is_file():
-        raise UsageError(f"{run}: not a cifarlab run folder (no config.json)")
-    values = json.loads((run / "config.json").read_text())
-    values.update({k: getattr(args, k) for k in RESUME_MAY_CHANGE if getattr(args, k) is not None})
-    values["out"] = str(run)
-    return config_from_dict(values)
+    changes = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "seeds")}
+    if args.seeds != 1:
+        changes["seeds"] = args.seeds
+    resume(args.resume, **changes)
 
 
 def cmd_train(args) -> int:
     from cifarlab.study import train_seeds
-    from cifarlab.train.engine import fit
+    from cifarlab.training.engine import fit
 
     if args.resume:
-        fit(_resume_config(args), resume=True)
+        _resume(args)
         return 0
     _check_seeds(args.seeds)
     cfg = _train_config(args)
@@ -251,23 +256,23 @@ def cmd_train(args) -> int:
 def cmd_compare(args) -> int:
     from cifarlab.study import compare
 
-    text, runs = compare(args.runs, args.plot)
+    result = compare(args.runs, args.plot)
     if args.json:
-        print(json.dumps([{"run": str(r.path), **r.summary} for r in runs], indent=2))
+        print(json.dumps([{"run": str(r.path), **r.summary} for r in result.runs], indent=2))
     else:
-        print(text, end="")
+        print(result, end="")
         if args.plot:
             print(f"plot: {args.plot}")
     return 0
 
 
 def cmd_ablate(args) -> int:
-    from cifarlab.study.ablate import ablate, parse_without, text_report
+    from cifarlab.study.ablate import ablate, parse_without
 
     _check_seeds(args.seeds)
     techniques, remove_all = parse_without(args.without)
     result = ablate(_train_config(args, default_recipe=True), techniques, remove_all, args.seeds)
-    print(text_report(result), end="")
+    print(result, end="")
     print(f"ablation.json, ablation.md, ablation.png, report.html in {result['folder']}")
     return 0
 
@@ -277,7 +282,7 @@ def cmd_reproduce(args) -> int:
 
     overrides = {k: getattr(args, k) for k in ("device", "download", "quiet") if getattr(args, k) is not None}
     result = reproduce(args.data_dir, args.scale, args.tuned, args.out, overrides)
-    print(result["table"], end="")
+    print(result, end="")
     print(f"report: {Path(result['folder']) / 'report.html'} (and report.md)")
     return 0
 
@@ -285,28 +290,19 @@ def cmd_reproduce(args) -> int:
 def cmd_evaluate(args) -> int:
     from cifarlab.evaluate import evaluate_run
 
-    r = evaluate_run(args.source, args.split, args.tta != "none", args.data_dir, args.out, args.device,
-                     shift=1 if args.tta == "flip-shift" else 0)
+    r = evaluate_run(args.source, args.split, args.tta, args.data_dir, args.out, args.device)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "folder"}, indent=2))
         return 0
-    print(f"{r['model']} on {r['dataset']} {r['split']} ({r['images']:,} images{', flip TTA' if r['tta'] else ''}{' + shifts' if r['tta_shift'] else ''}): "
-          f"accuracy {r['accuracy']:.2f}%")
-    width = max(len(c) for c in r["classes"][:20])
-    for name, acc in list(r["per_class"].items())[:20]:
-        print(f"  {name:<{width}}  {acc:6.2f}%")
-    if len(r["classes"]) > 20:
-        print(f"  ... {len(r['classes']) - 20} more classes in evaluation.json")
-    pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in r["most_confused"])
-    print(f"most confused: {pairs or 'none'}")
+    print(r, end="")
     print(f"evaluation.json, confusion.png, per_class.png in {r['folder']}")
     return 0
 
 
 def cmd_predict(args) -> int:
-    from cifarlab.predict import format_predictions, predict_images
+    from cifarlab.predict import format_predictions, predict
 
-    results = predict_images(args.source, args.images, args.top_k)
+    results = predict(args.source, args.images, args.top_k)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -317,11 +313,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from cifarlab.export import export_run
 
-    exported = export_run(args.source, args.format, args.out)
-    check = ""
-    if exported.max_abs_diff is not None:
-        check = f"; max |exported - PyTorch| logit difference on a random batch: {exported.max_abs_diff:.2e}"
-    print(f"{exported.format}: {exported.path} ({exported.exporter}{check})")
+    print(export_run(args.source, args.format, args.out))
     return 0
 
 
@@ -330,16 +322,22 @@ def cmd_models(args) -> int:
 
     from cifarlab.data.sources import dataset_info
     from cifarlab.models import MODELS, build_model, count_params
+    from cifarlab.models.registry import load_entry_points
 
     info = dataset_info(args.dataset)
+    load_entry_points()   # models that installed packages add (the cifarlab.models entry-point group)
     rows = []
     for name, spec in MODELS.items():
         params = None
         if info.size >= spec.min_size:
             # On the meta device nothing is allocated or initialised: counting 36M parameters is instant.
-            with torch.device("meta"):
-                params = count_params(build_model(name, info.num_classes, info.channels, info.size))
-        rows.append({"name": name, "params": params, "dataset": args.dataset, "description": spec.summary})
+            try:
+                with torch.device("meta"):
+                    params = count_params(build_model(name, info.num_classes, info.channels, info.size))
+            except UsageError as e:   # a plug-in that cannot be built for this dataset
+                print(f"cifarlab: warning: {e}", file=sys.stderr)
+        rows.append({"name": name, "params": params, "dataset": args.dataset, "description": spec.summary,
+                     "switches": sorted(spec.switches), "origin": spec.origin})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -389,6 +387,10 @@ COMMANDS = {"train": cmd_train, "models": cmd_models, "recipes": cmd_recipes, "d
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    # `--model mynet:TinyNet` imports from the current folder, as uvicorn and gunicorn do (the console
+    # script, unlike `python -m`, does not put it on sys.path). Never a run folder's path.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         args = parser.parse_args(argv)
         if args.command is None:

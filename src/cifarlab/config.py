@@ -26,8 +26,11 @@ ON_NAN = ("stop", "skip-step")
 
 @dataclass
 class TrainConfig:
-    model: str = "basic-cnn"
-    dataset: str = "cifar10"
+    model: str = "basic-cnn"        # a registered name, or module:factory for your own
+    dataset: str = "cifar10"        # a registered name, folder:PATH (ImageFolder) or npz:FILE
+    model_args: dict = field(default_factory=dict)   # extra keywords for your own model's factory
+    image_size: int | None = None   # folder:/npz: only: resize every image to N x N
+    channels: int | None = None     # folder:/npz: only: 1 (grayscale) or 3 (RGB); default: the first image's
     recipe: str | None = None
     epochs: int = 10
     batch_size: int = 64
@@ -77,7 +80,9 @@ class TrainConfig:
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 # Settings a recipe may not carry: where data and results live is the user's business.
 _NOT_IN_RECIPES = {"data_dir", "out", "quiet", "overwrite", "device", "recipe", "model", "dataset", "tensorboard",
-                   "checkpoint_every"}
+                   "checkpoint_every", "model_args", "image_size", "channels"}
+# What `--resume` may change: where the data is, where to run, what to print, how often to save.
+RESUME_MAY_CHANGE = ("data_dir", "device", "quiet", "download", "checkpoint_every", "tensorboard")
 
 
 def recipe_dir():
@@ -132,14 +137,54 @@ def load_recipe(name_or_path: str) -> dict:
     return settings
 
 
-def build_config(overrides: dict, recipe: str | None = None) -> TrainConfig:
-    """Defaults <- recipe <- overrides (values that are not None), then validated."""
+def build_config(overrides: dict, recipe: str | None = None, model=None) -> TrainConfig:
+    """Defaults <- recipe <- overrides (values that are not None), then validated.
+
+    model: the Python object behind a `module:attribute` model name, when the caller has it.
+    """
     values = load_recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["recipe"] = recipe
+    unknown = [k for k in values if k not in FIELD_TYPES]
+    if unknown:
+        raise UsageError(f"unknown setting '{unknown[0]}' (settings are the `cifarlab train` flags, "
+                         "with _ for -: e.g. batch_size, label_smoothing)")
     cfg = TrainConfig(**values)
-    validate(cfg)
+    validate(cfg, model)
     return cfg
+
+
+def train_config(overrides: dict, recipe: str | None = None, default_recipe: bool = False, model=None,
+                 note=print) -> TrainConfig:
+    """The settings of a `train` / `ablate`: a recipe made for one model names it when none is given.
+
+    default_recipe: without --recipe, use `article-<model>` where there is one (what ablate compares).
+    note: where to say that a recipe was made for another model.
+    """
+    made_for = recipe_models(recipe) if recipe else []
+    overrides = dict(overrides)
+    if overrides.get("model") is None and len(made_for) == 1:   # a recipe made for one model (fast94) names it
+        overrides["model"] = made_for[0]
+    if overrides.get("model") is None or overrides.get("dataset") is None:
+        raise UsageError("needs a model and a dataset (see `cifarlab models`)")
+    if made_for and overrides["model"] not in made_for and not overrides.get("quiet"):
+        note(f"cifarlab: note: recipe {recipe} was made for {', '.join(made_for)}, not {overrides['model']}; "
+             "its settings may not suit it")
+    if isinstance(overrides.get("augment"), str):
+        overrides["augment"] = parse_augment(overrides["augment"])
+    if recipe is None and default_recipe and f"article-{overrides['model']}" in list_recipes():
+        recipe = f"article-{overrides['model']}"
+    return build_config(overrides, recipe, model)
+
+
+def resume_config(saved: dict, changes: dict, out: str, model=None) -> TrainConfig:
+    """A stopped run's own settings (in folder `out`), with only the RESUME_MAY_CHANGE ones replaced."""
+    refused = [k for k, v in changes.items() if v is not None and k not in RESUME_MAY_CHANGE]
+    if refused:
+        raise UsageError(f"--resume continues the run with its saved settings; --{refused[0].replace('_', '-')} "
+                         f"cannot be changed (allowed: {', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)})")
+    values = {**saved, **{k: v for k, v in changes.items() if v is not None}, "out": str(out)}
+    return config_from_dict(values, model)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -147,12 +192,29 @@ def _check(ok: bool, message: str) -> None:
         raise UsageError(message)
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Raise UsageError with one line for the first setting that cannot work."""
-    from cifarlab.data.sources import dataset_info
-    from cifarlab.models import INITS, model_spec
+def validate(cfg: TrainConfig, model=None) -> None:
+    """Raise UsageError with one line for the first setting that cannot work.
 
-    spec, info = model_spec(cfg.model), dataset_info(cfg.dataset)
+    model: the Python object behind cfg.model when the caller has it (a notebook's class).
+    """
+    from cifarlab.data.sources import dataset_info, is_custom
+    from cifarlab.models import INITS, check_switches, model_spec
+    from cifarlab.models.registry import check_model_args
+
+    spec = model_spec(cfg.model, model)
+    _check(isinstance(cfg.model_args, dict), f"model_args must be a dict, got {cfg.model_args!r}")
+    check_model_args(spec, cfg.model_args)
+    if is_custom(cfg.dataset):
+        _check(cfg.image_size is None or (isinstance(cfg.image_size, int) and cfg.image_size >= 1),
+               f"--image-size must be an integer >= 1, got {cfg.image_size}")
+        _check(cfg.channels in (None, 1, 3), f"--channels must be 1 or 3, got {cfg.channels}")
+    else:
+        info = dataset_info(cfg.dataset)
+        _check(cfg.image_size is None and cfg.channels is None,
+               f"--image-size and --channels apply to your own images (folder:PATH, npz:FILE), not {cfg.dataset}")
+        _check(info.size >= spec.min_size,
+               f"model '{cfg.model}' needs inputs of at least {spec.min_size}x{spec.min_size}; "
+               f"{cfg.dataset} images are {info.size}x{info.size}")
     for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
         value = getattr(cfg, name)
         _check(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')} must be an integer >= 1, got {value}")
@@ -181,6 +243,7 @@ def validate(cfg: TrainConfig) -> None:
            f"got {cfg.checkpoint_every}")
     _check(cfg.device in DEVICES, f"unknown device '{cfg.device}' (choose from {', '.join(DEVICES)})")
     _check(cfg.init in INITS + ("auto",), f"unknown init '{cfg.init}' (choose from auto, {', '.join(INITS)})")
+    check_switches(spec, cfg.batchnorm, cfg.dropout, cfg.init)
     _check(isinstance(cfg.augment, list), f"augment must be a list, got {cfg.augment!r}")
     for op in cfg.augment:
         _check(op in AUGMENTATIONS, f"unknown augmentation '{op}' (choose from {', '.join(AUGMENTATIONS)}, or none)")
@@ -190,15 +253,12 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.limit_train is None or cfg.limit_train >= 1, f"--limit-train must be >= 1, got {cfg.limit_train}")
     _check(0 <= cfg.crop_padding <= 16 and cfg.cutout_size >= 1 and 0 <= cfg.jitter < 1,
            "augmentation sizes out of range (crop_padding 0..16, cutout_size >= 1, jitter in [0, 1))")
-    _check(info.size >= spec.min_size,
-           f"model '{cfg.model}' needs inputs of at least {spec.min_size}x{spec.min_size}; "
-           f"{cfg.dataset} images are {info.size}x{info.size}")
 
 
-def config_from_dict(values: dict) -> TrainConfig:
+def config_from_dict(values: dict, model=None) -> TrainConfig:
     """A TrainConfig from a saved config.json / checkpoint (extra keys such as `resolved` are ignored)."""
     cfg = TrainConfig(**{k: v for k, v in values.items() if k in FIELD_TYPES})
-    validate(cfg)
+    validate(cfg, model)
     return cfg
 
 

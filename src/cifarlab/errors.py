@@ -7,7 +7,7 @@ class CifarlabError(Exception):
     exit_code = 1
 
 
-class UsageError(CifarlabError):
+class UsageError(CifarlabError, ValueError):
     """Bad input: an unknown name, a value out of range, a broken file (exit 2)."""
 
     exit_code = 2

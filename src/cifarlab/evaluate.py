@@ -5,64 +5,51 @@ Accuracy, per-class accuracy, the confusion matrix (JSON + PNG) and the most-con
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from cifarlab.config import TrainConfig, config_from_dict
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.errors import UsageError
-from cifarlab.models import build_model
-from cifarlab.train.checkpoint import atomic_write_json
-from cifarlab.train.engine import Precision, prepare_data, resolve_device, resolve_precision, tta_logits
-from cifarlab.train.state import load_checkpoint, strip_prefixes
+from cifarlab.run import Run, atomic_write_json, open_source
+from cifarlab.training.engine import Precision, prepare_data, resolve_device, resolve_precision, tta_logits
+
+TTA_CHOICES = ("none", "flip", "flip-shift")
 
 
-@dataclass
-class Trained:
-    model: torch.nn.Module
-    cfg: TrainConfig
-    run_dir: Path
+class Evaluation(dict):
+    """What `cifarlab evaluate` measured; str() is what it prints, plot() draws the confusion matrix."""
+
+    def __str__(self) -> str:
+        r = self
+        views = (", flip TTA" if r["tta"] else "") + (" + shifts" if r["tta_shift"] else "")
+        lines = [f"{r['model']} on {r['dataset']} {r['split']} ({r['images']:,} images{views}): "
+                 f"accuracy {r['accuracy']:.2f}%"]
+        width = max(len(c) for c in r["classes"][:20])
+        lines += [f"  {name:<{width}}  {acc:6.2f}%" for name, acc in list(r["per_class"].items())[:20]]
+        if len(r["classes"]) > 20:
+            lines.append(f"  ... {len(r['classes']) - 20} more classes in evaluation.json")
+        pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in r["most_confused"])
+        lines.append(f"most confused: {pairs or 'none'}")
+        return "\n".join(lines) + "\n"
+
+    def plot(self):
+        """The confusion matrix as a matplotlib Figure."""
+        from cifarlab.report.plots import confusion_figure
+
+        return confusion_figure(self["confusion"], self["classes"],
+                                f"Confusion matrix: {self['model']} on {self['dataset']} {self['split']}")
 
 
-def load_trained(source: str | Path) -> Trained:
-    """A run folder (its best checkpoint, else model.safetensors), a .pt checkpoint, or a .safetensors file."""
-    import json
-
-    source = Path(source)
-    if source.is_dir():
-        run_dir = source
-        weights = next((p for p in (source / "checkpoints" / "best.pt", source / "checkpoints" / "last.pt",
-                                    source / "model.safetensors") if p.is_file()), None)
-        if weights is None or not (source / "config.json").is_file():
-            raise UsageError(f"{source}: not a cifarlab run folder (needs config.json and a checkpoint)")
-    elif source.is_file():
-        weights = source
-        run_dir = source.parent.parent if source.parent.name == "checkpoints" else source.parent
-    else:
-        raise UsageError(f"{source}: no such run folder or checkpoint")
-
-    if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        if not (run_dir / "config.json").is_file():
-            raise UsageError(f"{weights}: a .safetensors file needs the run's config.json beside it")
-        state = load_file(str(weights))
-        config = json.loads((run_dir / "config.json").read_text())
-    else:
-        checkpoint = load_checkpoint(weights)   # weights_only: a crafted file is refused, not executed
-        state, config = checkpoint["model"], checkpoint["config"]
-    cfg = config_from_dict(config)
-    from cifarlab.data.sources import dataset_info
-    info = dataset_info(cfg.dataset)
-    model = build_model(cfg.model, info.num_classes, info.channels, info.size,
-                        batchnorm=cfg.batchnorm, init=cfg.init, dropout=cfg.dropout)
-    state = strip_prefixes(state)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UsageError(f"{weights}: weights do not fit {cfg.model} ({str(e).splitlines()[0]})") from None
-    return Trained(model, cfg, run_dir)
+def tta_views(tta: str | bool | None) -> tuple[bool, int]:
+    """'none' | 'flip' | 'flip-shift' (or a bool for flip) -> (mirror, shift in pixels)."""
+    if tta in (None, False, "none"):
+        return False, 0
+    if tta in (True, "flip"):
+        return True, 0
+    if tta == "flip-shift":
+        return True, 1
+    raise UsageError(f"unknown tta '{tta}' (choose from {', '.join(TTA_CHOICES)})")
 
 
 def predict_split(model, split, info, device, precision: Precision, tta: bool, batch_size: int = 1000,
@@ -91,35 +78,42 @@ def most_confused(matrix: torch.Tensor, classes: list[str], k: int = 5) -> list[
             for v, i in zip(values, index) if v > 0]
 
 
-def evaluate_run(source: str | Path, split: str = "test", tta: bool = False, data_dir: str | None = None,
-                 out: str | Path | None = None, device: str = "auto", shift: int = 0) -> dict:
-    """Evaluate and write evaluation.json, confusion.png, per_class.png; returns the result dict."""
+def evaluate_run(source: str | Path | Run, split: str = "test", tta: str | bool | None = None,
+                 data_dir: str | None = None, out: str | Path | None = None, device: str = "auto",
+                 model=None) -> Evaluation:
+    """Evaluate and write evaluation.json, confusion.png, per_class.png; returns the result."""
     from cifarlab.report import plots
 
-    trained = load_trained(source)
-    cfg = trained.cfg
+    flip, shift = tta_views(tta)
+    run, weights = open_source(source, model)
+    cfg = run.train_config()
     if data_dir is not None:
         cfg.data_dir = data_dir
-    if split == "val" and not cfg.val_size:
+    if split not in ("test", "val"):
+        raise UsageError(f"unknown split '{split}' (choose from test, val)")
+    if split == "val" and not cfg.val_size and not cfg.dataset.startswith("folder:"):
         raise UsageError("--split val: this run was trained without --val-size, so it has no val split")
     data = prepare_data(cfg)
     chosen = data.val if split == "val" else data.test
+    if chosen is None:
+        raise UsageError(f"--split val: {cfg.dataset} has no val split")
     dev = resolve_device(device)
     precision = Precision(resolve_precision("auto", dev))
-    preds = predict_split(trained.model, chosen, data.info, dev, precision, tta, shift=shift)
+    preds = predict_split(run.model(weights), chosen, data.info, dev, precision, flip, shift=shift)
     labels = chosen.labels.cpu()
     n = data.info.num_classes
     matrix = confusion(labels, preds, n)
     per_class = (matrix.diag().float() / matrix.sum(1).clamp(min=1).float() * 100).tolist()
-    result = {
-        "source": str(source), "model": cfg.model, "dataset": cfg.dataset, "split": split, "tta": tta, "tta_shift": shift,
+    result = Evaluation({
+        "source": str(source.path if isinstance(source, Run) else source), "model": cfg.model,
+        "dataset": cfg.dataset, "split": split, "tta": flip, "tta_shift": shift,
         "images": len(labels), "accuracy": 100.0 * (preds == labels).float().mean().item(),
         "per_class": dict(zip(data.classes, per_class)), "classes": data.classes,
         "confusion": matrix.tolist(), "most_confused": most_confused(matrix, data.classes),
-    }
-    views = ("-tta" if tta else "") + (f"-shift{shift}" if shift else "")
-    folder = Path(out) if out else trained.run_dir / f"evaluation-{split}{views}"
-    atomic_write_json(folder / "evaluation.json", result)
+    })
+    views = ("-tta" if flip else "") + (f"-shift{shift}" if shift else "")
+    folder = Path(out) if out else run.path / f"evaluation-{split}{views}"
+    atomic_write_json(folder / "evaluation.json", dict(result))
     title = f"{cfg.model} on {cfg.dataset} {split}"
     plots.confusion_matrix(result["confusion"], data.classes, folder / "confusion.png", f"Confusion matrix: {title}")
     plots.per_class_bars(data.classes, per_class, folder / "per_class.png", f"Per-class accuracy: {title}")

@@ -37,6 +37,11 @@ class Exported:
     exporter: str                   # how the file was written
     max_abs_diff: float | None      # exported vs eager logits on a random batch; None where nothing ran
 
+    def __str__(self) -> str:
+        check = ("" if self.max_abs_diff is None else
+                 f"; max |exported - PyTorch| logit difference on a random batch: {self.max_abs_diff:.2e}")
+        return f"{self.format}: {self.path} ({self.exporter}{check})"
+
 
 def export_metadata(cfg, info, classes: list[str]) -> dict:
     """What a consumer needs to feed the model and read its output."""
@@ -114,19 +119,17 @@ def export_safetensors(model: torch.nn.Module, path: Path, metadata: dict) -> st
     return "safetensors.torch.save_file"
 
 
-def export_run(source: str | Path, fmt: str, out: str | Path | None = None) -> Exported:
+def export_run(source, fmt: str, out: str | Path | None = None, model=None) -> Exported:
     """Export the run's model (its best checkpoint) to `out`, default RUN_DIR/FORMATS[fmt]."""
-    from cifarlab.data.sources import dataset_info
-    from cifarlab.evaluate import load_trained
-    from cifarlab.predict import class_names
+    from cifarlab.run import open_source
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format '{fmt}' (choose from {', '.join(FORMATS)})")
-    trained = load_trained(source)
-    info = dataset_info(trained.cfg.dataset)
-    model = trained.model.eval()
-    metadata = export_metadata(trained.cfg, info, class_names(trained.run_dir, info))
-    path = Path(out) if out else trained.run_dir / FORMATS[fmt]
+    run, weights = open_source(source, model)
+    cfg, info = run.train_config(), run.dataset_info()
+    model = run.model(weights)
+    metadata = export_metadata(cfg, info, run.classes)
+    path = Path(out) if out else run.path / FORMATS[fmt]
     path.parent.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
     # Batch 2 to trace: torch.export specialises a size-1 dimension, which would pin the batch to 1.

@@ -8,15 +8,25 @@ cropping: CIFAR objects fill the frame, and a crop could cut them off.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from cifarlab.data.augment import normalize
-from cifarlab.data.sources import DatasetInfo, dataset_info
 from cifarlab.errors import UsageError
-from cifarlab.evaluate import load_trained
+from cifarlab.run import Run, open_source
+
+
+def _to_image(image, channels: int, size: int, label: str) -> torch.Tensor:
+    """A PIL image -> uint8 (channels, size, size), as in training."""
+    from PIL import Image
+
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (size, size):
+        # Pillow widens the filter when shrinking, so large photos are averaged down, not aliased.
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return pixels.reshape(size, size, channels).permute(2, 0, 1).contiguous()
 
 
 def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
@@ -25,51 +35,69 @@ def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
 
     try:
         with Image.open(path) as opened:
-            image = opened.convert("L" if channels == 1 else "RGB")   # decodes: a truncated file fails here
+            opened.load()   # decodes: a truncated file fails here
+            return _to_image(opened, channels, size, str(path))
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except UnidentifiedImageError:
         raise UsageError(f"{path}: not an image (Pillow cannot identify its format)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UsageError(f"{path}: cannot read image ({e})") from None
-    if image.size != (size, size):
-        # Pillow widens the filter when shrinking, so large photos are averaged down, not aliased.
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    return pixels.reshape(size, size, channels).permute(2, 0, 1).contiguous()
 
 
-def class_names(run_dir: Path, info: DatasetInfo) -> list[str]:
-    """The run's own class list (config.json), else the dataset's known names, else indices."""
-    config = run_dir / "config.json"
-    if config.is_file():
-        names = json.loads(config.read_text()).get("classes")
-        if isinstance(names, list) and len(names) == info.num_classes:
-            return [str(n) for n in names]
-    if len(info.default_classes) == info.num_classes:
-        return list(info.default_classes)
-    return [str(i) for i in range(info.num_classes)]
+def as_images(images, channels: int, size: int) -> tuple[torch.Tensor, list[str]]:
+    """File paths, PIL images or uint8 arrays (HWC, or a NHWC / NCHW batch) -> (uint8 N,C,H,W, labels)."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        array = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images)
+        if array.dtype != torch.uint8:
+            raise UsageError(f"images must be uint8 pixels (0..255), got {array.dtype}")
+        if array.ndim == 3:
+            array = array[None]
+        if array.ndim != 4:
+            raise UsageError(f"images must be HWC, NHWC or NCHW arrays, got shape {tuple(array.shape)}")
+        if array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
+            array = array.permute(0, 3, 1, 2)
+        pil = [Image.fromarray(a.permute(1, 2, 0).squeeze(-1).numpy() if a.shape[0] == 1 else
+                               a.permute(1, 2, 0).numpy()) for a in array]
+        return torch.stack([_to_image(p, channels, size, f"image {i}") for i, p in enumerate(pil)]), \
+            [f"image {i}" for i in range(len(pil))]
+    if isinstance(images, (str, Path, Image.Image)):
+        images = [images]
+    out, labels = [], []
+    for i, item in enumerate(images):
+        if isinstance(item, Image.Image):
+            out.append(_to_image(item, channels, size, f"image {i}"))
+            labels.append(f"image {i}")
+        else:
+            out.append(read_image(item, channels, size))
+            labels.append(str(item))
+    if not out:
+        raise UsageError("no images to predict")
+    return torch.stack(out), labels
 
 
-def predict_images(source: str | Path, paths: list[str], top_k: int = 5, batch_size: int = 256) -> list[dict]:
-    """[{"image": PATH, "top": [{"label", "index", "probability"}, ...]}] in the order of `paths`."""
+def predict(source: str | Path | Run, images, top_k: int = 5, batch_size: int = 256, model=None) -> list[dict]:
+    """[{"image": NAME, "top": [{"label", "index", "probability"}, ...]}] in the order of `images`."""
     if top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {top_k}")
-    trained = load_trained(source)
-    info = dataset_info(trained.cfg.dataset)
-    # Every file is read before anything is predicted: a bad path fails the command, not half its output.
-    images = torch.stack([read_image(p, info.channels, info.size) for p in paths])
-    names = class_names(trained.run_dir, info)
-    model = trained.model.eval()
+    run, weights = open_source(source, model)
+    info = run.dataset_info()
+    # Every image is read before anything is predicted: a bad path fails the command, not half its output.
+    batch, labels = as_images(images, info.channels, info.size)
+    names = run.classes
+    net = run.model(weights)
     mean, std = torch.tensor(info.mean), torch.tensor(info.std)
     probs = []
     with torch.inference_mode():
-        for chunk in images.split(batch_size):
-            probs.append(model(normalize(chunk.float().div(255), mean, std)).float().softmax(1))
+        for chunk in batch.split(batch_size):
+            probs.append(net(normalize(chunk.float().div(255), mean, std)).float().softmax(1))
     values, indices = torch.cat(probs).topk(min(top_k, info.num_classes), dim=1)
-    return [{"image": str(path),
+    return [{"image": label,
              "top": [{"label": names[i], "index": i, "probability": p} for p, i in zip(vs.tolist(), ix.tolist())]}
-            for path, vs, ix in zip(paths, values, indices)]
+            for label, vs, ix in zip(labels, values, indices)]
 
 
 def format_predictions(results: list[dict]) -> str:

@@ -77,6 +77,15 @@ class Dataset:
     train: Split
     test: Split
     classes: list[str]
+    val: Split | None = None        # a fixed val split (an image folder's val/); else --val-size carves one
+
+
+CUSTOM_PREFIXES = ("folder:", "npz:")
+
+
+def is_custom(name: str) -> bool:
+    """`folder:PATH` (an ImageFolder tree) or `npz:FILE` (arrays): the user's own images."""
+    return name.startswith(CUSTOM_PREFIXES)
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -133,8 +142,16 @@ def _extract_tar(archive: Path, dest: Path) -> None:
         raise DataError(f"{archive}: cannot extract ({e})") from None
 
 
-def load_dataset(name: str, data_dir: Path | str | None = None, download_missing: bool = True) -> Dataset:
-    """Load both splits of `name` as uint8 tensors, downloading missing files if allowed."""
+def load_dataset(name: str, data_dir: Path | str | None = None, download_missing: bool = True,
+                 image_size: int | None = None, channels: int | None = None, quiet: bool = True) -> Dataset:
+    """Load both splits of `name` as uint8 tensors, downloading missing files if allowed.
+
+    `folder:PATH` and `npz:FILE` are the user's own images (data/custom.py); image_size and channels
+    apply to them only.
+    """
+    if is_custom(name):
+        from cifarlab.data.custom import load_custom_dataset
+        return load_custom_dataset(name, image_size=image_size, channels=channels, quiet=quiet)
     info = dataset_info(name)
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     missing = missing_files(info, root)

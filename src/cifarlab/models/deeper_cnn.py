@@ -7,6 +7,8 @@ ReLU -> Dropout(0.5) -> classes.
 
 from torch import nn
 
+from cifarlab.models.registry import register_model
+
 
 def _block(cin: int, cout: int, batchnorm: bool, dropout: bool) -> nn.Sequential:
     layers = []
@@ -38,3 +40,11 @@ class DeeperCNN(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
+
+
+@register_model("deeper-cnn", title="Deeper CNN", default_init="kaiming", min_size=16,
+                switches=("batchnorm", "dropout", "init"),
+                summary="4 VGG blocks (64-512) with BatchNorm, Dropout2d 0.25, FC 1024-512, dropout 0.5")
+def deeper_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, batchnorm: bool = True,
+               dropout: bool = True) -> DeeperCNN:
+    return DeeperCNN(num_classes, in_channels, image_size, batchnorm=batchnorm, dropout=dropout)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cifarlab.models.registry import register_model
+
 WIDTHS = (64, 256, 256)
 WHITEN_KERNEL = 2
 LOGIT_SCALE = 1 / 9
@@ -88,5 +90,9 @@ class Fast94(nn.Module):
         return self.head(self.pool(x).flatten(1)) * LOGIT_SCALE
 
 
+# No switches: BN, dropout-free design and its own (identity) init are the point of the model.
+@register_model("fast94", title="fast94", min_size=8, switches=(), data_init=True,
+                summary="speed-run net: frozen 2x2 whitening stem, 3 stages conv-pool-BN-GELU-conv-BN-GELU "
+                        "(64, 256, 256), max-pool, scaled linear head")
 def fast94(num_classes: int = 10, in_channels: int = 3) -> Fast94:
     return Fast94(num_classes, in_channels)

@@ -15,6 +15,8 @@ for the final unit (kuangliu/pytorch-cifar's PreActResNet18 leaves it out:
 
 from torch import nn
 
+from cifarlab.models.registry import register_model
+
 
 def norm(channels: int, batchnorm: bool) -> nn.Module:
     return nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
@@ -66,5 +68,8 @@ class PreActResNet(nn.Module):
         return self.head(self.layers(self.stem(x)))
 
 
-def preact_resnet18(**kwargs) -> PreActResNet:
-    return PreActResNet([2, 2, 2, 2], **kwargs)
+@register_model("preact-resnet18", title="PreAct ResNet-18", default_init="kaiming", min_size=8,
+                switches=("batchnorm", "init"),
+                summary="pre-activation ResNet-18: BN-ReLU-conv BasicBlocks 2-2-2-2 (64-512)")
+def preact_resnet18(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True) -> PreActResNet:
+    return PreActResNet([2, 2, 2, 2], num_classes=num_classes, in_channels=in_channels, batchnorm=batchnorm)

@@ -17,6 +17,7 @@ import torchvision
 from torch import nn
 
 from cifarlab.errors import UsageError
+from cifarlab.models.registry import register_model
 
 WEIGHTS_FILE = "resnet18-f37072fd.pth"     # torchvision's ResNet18_Weights.IMAGENET1K_V1 (= DEFAULT)
 WEIGHTS_URL = f"https://download.pytorch.org/models/{WEIGHTS_FILE}"
@@ -83,8 +84,8 @@ def load_imagenet_weights(model: nn.Module, download: bool = True) -> nn.Module:
     return model
 
 
-def backbone_and_head(model: nn.Module) -> tuple[list, list]:
-    """Parameters of the pretrained backbone and of the new classifier (different learning rates)."""
-    head = [p for n, p in model.named_parameters() if n.startswith("fc.")]
-    ids = {id(p) for p in head}
-    return [p for p in model.parameters() if id(p) not in ids], head
+# Registered last, after its weight loader: resnet18 counts, torchvision's layout and ImageNet weights.
+register_model("resnet18-imagenet", title="ResNet-18 (ImageNet)", min_size=8, switches=(),
+               pretrained=load_imagenet_weights, pretrained_source=WEIGHTS_URL,
+               summary="torchvision ResNet-18 with ImageNet weights; 3x3 stride-1 stem from the 7x7 kernels, "
+                       "no max-pool")(resnet18_imagenet)

@@ -13,6 +13,8 @@ the shape changes, the identity elsewhere.
 
 from torch import nn
 
+from cifarlab.models.registry import register_model
+
 
 def _norm(channels: int, batchnorm: bool) -> nn.Module:
     return nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
@@ -91,13 +93,23 @@ class ResNet(nn.Module):
         return self.head(self.layers(self.stem(x)))
 
 
-def resnet18(**kwargs) -> ResNet:
-    return ResNet([2, 2, 2, 2], block=BasicBlock, **kwargs)
+# min_size 8: three stride-2 stages still leave the last one >= 1 pixel.
+@register_model("resnet18", title="ResNet-18", default_init="kaiming", min_size=8,
+                switches=("batchnorm", "init"),
+                summary="CIFAR ResNet-18: 3x3 stem, BasicBlocks 2-2-2-2 (64-512), projection shortcuts")
+def resnet18(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True) -> ResNet:
+    return ResNet([2, 2, 2, 2], num_classes, in_channels, batchnorm, BasicBlock)
 
 
-def resnet34(**kwargs) -> ResNet:
-    return ResNet([3, 4, 6, 3], block=BasicBlock, **kwargs)
+@register_model("resnet34", title="ResNet-34", default_init="kaiming", min_size=8,
+                switches=("batchnorm", "init"),
+                summary="CIFAR ResNet-34: 3x3 stem, BasicBlocks 3-4-6-3 (64-512), projection shortcuts")
+def resnet34(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True) -> ResNet:
+    return ResNet([3, 4, 6, 3], num_classes, in_channels, batchnorm, BasicBlock)
 
 
-def resnet50(**kwargs) -> ResNet:
-    return ResNet([3, 4, 6, 3], block=Bottleneck, **kwargs)
+@register_model("resnet50", title="ResNet-50", default_init="kaiming", min_size=8,
+                switches=("batchnorm", "init"),
+                summary="CIFAR ResNet-50: 3x3 stem, Bottlenecks 3-4-6-3 (64-512, x4 expansion)")
+def resnet50(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True) -> ResNet:
+    return ResNet([3, 4, 6, 3], num_classes, in_channels, batchnorm, Bottleneck)

@@ -16,6 +16,8 @@ before the classifier is a no-op at 32x32 and lets larger inputs through.
 
 from torch import nn
 
+from cifarlab.models.registry import register_model
+
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
@@ -42,5 +44,9 @@ class VGG(nn.Module):
         return self.classifier(self.features(x))
 
 
-def vgg16_bn(**kwargs) -> VGG:
-    return VGG(VGG16, **kwargs)
+# min_size 32: five max-pools.
+@register_model("vgg16-bn", title="VGG-16-BN", default_init="kaiming", min_size=32,
+                switches=("batchnorm", "init"),
+                summary="CIFAR VGG-16 with BatchNorm: 13 conv3x3 (64-512), 5 max-pools, FC 512 -> classes")
+def vgg16_bn(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True) -> VGG:
+    return VGG(VGG16, num_classes, in_channels, batchnorm)

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cifarlab.models.registry import register_model
+
 PATCH, DIM, DEPTH, HEADS, MLP_RATIO, DROPOUT = 4, 192, 9, 3, 4, 0.1
 
 
@@ -87,5 +89,9 @@ class VisionTransformer(nn.Module):
         return self.head(self.norm(x)[:, 0])
 
 
-def vit_tiny(**kwargs) -> VisionTransformer:
-    return VisionTransformer(**kwargs)
+# min_size 4: one patch.
+@register_model("vit-tiny", title="ViT-Tiny", min_size=4, switches=("dropout", "init"),
+                summary="Vision Transformer: 4x4 patches, dim 192, 9 blocks, 3 heads, MLP 768, class token")
+def vit_tiny(num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+             dropout: bool = True) -> VisionTransformer:
+    return VisionTransformer(num_classes, in_channels, image_size, dropout=dropout)

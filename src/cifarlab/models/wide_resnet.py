@@ -17,6 +17,7 @@ the width or stride changes. Dropout is the paper's 0.3 when switched on
 
 
 from cifarlab.models.preact_resnet import PreActResNet
+from cifarlab.models.registry import register_model
 
 PAPER_DROPOUT = 0.3
 
@@ -30,9 +31,18 @@ def wide_resnet(depth: int, widen: int, num_classes: int = 10, in_channels: int 
                         PAPER_DROPOUT if dropout else 0.0)
 
 
-def wrn_16_8(**kwargs) -> PreActResNet:
-    return wide_resnet(16, 8, **kwargs)
+# min_size 4: two stride-2 groups.
+@register_model("wrn-16-8", title="WRN-16-8", default_init="kaiming", min_size=4,
+                switches=("batchnorm", "dropout", "init"),
+                summary="Wide ResNet 16-8: pre-activation, 2 blocks per group, widths 16/128/256/512, dropout 0.3")
+def wrn_16_8(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True,
+             dropout: bool = True) -> PreActResNet:
+    return wide_resnet(16, 8, num_classes, in_channels, batchnorm, dropout)
 
 
-def wrn_28_10(**kwargs) -> PreActResNet:
-    return wide_resnet(28, 10, **kwargs)
+@register_model("wrn-28-10", title="WRN-28-10", default_init="kaiming", min_size=4,
+                switches=("batchnorm", "dropout", "init"),
+                summary="Wide ResNet 28-10: pre-activation, 4 blocks per group, widths 16/160/320/640, dropout 0.3")
+def wrn_28_10(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True,
+              dropout: bool = True) -> PreActResNet:
+    return wide_resnet(28, 10, num_classes, in_channels, batchnorm, dropout)

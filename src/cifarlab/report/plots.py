@@ -1,15 +1,20 @@
 """Figures for reports: training curves, accuracy bars, confusion matrices, per-class bars.
 
-matplotlib with the Agg backend (no screen needed); every function writes one PNG and returns its path.
+Each `*_figure` function returns a matplotlib Figure (what `Run.plot()` and the study objects
+show inline in Jupyter); the others write one PNG and return its path. Outside a notebook the
+Agg backend is used, so no screen is needed.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "MPLBACKEND" not in os.environ and "ipykernel" not in sys.modules:   # a notebook keeps its inline backend
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -25,11 +30,25 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def curves(series: dict[str, list[dict]], path: Path, title: str = "Training curves") -> Path:
-    """Test accuracy (and train accuracy, dashed) per epoch, one colour per run.
+def shown(fig):
+    """A figure for a notebook to show once: closed for pyplot (no second copy at the cell's end)."""
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
 
-    series: label -> metrics.jsonl rows (or rows averaged over seeds).
-    """
+
+def curves(series: dict[str, list[dict]], path: Path, title: str = "Training curves") -> Path:
+    """Test accuracy (and train accuracy, dashed) per epoch, one colour per run; written to `path`."""
+    return _save(curves_figure(series, title), path)
+
+
+def run_figure(name: str, rows: list[dict]):
+    """One run's curves as a Figure."""
+    return shown(curves_figure({name: rows}, name))
+
+
+def curves_figure(series: dict[str, list[dict]], title: str = "Training curves"):
+    """series: label -> metrics.jsonl rows (or rows averaged over seeds)."""
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (label, rows) in enumerate(series.items()):
         colour = f"C{i % 10}"
@@ -44,11 +63,17 @@ def curves(series: dict[str, list[dict]], path: Path, title: str = "Training cur
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
     ax_acc.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
+    return fig
 
 
 def accuracy_bars(labels: list[str], groups: dict[str, list[float | None]], path: Path,
                   errors: dict[str, list[float]] | None = None, title: str = "Test accuracy") -> Path:
+    """Grouped bars (see bars_figure), written to `path`."""
+    return _save(bars_figure(labels, groups, errors, title), path)
+
+
+def bars_figure(labels: list[str], groups: dict[str, list[float | None]],
+                errors: dict[str, list[float]] | None = None, title: str = "Test accuracy"):
     """Grouped bars: one group per label, one bar per key of `groups` (e.g. ours / article).
 
     A None value draws no bar; `errors` adds +- whiskers (std over seeds).
@@ -69,11 +94,20 @@ def accuracy_bars(labels: list[str], groups: dict[str, list[float | None]], path
     ax.grid(axis="y", alpha=0.3)
     if len(groups) > 1:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
 def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, title: str = "Confusion matrix") -> Path:
-    """Row-normalised confusion matrix (rows = true class); counts printed when there are few classes."""
+    """Row-normalised confusion matrix (rows = true class), written to `path`."""
+    return _save(_confusion(matrix, classes, title), path)
+
+
+def confusion_figure(matrix: list[list[int]], classes: list[str], title: str = "Confusion matrix"):
+    return shown(_confusion(matrix, classes, title))
+
+
+def _confusion(matrix: list[list[int]], classes: list[str], title: str):
+    """Counts are printed in the cells when there are few classes."""
     import numpy as np
 
     counts = np.asarray(matrix, dtype=float)
@@ -92,7 +126,7 @@ def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, ti
                 ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
                         color="white" if rates[i, j] > 0.5 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    return _save(fig, path)
+    return fig
 
 
 def per_class_bars(classes: list[str], accuracies: list[float], path: Path, title: str = "Per-class accuracy") -> Path:

@@ -7,12 +7,9 @@ RULE = "=" * 60
 
 def write_summary(folder, summary: dict, block: str, quiet: bool) -> dict:
     """summary.json + summary.txt (atomically), the block printed unless quiet; returns summary + run_dir."""
-    from pathlib import Path
+    from cifarlab.run import Run
 
-    from cifarlab.train.checkpoint import atomic_write_json, atomic_write_text
-
-    atomic_write_json(Path(folder) / "summary.json", summary)
-    atomic_write_text(Path(folder) / "summary.txt", block)
+    Run(folder).write_summary(summary, block)
     if not quiet:
         print(block, end="", flush=True)
     return {**summary, "run_dir": str(folder)}

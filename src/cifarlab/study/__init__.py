@@ -9,23 +9,31 @@ import dataclasses
 from datetime import datetime
 from pathlib import Path
 
+import torch
+
 from cifarlab.config import TrainConfig
 from cifarlab.errors import UsageError
 from cifarlab.report.document import text_table
-from cifarlab.report.runs import Run, load_run, mean_std
+from cifarlab.report.stats import mean_std
+from cifarlab.run import Run, load_run
 from cifarlab.report.summary import RULE, comparison_block, summary_title, write_summary
 
 # summary.json keys that get a mean and a std over seeds.
 SEED_KEYS = ("final_train_acc", "final_test_acc", "best_test_acc", "overfit_gap", "train_time_s", "images_per_s")
 
 
-def run_or_reuse(cfg: TrainConfig) -> Run:
-    """Train `cfg` into cfg.out unless a finished run is already there (studies resume by skipping)."""
-    from cifarlab.train.engine import fit
+def run_or_reuse(cfg: TrainConfig, model=None) -> Run:
+    """Train `cfg` into cfg.out unless a finished run is already there (studies resume by skipping).
+
+    model: the Python class or factory behind cfg.model, when it is one.
+    """
+    import copy
+
+    from cifarlab.training.engine import fit
 
     out = Path(cfg.out)
     if (out / "summary.json").is_file():
-        run = load_run(out)
+        run = load_run(out, model)
         if run.config.get("model") == cfg.model and run.config.get("dataset") == cfg.dataset \
                 and run.config.get("epochs") == cfg.epochs:
             if not cfg.quiet:
@@ -33,25 +41,43 @@ def run_or_reuse(cfg: TrainConfig) -> Run:
             return run
         raise UsageError(f"{out} holds a different run ({run.config.get('model')} on {run.config.get('dataset')}, "
                          f"{run.config.get('epochs')} epochs); choose another --out")
+    # A module instance is copied: every run of a study starts from the same weights.
+    fresh = copy.deepcopy(model) if isinstance(model, torch.nn.Module) else model
     if (out / "checkpoints" / "last.pt").is_file() and (out / "config.json").is_file():
-        fit(cfg, resume=True)  # an unfinished run: continue it exactly where it stopped
+        fit(cfg, resume=True, model=fresh)  # an unfinished run: continue it exactly where it stopped
     else:
-        fit(dataclasses.replace(cfg, overwrite=True))
-    return load_run(out)
+        fit(dataclasses.replace(cfg, overwrite=True), model=fresh)
+    return load_run(out, model)
 
 
 def default_out(prefix: str) -> Path:
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{prefix}"
 
 
-def train_seeds(cfg: TrainConfig, seeds: int) -> dict:
+class Seeds(dict):
+    """OUT/summary.json of `train --seeds K`; str() is its mean +- std block, plot() every seed's curves."""
+
+    def __init__(self, summary: dict, runs: list[Run]):
+        super().__init__(summary)
+        self.runs = runs
+
+    def __str__(self) -> str:
+        return seeds_block(self)
+
+    def plot(self):
+        from cifarlab.report.plots import curves_figure, shown
+
+        return shown(curves_figure({r.name: r.metrics for r in self.runs}, f"{self['model']} over seeds"))
+
+
+def train_seeds(cfg: TrainConfig, seeds: int, model=None) -> Seeds:
     """Train seeds cfg.seed .. cfg.seed+K-1 into OUT/seed-S and write OUT/summary.json with mean +- std."""
-    base = Path(cfg.out) if cfg.out else default_out(f"{cfg.model}-{cfg.dataset}")
-    runs = [run_or_reuse(dataclasses.replace(cfg, seed=cfg.seed + i, out=str(base / f"seed-{cfg.seed + i}")))
+    base = Path(cfg.out) if cfg.out else default_out(f"{cfg.model}-{cfg.dataset}".replace(":", "-").replace("/", "-"))
+    runs = [run_or_reuse(dataclasses.replace(cfg, seed=cfg.seed + i, out=str(base / f"seed-{cfg.seed + i}")), model)
             for i in range(seeds)]
     summary = seeds_summary([r.summary for r in runs])
     summary["runs"] = [str(r.path) for r in runs]
-    return write_summary(base, summary, seeds_block(summary), cfg.quiet)
+    return Seeds(write_summary(base, summary, seeds_block(summary), cfg.quiet), runs)
 
 
 def seeds_summary(summaries: list[dict]) -> dict:
@@ -83,18 +109,39 @@ def seeds_block(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare(run_dirs: list[str], plot: str | None = None) -> tuple[str, list[Run]]:
-    """The article's COMPARISON block for two runs, a table for more; optional bar + curves figure."""
-    if len(run_dirs) < 2:
+class Comparison:
+    """Finished runs side by side; str() is what `cifarlab compare` prints, plot() its figure."""
+
+    def __init__(self, runs: list[Run]):
+        self.runs = runs
+        text = ""
+        if len(runs) == 2:
+            text = comparison_block(runs[0].summary, runs[1].summary, runs[0].name, runs[1].name)
+        self.text = text + "\n" + comparison_table(runs)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def plot(self):
+        from cifarlab.report.plots import shown
+
+        return shown(comparison_figure(self.runs))
+
+
+def compare(runs: list, plot: str | Path | None = None) -> Comparison:
+    """The article's COMPARISON block for two runs, a table for more; `plot` also writes the figure there."""
+    if len(runs) < 2:
         raise UsageError("compare needs at least two run folders")
-    runs = [load_run(p) for p in run_dirs]
-    text = ""
-    if len(runs) == 2:
-        text = comparison_block(runs[0].summary, runs[1].summary, runs[0].name, runs[1].name)
-    text += "\n" + comparison_table(runs)
+    result = Comparison([r if isinstance(r, Run) else load_run(r) for r in runs])
+    for r in result.runs:
+        r.summary  # noqa: B018 - an unfinished run is refused here, in one line
     if plot:
-        comparison_figure(runs, Path(plot))
-    return text, runs
+        from cifarlab.report.plots import _save
+        _save(comparison_figure(result.runs), Path(plot))
+    return result
 
 
 def comparison_table(runs: list[Run]) -> str:
@@ -106,9 +153,9 @@ def comparison_table(runs: list[Run]) -> str:
     return text_table(headers, rows)
 
 
-def comparison_figure(runs: list[Run], path: Path) -> Path:
-    """One PNG: final test accuracy bars on the left, test-accuracy curves on the right."""
-    from cifarlab.report.plots import plt, _save
+def comparison_figure(runs: list[Run]):
+    """Final test accuracy bars on the left, test-accuracy curves on the right."""
+    from cifarlab.report.plots import plt
 
     fig, (bars, lines) = plt.subplots(1, 2, figsize=(12, 4.2))
     names = [r.name for r in runs]
@@ -125,4 +172,4 @@ def comparison_figure(runs: list[Run], path: Path) -> Path:
     lines.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy per epoch")
     lines.grid(alpha=0.3)
     lines.legend(fontsize=7)
-    return _save(fig, path)
+    return fig

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from cifarlab.config import TrainConfig
 from cifarlab.errors import UsageError
-from cifarlab.models import build_model, model_spec
+from cifarlab.models import model_spec
 from cifarlab.report.document import Report, markdown_table, text_table
-from cifarlab.report.runs import mean_rows, mean_std
+from cifarlab.report.stats import mean_rows, mean_std
 from cifarlab.study import default_out, run_or_reuse
-from cifarlab.train.checkpoint import atomic_write_json, atomic_write_text
+from cifarlab.run import atomic_write_json, atomic_write_text
 
 # technique -> the settings that remove it
 TECHNIQUES = {
@@ -43,23 +43,23 @@ def parse_without(text: str | None) -> tuple[list[str], bool]:
     return parts, False
 
 
-def present(technique: str, cfg: TrainConfig) -> bool:
-    """Whether the full recipe uses the technique at all (basic-cnn has no BatchNorm, for one)."""
+def present(technique: str, cfg: TrainConfig, model=None) -> bool:
+    """Whether the full recipe uses the technique and the model can drop it (the registry says which
+    switches a model has: basic-cnn has no BatchNorm, a user's factory without `dropout=` no dropout)."""
     if technique == "augment":
         return bool(cfg.augment)
+    spec = model_spec(cfg.model, model)
     if technique == "kaiming":
-        init = model_spec(cfg.model).default_init if cfg.init == "auto" else cfg.init
-        return init == "kaiming"
-    model = build_model(cfg.model, 10)
-    kinds = {"batchnorm": ("BatchNorm1d", "BatchNorm2d"), "dropout": ("Dropout", "Dropout2d")}[technique]
-    return any(type(m).__name__ in kinds and getattr(m, "p", 1) != 0 for m in model.modules())
+        init = spec.default_init if cfg.init == "auto" else cfg.init
+        return init == "kaiming" and "init" in spec.switches
+    return technique in spec.switches and getattr(cfg, technique)
 
 
-def variants(cfg: TrainConfig, techniques: list[str], remove_all: bool) -> tuple[dict, list[str]]:
-    """name -> settings overrides (full first), and the techniques skipped because the recipe lacks them."""
+def variants(cfg: TrainConfig, techniques: list[str], remove_all: bool, model=None) -> tuple[dict, list[str]]:
+    """name -> settings overrides (full first), and the techniques skipped because the model or recipe lacks them."""
     out, skipped, removed = {"full": {}}, [], {}
     for t in techniques:
-        if present(t, cfg):
+        if present(t, cfg, model):
             out[f"no-{t}"] = TECHNIQUES[t]
             removed.update(TECHNIQUES[t])
         else:
@@ -69,9 +69,24 @@ def variants(cfg: TrainConfig, techniques: list[str], remove_all: bool) -> tuple
     return out, skipped
 
 
-def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int) -> dict:
+class Ablation(dict):
+    """ablation.json's content; str() is what `cifarlab ablate` prints, plot() the bars with their spread."""
+
+    def __str__(self) -> str:
+        return text_report(self)
+
+    def plot(self):
+        from cifarlab.report.plots import bars_figure, shown
+
+        names = [r["variant"] for r in self["variants"]]
+        return shown(bars_figure(names, {"final test": [r["final_test_acc_mean"] for r in self["variants"]]},
+                                 errors={"final test": [r["final_test_acc_std"] for r in self["variants"]]},
+                                 title=f"Ablation of {self['model']}: final test accuracy, mean \u00b1 std"))
+
+
+def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int, model=None) -> Ablation:
     base = Path(cfg.out) if cfg.out else default_out(f"ablate-{cfg.model}-{cfg.dataset}")
-    plan, skipped = variants(cfg, techniques, remove_all)
+    plan, skipped = variants(cfg, techniques, remove_all, model)
     if len(plan) == 1:
         raise UsageError(f"nothing to ablate: the recipe for {cfg.model} uses none of {', '.join(techniques)}")
     start = time.perf_counter()
@@ -83,9 +98,9 @@ def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int
             variant = dataclasses.replace(cfg, **overrides, seed=seed, out=str(base / name / f"seed-{seed}"))
             if not cfg.quiet:
                 print(f"cifarlab ablate: {name}, seed {seed}", flush=True)
-            runs.append(run_or_reuse(variant))
+            runs.append(run_or_reuse(variant, model))
         results[name] = runs
-    result = summarize(cfg, plan, results, skipped, seeds)
+    result = Ablation(summarize(cfg, plan, results, skipped, seeds))
     result["wall_time_s"] = time.perf_counter() - start
     write_outputs(base, result, results)
     result["folder"] = str(base)
@@ -141,14 +156,15 @@ def text_report(result: dict) -> str:
     headers, rows = table(result)
     head = (f"Ablation: {result['model']} on {result['dataset']}, recipe {result['recipe']}, {result['epochs']} epochs, "
             f"{result['seeds']} seed(s)" + (f", {result['limit_train']:,} train images" if result["limit_train"] else ""))
-    notes = [f"Skipped (the recipe does not use it): {', '.join(result['skipped'])}"] if result["skipped"] else []
+    notes = ([f"Skipped (the model has no such switch, or the recipe does not use it): "
+              f"{', '.join(result['skipped'])}"] if result["skipped"] else [])
     return "\n".join([head, "", text_table(headers, rows), *result["findings"], *notes]) + "\n"
 
 
 def write_outputs(base: Path, result: dict, results: dict) -> None:
     from cifarlab.report import plots
 
-    atomic_write_json(base / "ablation.json", result)
+    atomic_write_json(base / "ablation.json", dict(result))
     headers, rows = table(result)
     md = text_report(result).split("\n\n", 1)[0] + "\n\n" + markdown_table(headers, rows) + "\n" + \
         "\n".join(f"- {f}" for f in result["findings"]) + "\n"

@@ -16,7 +16,7 @@ from cifarlab.errors import UsageError
 from cifarlab.report.document import Report, text_table
 from cifarlab.report.summary import article_summary, comparison_block
 from cifarlab.study import run_or_reuse
-from cifarlab.train.checkpoint import atomic_write_json
+from cifarlab.run import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,23 @@ def plan(data_dir, scale: float, tuned: bool, out: Path, overrides: dict) -> lis
     return jobs
 
 
-def reproduce(data_dir, scale: float = 1.0, tuned: bool = False, out: str | None = None,
-              overrides: dict | None = None) -> dict:
+class Reproduction(dict):
+    """reproduce.json's content; str() is the table `cifarlab reproduce` prints, plot() ours vs the article."""
+
+    def __str__(self) -> str:
+        return self["table"]
+
+    def plot(self):
+        from cifarlab.report.plots import bars_figure, shown
+
+        labels = [r["key"] for r in self["runs"]]
+        return shown(bars_figure(labels, {"ours": [r["final_test_acc"] for r in self["runs"]],
+                                          "article": [r["article"]["final_test_acc"] for r in self["runs"]]},
+                                 title="Final test accuracy: ours vs the article"))
+
+
+def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str | None = None,
+              overrides: dict | None = None) -> Reproduction:
     from cifarlab.evaluate import evaluate_run
 
     if not 0 < scale <= 1:
@@ -121,11 +136,11 @@ def reproduce(data_dir, scale: float = 1.0, tuned: bool = False, out: str | None
         runs[key] = run_or_reuse(cfg)
         evaluations[key] = reuse_evaluation(runs[key].path) or evaluate_run(runs[key].path, data_dir=data_dir,
                                                                             device=cfg.device)
-    result = {"scale": scale, "tuned": tuned, "data_dir": str(data_dir) if data_dir else None,
+    result = Reproduction({"scale": scale, "tuned": tuned, "data_dir": str(data_dir) if data_dir else None,
               "wall_time_s": time.perf_counter() - start, "machine": platform.machine(),
               "runs": [{"key": key, "recipe": cfg.recipe, "folder": str(runs[key].path), **runs[key].summary,
-                        "article": article_summary_dict(a)} for key, a, cfg in jobs]}
-    atomic_write_json(out / "reproduce.json", result)
+                        "article": article_summary_dict(a)} for key, a, cfg in jobs]})
+    atomic_write_json(out / "reproduce.json", dict(result))
     write_report(out, jobs, runs, evaluations, result)
     result["table"] = results_table(jobs, runs)
     result["folder"] = str(out)

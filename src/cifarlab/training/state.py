@@ -7,12 +7,10 @@ import random
 import signal
 import threading
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from cifarlab.errors import UsageError
 
 
 @dataclass
@@ -60,26 +58,6 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 def _tuples(value):
     # random.setstate wants tuples; a checkpoint may hand lists back.
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def load_checkpoint(path: Path) -> dict:
-    """torch.load with weights_only=True onto the CPU: plain data only, nothing executed."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no checkpoint to resume from")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad or unsafe file
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise UsageError(f"{path}: refused or unreadable checkpoint ({type(e).__name__}: {first})") from None
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
-        raise UsageError(f"{path}: not a cifarlab checkpoint (no model/config entries)")
-    return checkpoint
-
-
-def strip_prefixes(state: dict) -> dict:
-    """Weights saved from torch.compile or DDP wrappers carry `_orig_mod.` / `module.`; drop them."""
-    return {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in state.items()}
 
 
 class StopSignals:

@@ -10,16 +10,17 @@ import torch
 
 
 class Progress:
-    """A tqdm bar per epoch on a terminal; one plain line per epoch otherwise; nothing when quiet."""
+    """A tqdm bar per epoch on a terminal or in Jupyter (tqdm.auto: a widget there); one plain line per
+    epoch otherwise; nothing when quiet."""
 
     def __init__(self, quiet: bool, epochs: int):
         self.quiet, self.epochs = quiet, epochs
-        self.tty = sys.stderr.isatty() and not quiet
+        self.tty = not quiet and (sys.stderr.isatty() or "ipykernel" in sys.modules)
         self.bar = None
 
     def start_epoch(self, epoch: int, steps: int, done: int = 0):
         if self.tty:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm
             self.bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch}/{self.epochs}", unit="batch",
                             leave=False, dynamic_ncols=True)
 

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import signal
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
-
 import cifarlab
 from cifarlab.config import TrainConfig
 from cifarlab.data.formats import Split
@@ -23,15 +19,15 @@ from cifarlab.data.augment import normalize
 from cifarlab.data.loader import AugmentSettings, DeviceLoader
 from cifarlab.data.sources import DatasetInfo, class_balanced_split, load_dataset
 from cifarlab.errors import Diverged, Interrupted, UsageError
-from cifarlab.models import build_model, count_params, load_pretrained, model_spec
-from cifarlab.report.summary import article_summary, write_summary
-from cifarlab.train import distributed
-from cifarlab.train.distributed import SINGLE, Dist, unwrap
-from cifarlab.train.checkpoint import atomic_write_json, atomic_write_text, save_checkpoint
-from cifarlab.train.lookahead import Lookahead
-from cifarlab.train.optim import build_optimizer, build_scheduler
-from cifarlab.train.progress import Progress, log_tensorboard, tensorboard_writer
-from cifarlab.train.state import RunState, StopSignals, load_checkpoint, rng_state, set_rng_state, strip_prefixes
+from cifarlab.models import build_model, count_params, model_spec
+from cifarlab.report.summary import article_summary
+from cifarlab.run import Run, load_checkpoint, strip_prefixes
+from cifarlab.training import distributed
+from cifarlab.training.distributed import SINGLE, Dist, unwrap
+from cifarlab.training.lookahead import Lookahead
+from cifarlab.training.optim import build_optimizer, build_scheduler
+from cifarlab.training.progress import Progress, log_tensorboard, tensorboard_writer
+from cifarlab.training.state import RunState, StopSignals, rng_state, set_rng_state
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,8 +86,11 @@ class Data:
 
 def prepare_data(cfg: TrainConfig) -> Data:
     """Load the dataset, carve the seeded class-balanced val split, apply --limit-train."""
-    ds = load_dataset(cfg.dataset, cfg.data_dir, download_missing=cfg.download)
-    train, val = ds.train, None
+    ds = load_dataset(cfg.dataset, cfg.data_dir, download_missing=cfg.download, image_size=cfg.image_size,
+                      channels=cfg.channels, quiet=cfg.quiet)
+    train, val = ds.train, ds.val
+    if val is not None and cfg.val_size:
+        raise UsageError(f"{cfg.dataset} has its own val/ folder; --val-size {cfg.val_size} would carve a second one")
     if cfg.val_size:
         if cfg.val_size >= len(train):
             raise UsageError(f"--val-size {cfg.val_size} must be smaller than the train split ({len(train)} images)")
@@ -103,20 +102,16 @@ def prepare_data(cfg: TrainConfig) -> Data:
     return Data(ds.info, ds.classes, train, val, ds.test)
 
 
-def make_run_dir(cfg: TrainConfig, resume: bool = False) -> Path:
+def make_run(cfg: TrainConfig, resume: bool = False) -> Run:
     if resume:
-        return Path(cfg.out)
-    if cfg.out:
-        out = Path(cfg.out)
-        if (out / "config.json").exists() and not cfg.overwrite:
-            raise UsageError(f"--out {out} already holds a run; continue it with `cifarlab train --resume {out}`, "
-                             f"replace it with --overwrite, or choose another folder")
-    else:
-        out = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model}-{cfg.dataset}"
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.jsonl", "summary.json", "summary.txt"):
-        (out / stale).unlink(missing_ok=True)
-    return out
+        return Run(cfg.out)
+    return Run.create(cfg.out, cfg.overwrite, f"{_short(cfg.model)}-{_short(cfg.dataset)}")
+
+
+def _short(name: str) -> str:
+    """A folder-name-safe part of a model or dataset name (mynet:TinyNet -> TinyNet, folder:/x/pets -> pets)."""
+    tail = name.replace("\\", "/").rstrip("/").split("/")[-1].split(":")[-1]
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in tail) or "run"
 
 
 def global_sums(d: Dist, loss_sum: torch.Tensor, correct: torch.Tensor, count: int) -> list[float]:
@@ -168,7 +163,7 @@ class Trainer:
     """The objects of one run, and how to save them."""
 
     cfg: TrainConfig
-    out: Path
+    run: Run
     device: torch.device
     precision: Precision
     model: torch.nn.Module
@@ -198,6 +193,10 @@ class Trainer:
         return out
 
     @property
+    def out(self) -> Path:
+        return self.run.path
+
+    @property
     def net(self) -> torch.nn.Module:
         """The model itself, without the DDP wrapper (for evaluation and state dicts)."""
         return unwrap(self.model)
@@ -208,11 +207,11 @@ class Trainer:
         checkpoint = {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                       "scheduler": self.scheduler.state_dict(),
                       "scaler": self.scaler.state_dict() if self.scaler else None,
-                      "config": self.cfg.to_dict(), "run": self.state.to_dict(),
+                      "config": self.run.config, "run": self.state.to_dict(),
                       "epoch": self.state.epoch, "step": self.state.step,
                       "rng": rng_state(self.device), "cifarlab": cifarlab.__version__,
                       "lookahead": self.lookahead.state_dict() if self.lookahead else None}
-        save_checkpoint(self.out / "checkpoints" / name, checkpoint)
+        self.run.save_checkpoint(checkpoint, name)
 
     def restore(self, checkpoint: dict) -> None:
         self.net.load_state_dict(strip_prefixes(checkpoint["model"]))
@@ -319,21 +318,22 @@ def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -
     return total_loss / max(total_seen, 1), 100.0 * total_correct / max(total_seen, 1), int(total_seen), seconds
 
 
-def fit(cfg: TrainConfig, resume: bool = False) -> dict:
+def fit(cfg: TrainConfig, resume: bool = False, model=None) -> dict:
     """Train `cfg` end to end and write its run folder; returns the summary dict.
 
     resume: continue the run in cfg.out from checkpoints/last.pt, exactly where it stopped.
+    model: the class, factory or nn.Module behind cfg.model when it is a Python object.
     Under torchrun (WORLD_SIZE > 1) this is one rank of a DistributedDataParallel run.
     """
     d = distributed.from_environment()
     device = distributed.setup(d, resolve_device(cfg.device), cfg.batch_size)
     try:
-        return _fit(cfg, resume, d, device)
+        return _fit(cfg, resume, d, device, model)
     finally:
         distributed.teardown(d)
 
 
-def _fit(cfg: TrainConfig, resume: bool, d: Dist, device: torch.device) -> dict:
+def _fit(cfg: TrainConfig, resume: bool, d: Dist, device: torch.device, supplied=None) -> dict:
     if not d.is_main:
         cfg = dataclasses.replace(cfg, quiet=True, tensorboard=False)
     precision = Precision(resolve_precision(cfg.precision, device))
@@ -343,7 +343,8 @@ def _fit(cfg: TrainConfig, resume: bool, d: Dist, device: torch.device) -> dict:
     t_load = time.perf_counter()
     data = prepare_data(cfg)
     load_time = time.perf_counter() - t_load
-    out = distributed.broadcast_object(make_run_dir(cfg, resume) if d.is_main else None, d)
+    run = Run(distributed.broadcast_object(make_run(cfg, resume).path if d.is_main else None, d))
+    out = run.path
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -351,12 +352,13 @@ def _fit(cfg: TrainConfig, resume: bool, d: Dist, device: torch.device) -> dict:
 
     torch.manual_seed(cfg.seed)
     info = data.info
-    model = build_model(cfg.model, info.num_classes, info.channels, info.size,
-                        batchnorm=cfg.batchnorm, init=cfg.init, dropout=cfg.dropout).to(device)
-    if model_spec(cfg.model).pretrained and not resume:
-        load_pretrained(cfg.model, model, cfg.download)
+    spec = model_spec(cfg.model, supplied)
+    model = build_model(cfg.model, info.num_classes, info.channels, info.size, batchnorm=cfg.batchnorm,
+                        init=cfg.init, dropout=cfg.dropout, model_args=cfg.model_args, supplied=supplied).to(device)
+    if spec.pretrained is not None and not resume:
+        spec.pretrained(model, cfg.download)
     setup_time = 0.0
-    if hasattr(model, "init_from_data") and not resume:  # fast94's whitening stem: from 5,000 train images
+    if spec.data_init and not resume:  # fast94's whitening stem: from 5,000 train images
         t_setup = time.perf_counter()
         sample = data.train.images[:5000].float().div_(255)
         model.init_from_data(normalize(sample, torch.tensor(info.mean), torch.tensor(info.std)))
@@ -383,7 +385,7 @@ def _fit(cfg: TrainConfig, resume: bool, d: Dist, device: torch.device) -> dict:
     test_loader = eval_loader(data.test)
 
     optimizer = build_optimizer(distributed.unwrap(eager), cfg)
-    t = Trainer(cfg, out, device, precision, model, optimizer, build_scheduler(optimizer, cfg, len(train_loader)),
+    t = Trainer(cfg, run, device, precision, model, optimizer, build_scheduler(optimizer, cfg, len(train_loader)),
                 torch.amp.GradScaler(device.type) if precision.name == "fp16" else None, train_loader, RunState(), d,
                 eager=eager, lookahead=Lookahead(unwrap(eager), cfg.epochs * len(train_loader))
                 if cfg.lookahead else None)
@@ -393,16 +395,19 @@ def _fit(cfg: TrainConfig, resume: bool, d: Dist, device: torch.device) -> dict:
         if t.state.epoch >= cfg.epochs:
             raise UsageError(f"{out} already finished its {cfg.epochs} epochs; nothing to resume")
         if d.is_main:  # metrics.jsonl continues from the checkpoint: no duplicate or lost epochs.
-            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in t.state.rows))
+            run.write_metrics(t.state.rows)
     elif d.is_main:
         config = {**cfg.to_dict(), "resolved": {"device": str(device), "precision": precision.name,
                                                  "channels_last": channels_last},
                   "params": params, "train_size": len(data.train),
                   "val_size_actual": len(data.val) if data.val else 0, "test_size": len(data.test),
-                  "classes": data.classes,
-                  "versions": {"cifarlab": cifarlab.__version__, "torch": torch.__version__,
+                  "classes": data.classes, "model_origin": spec.origin,
+                  "data_info": {"name": info.name, "title": info.title, "num_classes": info.num_classes,
+                                "channels": info.channels, "size": info.size, "mean": list(info.mean),
+                                "std": list(info.std)},
+                  "versions": {"cifarlab": cifarlab.__version__, "torch": str(torch.__version__),
                                "python": platform.python_version()}}
-        atomic_write_json(out / "config.json", config)
+        run.write_config(config)
 
     progress = Progress(cfg.quiet, cfg.epochs)
     writer = tensorboard_writer(out, cfg.tensorboard)
@@ -423,7 +428,11 @@ def _fit(cfg: TrainConfig, resume: bool, d: Dist, device: torch.device) -> dict:
     summary["world_size"] = d.world
     if not d.is_main:
         return summary
-    return write_summary(out, summary, article_summary(summary), cfg.quiet)
+    block = article_summary(summary)
+    run.write_summary(summary, block)
+    if not cfg.quiet:
+        print(block, end="", flush=True)
+    return {**summary, "run_dir": str(out)}
 
 
 def run_epoch(t: Trainer, epoch: int, val_loader, test_loader, progress, stop, writer) -> None:
@@ -452,8 +461,7 @@ def run_epoch(t: Trainer, epoch: int, val_loader, test_loader, progress, stop, w
     s.epoch, s.step = epoch, 0
     s.partial = RunState().partial
     if t.dist.is_main:
-        with open(t.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        t.run.append_metrics(row)
     progress.end_epoch(row)
     log_tensorboard(writer, row)
     # best.pt is chosen by val accuracy when there is a val split, else it is the last epoch.
@@ -463,8 +471,7 @@ def run_epoch(t: Trainer, epoch: int, val_loader, test_loader, progress, stop, w
     t.save()
     if improved and t.dist.is_main:
         t.save("best.pt")
-        save_file({k: v.detach().cpu().contiguous() for k, v in t.net.state_dict().items()},
-                  str(t.out / "model.safetensors"))
+        t.run.save_weights(t.net.state_dict())
 
 
 def make_summary(cfg, rows, params, train_time, images_per_s, load_time, device, precision) -> dict:

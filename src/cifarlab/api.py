@@ -1,0 +1,128 @@
+"""cifarlab from Python: the same study as the command line, for your own model and images.
+
+    import cifarlab
+    run = cifarlab.train("basic-cnn", "cifar10", recipe="article-basic-cnn", epochs=2)
+    run = cifarlab.train(MyCNN, "folder:~/pets", epochs=5, image_size=64)   # your class, your images
+    run.plot(); run.evaluate(tta="flip"); run.predict(["cat.jpg"]); run.export("onnx")
+    cifarlab.compare([run_a, run_b])
+
+Settings are the `cifarlab train` flags with `_` for `-` (batch_size=128, label_smoothing=0.1) and
+are validated the same way: bad input raises `cifarlab.UsageError` with the line the CLI prints.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+from cifarlab.errors import UsageError
+from cifarlab.run import Run, load_run
+
+
+def _model_ref(model) -> tuple[str, object]:
+    """(what config.json records, the Python object or None): a name, module:factory, a class or a module."""
+    from torch import nn
+
+    from cifarlab.models import reference
+
+    if isinstance(model, str):
+        return model, None
+    if isinstance(model, nn.Module) or callable(model):
+        return reference(model), model
+    raise UsageError(f"model must be a registered name, 'module:factory', a class, a factory or an nn.Module; "
+                     f"got {type(model).__name__}")
+
+
+def _dataset_ref(dataset) -> str:
+    """A registered name, folder:PATH, npz:FILE, or (x_train, y_train, x_test, y_test[, classes]) arrays."""
+    if isinstance(dataset, (str, Path)):
+        return str(dataset)
+    if isinstance(dataset, (tuple, list)) and len(dataset) in (4, 5):
+        from cifarlab.data.custom import save_arrays
+
+        return f"npz:{save_arrays(*dataset)}"
+    raise UsageError("dataset must be a name (cifar10, folder:PATH, npz:FILE) or a tuple "
+                     "(x_train, y_train, x_test, y_test) of uint8 arrays")
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _config(model, dataset, recipe, out, settings, default_recipe=False):
+    from cifarlab.config import train_config
+
+    ref, obj = _model_ref(model)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}   # data_dir=Path(...)
+    overrides = {**settings, "model": ref, "dataset": _dataset_ref(dataset), "out": str(out) if out else None}
+    return train_config(overrides, recipe, default_recipe, model=obj, note=_note), obj
+
+
+def train(model, dataset, *, recipe: str | None = None, out: str | Path | None = None, seeds: int = 1,
+          **settings):
+    """Train `model` on `dataset` and write a run folder; returns its `Run` (with seeds > 1, a `Seeds`).
+
+    model: a registered name ("resnet18"), "module:factory", a class or factory (called with the
+    keywords it accepts among num_classes, in_channels, image_size, batchnorm, dropout), or an
+    nn.Module (a copy is trained; your object keeps its weights).
+    dataset: a registered name, "folder:PATH" (ImageFolder layout), "npz:FILE", or arrays.
+    """
+    from cifarlab.study import train_seeds
+    from cifarlab.training.engine import fit
+
+    if not isinstance(seeds, int) or seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {seeds}")
+    cfg, obj = _config(model, dataset, recipe, out, settings)
+    if seeds > 1:
+        return train_seeds(cfg, seeds, obj)
+    from torch import nn
+    summary = fit(cfg, model=copy.deepcopy(obj) if isinstance(obj, nn.Module) else obj)
+    return load_run(summary["run_dir"], obj)
+
+
+def resume(run: Run | str | Path, model=None, **changes) -> Run:
+    """Continue a stopped run exactly where it stopped; only data_dir, device, quiet, download,
+    checkpoint_every and tensorboard may change."""
+    from cifarlab.config import resume_config
+    from cifarlab.training.engine import fit
+
+    run = run if isinstance(run, Run) else load_run(run, model)
+    supplied = model if model is not None else run.supplied_model
+    cfg = resume_config(run.config, changes, str(run.path), supplied)
+    fit(cfg, resume=True, model=supplied)
+    return load_run(run.path, supplied)
+
+
+def compare(runs: list, plot: str | Path | None = None):
+    """The article's COMPARISON block for two finished runs (Run objects or folders), a table for more."""
+    from cifarlab.study import compare as compare_runs
+
+    return compare_runs(runs, plot)
+
+
+def ablate(model, dataset, *, without: str | list[str] | None = None, seeds: int = 2, recipe: str | None = None,
+           out: str | Path | None = None, **settings):
+    """The full recipe against each technique removed (batchnorm, kaiming, dropout, augment), over seeds.
+
+    without: a list or comma string of techniques, or "all" (each, and all at once).
+    """
+    from cifarlab.study.ablate import ablate as run_ablation, parse_without
+
+    if not isinstance(seeds, int) or seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {seeds}")
+    techniques, remove_all = parse_without(",".join(without) if isinstance(without, list) else without)
+    cfg, obj = _config(model, dataset, recipe, out, settings, default_recipe=True)
+    return run_ablation(cfg, techniques, remove_all, seeds, obj)
+
+
+def reproduce(data_dir: str | Path | None = None, *, scale: float = 1.0, tuned: bool = False,
+              out: str | Path | None = None, **settings):
+    """The article's six runs with its recipes (and our tuned ones), its figures beside ours."""
+    from cifarlab.study.reproduce import reproduce as run_study
+
+    allowed = {"device", "download", "quiet"}
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise UsageError(f"reproduce takes no setting '{unknown[0]}' (it takes: {', '.join(sorted(allowed))})")
+    return run_study(str(data_dir) if data_dir else None, scale, tuned, str(out) if out else None, settings)
