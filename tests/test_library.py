@@ -247,7 +247,9 @@ def test_a_plugin_package_adds_a_model_through_its_entry_point(tmp_path, cifar_m
     assert load_run(tmp_path / "plug").summary["params"] == 3072 * 10 + 10
 
 
-def test_checkpoint_errors_say_what_happened_and_never_suggest_turning_safety_off(tiny_run, tmp_path):
+def test_checkpoint_errors_say_what_happened_and_never_suggest_turning_safety_off(tiny_run, project, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.syspath_prepend(str(project))
     text = tmp_path / "text.pt"
     text.write_text("these are not weights\n")
     with pytest.raises(UsageError, match="not a PyTorch checkpoint, or damaged") as damaged:
@@ -335,3 +337,14 @@ def test_arrays_train_like_a_registered_dataset(cifar_mini_module, tmp_path, mon
     assert run.config["dataset"].startswith("npz:") and run.summary["final_test_acc"] > 20.0
     assert run.dataset_info().mean == pytest.approx(tuple(ds.train.images[:2000].float().div(255).mean((0, 2, 3))
                                                           .tolist()), abs=1e-4)
+
+
+def test_report_reads_run_folders_without_importing_the_training_code():
+    import ast
+    from pathlib import Path
+
+    report = Path(cifarlab.__file__).parent / "report"
+    imported = {node.module for path in report.glob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.ImportFrom) and node.module}
+    assert "cifarlab.run" in imported
+    assert not [m for m in imported if m.startswith("cifarlab.training")]

@@ -15,7 +15,7 @@ from cifarlab.config import TrainConfig
 from cifarlab.errors import UsageError
 from cifarlab.report.document import text_table
 from cifarlab.report.stats import mean_std
-from cifarlab.run import Run, load_run
+from cifarlab.run import LAST, Run, load_run
 from cifarlab.report.summary import RULE, comparison_block, summary_title, write_summary
 
 # summary.json keys that get a mean and a std over seeds.
@@ -32,7 +32,7 @@ def run_or_reuse(cfg: TrainConfig, model=None) -> Run:
     from cifarlab.training.engine import fit
 
     out = Path(cfg.out)
-    if (out / "summary.json").is_file():
+    if Run(out).finished:
         run = load_run(out, model)
         if run.config.get("model") == cfg.model and run.config.get("dataset") == cfg.dataset \
                 and run.config.get("epochs") == cfg.epochs:
@@ -43,7 +43,7 @@ def run_or_reuse(cfg: TrainConfig, model=None) -> Run:
                          f"{run.config.get('epochs')} epochs); choose another --out")
     # A module instance is copied: every run of a study starts from the same weights.
     fresh = copy.deepcopy(model) if isinstance(model, torch.nn.Module) else model
-    if (out / "checkpoints" / "last.pt").is_file() and (out / "config.json").is_file():
+    if Run(out).checkpoint_path(LAST).is_file() and Run(out).config_path.is_file():
         fit(cfg, resume=True, model=fresh)  # an unfinished run: continue it exactly where it stopped
     else:
         fit(dataclasses.replace(cfg, overwrite=True), model=fresh)

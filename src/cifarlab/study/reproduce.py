@@ -16,7 +16,7 @@ from cifarlab.errors import UsageError
 from cifarlab.report.document import Report, text_table
 from cifarlab.report.summary import article_summary, comparison_block
 from cifarlab.study import run_or_reuse
-from cifarlab.run import atomic_write_json
+from cifarlab.run import Run, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def reuse_evaluation(run_dir: Path) -> dict | None:
     import json
 
     folder = run_dir / "evaluation-test"
-    weights = run_dir / "model.safetensors"
+    weights = Run(run_dir).weights_path
     result = folder / "evaluation.json"
     if not (result.is_file() and weights.is_file() and result.stat().st_mtime >= weights.stat().st_mtime
             and (folder / "confusion.png").is_file() and (folder / "per_class.png").is_file()):

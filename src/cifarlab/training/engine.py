@@ -21,7 +21,7 @@ from cifarlab.data.sources import DatasetInfo, class_balanced_split, load_datase
 from cifarlab.errors import Diverged, Interrupted, UsageError
 from cifarlab.models import build_model, count_params, model_spec
 from cifarlab.report.summary import article_summary
-from cifarlab.run import Run, load_checkpoint, strip_prefixes
+from cifarlab.run import BEST, LAST, Run, strip_prefixes
 from cifarlab.training import distributed
 from cifarlab.training.distributed import SINGLE, Dist, unwrap
 from cifarlab.training.lookahead import Lookahead
@@ -201,7 +201,7 @@ class Trainer:
         """The model itself, without the DDP wrapper (for evaluation and state dicts)."""
         return unwrap(self.model)
 
-    def save(self, name: str = "last.pt") -> None:
+    def save(self, name: str = LAST) -> None:
         if not self.dist.is_main:
             return
         checkpoint = {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -289,10 +289,10 @@ def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -
             progress.close()
             raise Diverged(f"non-finite training loss at epoch {epoch}, step {step} or the {check_every - 1} "
                            f"before it: training stopped. The last good checkpoint is kept in "
-                           f"{t.out / 'checkpoints' / 'last.pt'}. Lower --lr, or pass --on-nan skip-step to skip "
+                           f"{t.run.checkpoint_path(LAST)}. Lower --lr, or pass --on-nan skip-step to skip "
                            "such batches" if check_every > 1 else
                            f"non-finite training loss at epoch {epoch}, step {step}: training stopped. The last good "
-                           f"checkpoint is kept in {t.out / 'checkpoints' / 'last.pt'}. Lower --lr, or pass "
+                           f"checkpoint is kept in {t.run.checkpoint_path(LAST)}. Lower --lr, or pass "
                            "--on-nan skip-step to skip such batches")
         t.state.step = step
         progress.step(loss if progress.tty and step % 25 == 0 else None)
@@ -306,12 +306,12 @@ def train_epoch(t: Trainer, epoch: int, progress: Progress, stop: StopSignals) -
                 progress.close()
                 name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
                 raise Interrupted(f"stopped by {name} at epoch {epoch}, step {step}; state saved to "
-                                  f"{t.out / 'checkpoints' / 'last.pt'}. Resume with: cifarlab train --resume {t.out}",
+                                  f"{t.run.checkpoint_path(LAST)}. Resume with: cifarlab train --resume {t.out}",
                                   signum)
     if bad:
         progress.close()
         raise Diverged(f"non-finite training loss in the last steps of epoch {epoch}: training stopped. The last "
-                       f"good checkpoint is kept in {t.out / 'checkpoints' / 'last.pt'}. Lower --lr, or pass "
+                       f"good checkpoint is kept in {t.run.checkpoint_path(LAST)}. Lower --lr, or pass "
                        "--on-nan skip-step to skip such batches")
     seconds = time.perf_counter() - start
     total_loss, total_correct, total_seen = global_sums(t.dist, loss_sum, correct, seen)
@@ -339,7 +339,7 @@ def _fit(cfg: TrainConfig, resume: bool, d: Dist, device: torch.device, supplied
     precision = Precision(resolve_precision(cfg.precision, device))
     if precision.name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UsageError("--precision bf16: this GPU has no bf16 support; use fp16 or auto")
-    checkpoint = load_checkpoint(Path(cfg.out) / "checkpoints" / "last.pt") if resume else None
+    checkpoint = Run(cfg.out).load_checkpoint(LAST) if resume else None
     t_load = time.perf_counter()
     data = prepare_data(cfg)
     load_time = time.perf_counter() - t_load
@@ -470,7 +470,7 @@ def run_epoch(t: Trainer, epoch: int, val_loader, test_loader, progress, stop, w
         s.best = {"epoch": epoch, "val_acc": val_acc, "test_acc": test_acc}
     t.save()
     if improved and t.dist.is_main:
-        t.save("best.pt")
+        t.save(BEST)
         t.run.save_weights(t.net.state_dict())
 
 
