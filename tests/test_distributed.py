@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 from conftest import MINI, run_cli
 
 # No dropout and no BatchNorm: their masks / batch statistics are per rank, everything else is shared.
+# fp32: where a CPU runs bf16 natively, `--precision auto` would pick it and round far above 1e-5.
 ARGS = ["--model", "basic-cnn", "--dataset", "cifar10", "--batch-size", "64", "--no-dropout",
-        "--augment", "crop,flip", "--optimizer", "sgd", "--lr", "0.05", "--quiet"]
+        "--augment", "crop,flip", "--optimizer", "sgd", "--lr", "0.05", "--precision", "fp32", "--quiet"]
 
 
 @pytest.fixture(autouse=True)

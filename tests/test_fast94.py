@@ -195,9 +195,9 @@ def test_shifted_tta_views_move_the_image_one_pixel_each_way():
 
 
 def mini_fast94(tmp_path, name, **extra):
-    # the recipe as shipped but smaller: 8 steps of 64 per epoch; shifted views only (3 passes, not 6)
+    # the recipe as shipped but smaller: 8 steps of 64 per epoch
     values = {"model": "fast94", "dataset": "cifar10", "data_dir": str(MINI), "epochs": 2, "limit_train": 512,
-              "batch_size": 64, "eval_batch_size": 500, "tta": False, "quiet": True, "tensorboard": False,
+              "batch_size": 64, "eval_batch_size": 500, "quiet": True, "tensorboard": False,
               "out": str(tmp_path / name), **extra}
     return build_config(values, "fast94")
 
@@ -231,7 +231,7 @@ def test_fast94_recipe_learns_real_images_and_resumes_bit_exactly(tmp_path, monk
     assert summary["final_test_acc"] > 20.0 and summary["params"] == 1_972_792
     # the saved run reloads (frozen whitening included) and scores what training reported
     from cifarlab.evaluate import evaluate_run
-    again = evaluate_run(tmp_path / "whole", "test", tta=False, shift=1, out=tmp_path / "eval")
+    again = evaluate_run(tmp_path / "whole", "test", tta="flip-shift", out=tmp_path / "eval")
     assert again["accuracy"] == pytest.approx(summary["final_test_acc"], abs=0.2)
 
     monkeypatch.setattr(engine, "StopSignals", StopAtStep(11))     # stop mid-epoch 2, then resume
