@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab.models import build_model
-from cifarlab.training.engine import Precision, resolve_precision
+from cifarlab.training.device import Precision, resolve_precision
 from cifarlab.training.optim import _fused
 
 BATCH = {"basic-cnn": 64, "deeper-cnn": 128, "resnet18": 128, "fast94": 1024}

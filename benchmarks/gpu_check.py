@@ -7,7 +7,7 @@
 2. training throughput (images/s from cifarlab's fit: wall time, one device sync per epoch) of every registered
    model, eager and compiled, at --precision auto;
 3. an end-to-end `cifarlab train` on the GPU;
-4. with --full-data (the full CIFAR-10), time to 94% of the fast94 recipe when it exists.
+4. with --full-data (the full CIFAR-10), time to 94% of the fast94 recipe.
 Each check records its own error instead of stopping the others.
 """
 

@@ -1,7 +1,7 @@
 """Wall time to a target test accuracy for a recipe, with the per-epoch curve, over one or more seeds.
 
     python benchmarks/time_to_accuracy.py --model basic-cnn --recipe tuned-basic-cnn --target 78 \
-        --data-dir DIR [--seeds 2] [--device cuda] [--json-out FILE] [-- any extra train flags]
+        --data-dir DIR [--seeds 2] [--device cuda] [--json-out FILE] [any `cifarlab train` flag: --epochs 5 ...]
 
 Time counts training and the per-epoch evaluation (cifarlab's `train_time_s`), not loading the data
 into memory; the first epoch includes any warm-up (cuDNN autotuning, torch.compile). The time to the
@@ -14,20 +14,23 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from cifarlab.config import build_config
+from cifarlab.cli import add_train_flags, given_settings
+from cifarlab.config import train_config
 from cifarlab.training.engine import fit
 
 
 def one_run(args, seed: int, extra: dict) -> dict:
+    """One seed of the recipe; `extra`: more settings, as `cifarlab train` flags give them (augment="crop,flip")."""
     with tempfile.TemporaryDirectory() as out:
-        cfg = build_config({"model": args.model, "dataset": args.dataset, "data_dir": args.data_dir,
+        cfg = train_config({"model": args.model, "dataset": args.dataset, "data_dir": args.data_dir,
                             "device": args.device, "seed": seed, "out": out, "quiet": True,
-                            "tensorboard": False, **extra}, args.recipe)
+                            "tensorboard": False, **extra}, args.recipe, note=lambda m: print(m, file=sys.stderr))
         summary = fit(cfg)
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     elapsed, curve, reached = 0.0, [], None
@@ -40,37 +43,23 @@ def one_run(args, seed: int, extra: dict) -> dict:
             "train_time_s": summary["train_time_s"], "curve": curve}
 
 
-def parse_extra(tokens: list[str]) -> dict:
-    """`-- --epochs 5 --lr 0.1` -> {"epochs": 5, "lr": 0.1} (numbers parsed, flags without value -> True)."""
-    out, i = {}, 0
-    while i < len(tokens):
-        key = tokens[i].lstrip("-").replace("-", "_")
-        if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-            value = tokens[i + 1]
-            for cast in (int, float):
-                try:
-                    value = cast(value)
-                    break
-                except ValueError:
-                    pass
-            out[key], i = value, i + 2
-        else:
-            out[key], i = True, i + 1
-    return out
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_flags(parser)   # the `cifarlab train` flags, as the CLI reads them (--no-tensorboard, --tta/--no-tta)
+    parser.set_defaults(model="basic-cnn", dataset="cifar10", device="auto")
+    parser.add_argument("--recipe", default="tuned-basic-cnn")
+    parser.add_argument("--target", type=float, required=True, help="test accuracy to reach, percent")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--json-out", help="also write the results here")
+    return parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="basic-cnn")
-    parser.add_argument("--dataset", default="cifar10")
-    parser.add_argument("--recipe", default="tuned-basic-cnn")
-    parser.add_argument("--target", type=float, required=True, help="test accuracy to reach, percent")
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--json-out", help="also write the results here")
-    args, rest = parser.parse_known_args()
-    extra = parse_extra([t for t in rest if t != "--"])
+    parser = build_parser()
+    args = parser.parse_args([t for t in sys.argv[1:] if t != "--"])   # `-- --epochs 5` as before still works
+    if args.data_dir is None:
+        parser.error("the following arguments are required: --data-dir")
+    extra = {k: v for k, v in given_settings(args).items() if v is not None}
     runs = [one_run(args, seed, extra) for seed in range(args.seeds)]
     finals = [r["final_test_acc"] for r in runs]
     times = [r["time_to_target_s"] for r in runs if r["time_to_target_s"] is not None]

@@ -1,8 +1,18 @@
+import importlib.util
 import json
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
 
+import pytest
 from conftest import run_cli
 
+from cifarlab.cli import EXPORT_FORMATS, build_parser, given_settings
+from cifarlab.config import TrainConfig, flags, train_config
 from cifarlab.models import MODELS
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_models_json_lists_names_and_exact_counts():
@@ -43,3 +53,90 @@ def test_help_explains_train_flags():
 def test_no_command_prints_help_and_exits_2():
     result = run_cli()
     assert result.returncode == 2 and "train" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["ablate", "--help"], ["recipes"]])
+def test_help_and_recipes_do_not_import_torch(args):
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "cifarlab", *args],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout
+    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "cifarlab.cli" in imported                     # the log is the real one
+    assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
+
+
+def test_main_leaves_torch_out_of_sys_modules_for_help_and_recipes():
+    code = ("import sys\nfrom cifarlab.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['recipes']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "article-basic-cnn" in result.stdout                  # recipes ran
+    assert result.stderr.strip().splitlines()[-1] == "False"
+
+
+def _time_to_accuracy_parser():
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", BENCHMARKS / "time_to_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_parser(), ["--target", "50"]
+
+
+def _train_parser():
+    return build_parser(), ["train"]
+
+
+def _sample(f, flag):
+    """(command-line words, the value they give field f) for one of f's flags."""
+    if f.type == "bool":
+        return [flag], not flag.startswith("--no-")
+    if f.metadata["choices"]:
+        return [flag, str(f.metadata["choices"][-1])], f.metadata["choices"][-1]
+    value = {"int": 3, "int | None": 3, "float": 0.5}.get(f.type, "x")
+    return [flag, str(value)], value
+
+
+@pytest.mark.parametrize("make_parser", [_train_parser, _time_to_accuracy_parser], ids=["train", "time_to_accuracy"])
+def test_every_train_config_field_has_a_flag_or_is_declared_without_one(make_parser):
+    parser, prefix = make_parser()
+    for f in fields(TrainConfig):
+        assert "flag" in f.metadata, f"TrainConfig.{f.name} is not declared with setting()"
+    # Recipe-only sizes, and the two that cli.py's own flags fill (--recipe, --model-arg KEY=VALUE).
+    assert {f.name for f in fields(TrainConfig) if not flags(f)} == {
+        "recipe", "model_args", "crop_padding", "jitter", "cutout_size"}
+    for f in fields(TrainConfig):
+        for flag in flags(f):
+            words, value = _sample(f, flag)
+            given = given_settings(parser.parse_args([*prefix, *words]))
+            assert given[f.name] == value, flag
+
+
+def test_no_x_flags_reach_the_config_through_the_time_to_accuracy_parser():
+    parser, prefix = _time_to_accuracy_parser()
+    args = parser.parse_args([*prefix, "--model", "deeper-cnn", "--recipe", "article-deeper-cnn", "--no-tensorboard",
+                              "--no-batchnorm", "--no-dropout", "--no-channels-last", "--no-download", "--tta",
+                              "--no-lookahead", "--augment", "crop,flip"])
+    settings = {k: v for k, v in given_settings(args).items() if v is not None}
+    cfg = train_config(settings, args.recipe)
+    assert (cfg.model, cfg.dataset, cfg.device, cfg.recipe) == ("deeper-cnn", "cifar10", "auto", "article-deeper-cnn")
+    assert (cfg.tensorboard, cfg.batchnorm, cfg.dropout, cfg.channels_last, cfg.download) == (False,) * 5
+    assert cfg.tta is True and cfg.lookahead is False and cfg.augment == ["crop", "flip"]
+
+
+def test_resume_refuses_a_setting_and_names_every_flag_that_may_change(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(TrainConfig(model="basic-cnn", dataset="cifar10").to_dict()))
+    result = run_cli("train", "--resume", str(tmp_path), "--no-tensorboard", "--no-batchnorm")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "cifarlab: error: --resume continues the run with its saved settings; --no-batchnorm cannot be changed "
+        "(allowed: --device, --data-dir, --no-download, --quiet, --no-tensorboard, --checkpoint-every)"]
+    allowed = run_cli("train", "--resume", str(tmp_path), "--no-tensorboard", "--quiet", "--checkpoint-every", "1")
+    assert allowed.returncode == 2 and "cannot be changed" not in allowed.stderr   # passed: stops at the checkpoint
+    assert "checkpoints/last.pt: no such checkpoint" in allowed.stderr
+
+
+def test_export_flag_offers_exactly_the_formats_export_writes():
+    from cifarlab.export import FORMATS
+
+    assert EXPORT_FORMATS == FORMATS

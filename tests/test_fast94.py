@@ -14,7 +14,8 @@ from cifarlab.data.loader import AugmentSettings, DeviceLoader
 from cifarlab.errors import Interrupted
 from cifarlab.models import build_model, count_params
 from cifarlab.training import engine
-from cifarlab.training.engine import fit, tta_logits
+from cifarlab.training.engine import fit
+from cifarlab.training.evaluation import tta_logits
 from cifarlab.training.lookahead import MAX_DECAY, Lookahead
 from cifarlab.training.optim import build_optimizer
 

@@ -3,7 +3,7 @@ import torch
 
 from cifarlab.models import MODELS, build_model, count_params
 
-# The article's counts (design.md): part of the contract, compared exactly.
+# The article's published parameter counts: part of the contract, compared exactly.
 EXPECTED = {
     ("basic-cnn", 10, 3, 32): 545_098,
     ("basic-cnn", 100, 3, 32): 556_708,

@@ -6,7 +6,8 @@ from safetensors.torch import load_file
 
 from cifarlab.config import build_config
 from cifarlab.models import build_model
-from cifarlab.training.engine import fit, resolve_precision, cpu_supports_bf16
+from cifarlab.training.device import cpu_supports_bf16, resolve_precision
+from cifarlab.training.engine import fit
 
 from conftest import run_cli, write_cifar10
 
@@ -63,9 +64,18 @@ def test_recipe_values_are_overridden_by_flags(cifar_mini):
     assert cfg.schedule == "step" and cfg.step_size == 5
 
 
-def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively():
-    expected = "bf16" if cpu_supports_bf16() else "fp32"
-    assert resolve_precision("auto", torch.device("cpu")) == expected
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch):
+    from cifarlab.training import device
+
+    # oneDNN says yes on any AVX-512 CPU; only the CPU's own flags tell native bf16 from emulated.
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert not cpu_supports_bf16("flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl\n")
+    assert cpu_supports_bf16("flags\t\t: fpu avx512f avx512_bf16\n")
+    assert cpu_supports_bf16("flags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: False)
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: True)
+    assert resolve_precision("auto", torch.device("cpu")) == "bf16"
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
 
 

@@ -68,7 +68,7 @@ def train(model, dataset, *, recipe: str | None = None, out: str | Path | None =
     nn.Module (a copy is trained; your object keeps its weights).
     dataset: a registered name, "folder:PATH" (ImageFolder layout), "npz:FILE", or arrays.
     """
-    from cifarlab.study import train_seeds
+    from cifarlab.study.seeds import train_seeds
     from cifarlab.training.engine import fit
 
     if not isinstance(seeds, int) or seeds < 1:
@@ -96,7 +96,7 @@ def resume(run: Run | str | Path, model=None, **changes) -> Run:
 
 def compare(runs: list, plot: str | Path | None = None):
     """The article's COMPARISON block for two finished runs (Run objects or folders), a table for more."""
-    from cifarlab.study import compare as compare_runs
+    from cifarlab.study.compare import compare as compare_runs
 
     return compare_runs(runs, plot)
 

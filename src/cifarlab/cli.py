@@ -6,10 +6,13 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from cifarlab import __version__
+from cifarlab.config import DEVICES, RESUME_MAY_CHANGE, TrainConfig, flag_text, flags
 from cifarlab.errors import CifarlabError, Interrupted, UsageError
+from cifarlab.run import EXPORT_FILES as EXPORT_FORMATS   # no torch import: --help stays fast
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,80 +21,37 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from cifarlab.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
+_FLAG_TYPES = {"int": int, "int | None": int, "float": float}   # from the annotation; other values stay text
 
-    p.add_argument("--model", help="basic-cnn | deeper-cnn | resnet18 | fast94 | resnet18-imagenet | ... (all: "
-                   "`cifarlab models`), or your own as module:factory (e.g. mynet:TinyNet, imported from the "
-                   "current folder or PYTHONPATH); a recipe made for one model (fast94, tuned-*) names it for you")
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """A flag for every TrainConfig field that has one, as its setting() in config.py describes it.
+
+    Every default is None ("not given"), so a recipe fills what the command line leaves out.
+    """
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        for i, flag in enumerate(flags(f)):
+            if f.type == "bool":   # --X turns it on, --no-X off; the second of a pair has its own help
+                p.add_argument(flag, dest=f.name, action="store_const", const=not flag.startswith("--no-"),
+                               help=meta["off_help"] if i else meta["help"])
+            else:   # augment stays text here; train_config() splits the comma list
+                p.add_argument(flag, dest=f.name, type=_FLAG_TYPES.get(f.type), choices=meta["choices"],
+                               metavar=meta["metavar"], help=meta["help"])
+
+
+def given_settings(args: argparse.Namespace) -> dict:
+    """The values of add_train_flags' flags in `args` (None: not given)."""
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if flags(f)}
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", help="a named recipe (see `cifarlab recipes`) or a .toml file; flags override it")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="an extra keyword for your own model's factory (repeatable; VALUE as a Python literal)")
-    p.add_argument("--dataset", help="cifar10 | cifar100 | mnist | fashion-mnist, or your own images: "
-                   "folder:PATH (PATH/train/<class>/*.png, PATH/test/<class>/..., optional PATH/val/) or npz:FILE")
-    p.add_argument("--image-size", type=int, metavar="N",
-                   help="folder:/npz: resize every image to NxN (antialiased); needed when sizes differ")
-    p.add_argument("--channels", type=int, choices=(1, 3),
-                   help="folder:/npz: 1 = grayscale, 3 = RGB (default: as the first image)")
-    p.add_argument("--recipe", help="a named recipe (see `cifarlab recipes`) or a .toml file; flags override it")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--eval-batch-size", type=int, help="batch size for evaluation (default 1000)")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--nesterov", action="store_const", const=True, help="Nesterov momentum (SGD)")
-    p.add_argument("--weight-decay", type=float, help="L2 (SGD/Adam) or decoupled (AdamW) decay; not on BN/bias")
-    p.add_argument("--schedule", choices=SCHEDULES, help="step = decay by --gamma every --step-size epochs")
-    p.add_argument("--step-size", type=int, help="epochs between step decays (default 5, as in the article)")
-    p.add_argument("--gamma", type=float, help="step decay factor")
-    p.add_argument("--warmup-epochs", type=float, help="warm-up length for cosine / one-cycle")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--tta", action="store_const", const=True,
-                   help="test-time augmentation: average predictions on each image and its mirror")
-    p.add_argument("--no-tta", dest="tta", action="store_const", const=False, help="turn off a recipe's TTA")
-    p.add_argument("--tta-shift", type=int, metavar="PIXELS",
-                   help="the final evaluation also averages two copies moved PIXELS up-left and down-right "
-                   "(fast94: 1)")
-    p.add_argument("--lookahead", action="store_const", const=True,
-                   help="lookahead weight averaging: every 5 steps pull the weights to their slow average")
-    p.add_argument("--no-lookahead", dest="lookahead", action="store_const", const=False,
-                   help="turn off a recipe's lookahead (ablation)")
-    p.add_argument("--norm-lr-factor", type=float,
-                   help="normalisation-layer parameters (BatchNorm, LayerNorm) learn at lr x this (fast94: 64)")
-    p.add_argument("--augment", help="comma list of crop,translate,flip,alt-flip,jitter,cutout, or none "
-                   "(translate: crop from a reflect-padded image; alt-flip: mirror each image every other epoch)")
-    p.add_argument("--no-batchnorm", dest="batchnorm", action="store_const", const=False,
-                   help="build the model without BatchNorm (ablation)")
-    p.add_argument("--init", help="auto (the article's choice per model) | kaiming | xavier | default")
-    p.add_argument("--no-dropout", dest="dropout", action="store_const", const=False,
-                   help="build the model without dropout (ablation)")
-    p.add_argument("--val-size", type=int, help="hold out N train images (class-balanced, seeded) for validation")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=DEVICES)
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="auto = bf16 where the hardware runs it natively, fp16 on older GPUs, else fp32")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
-    p.add_argument("--compile", action="store_const", const=True,
-                   help="torch.compile the model for training (falls back to eager, with a warning, where it "
-                   "cannot compile); see BENCHMARKS.md for where it helps")
-    p.add_argument("--backbone-lr-factor", type=float,
-                   help="fine-tuning: every layer but the classifier learns at lr x this (0, 1]")
-    p.add_argument("--data-dir", help="dataset root (default $CIFARLAB_DATA or ~/.cache/cifarlab)")
-    p.add_argument("--no-download", dest="download", action="store_const", const=False,
-                   help="never download; fail with a message naming the missing files")
-    p.add_argument("--out", help="run folder (default runs/<time>-<model>-<dataset>)")
-    p.add_argument("--overwrite", action="store_const", const=True, help="replace the run already in --out")
-    p.add_argument("--limit-train", type=int, help="train on a seeded subset of N images (quick runs)")
-    p.add_argument("--quiet", action="store_const", const=True, help="no progress output")
-    p.add_argument("--on-nan", choices=("stop", "skip-step"),
-                   help="non-finite loss: stop and keep the last good checkpoint (default), or skip the batch")
-    p.add_argument("--checkpoint-every", type=float, metavar="MINUTES",
-                   help="also save checkpoints/last.pt every MINUTES within an epoch (default: epoch ends only)")
-    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False,
-                   help="do not write TensorBoard event files (written to RUN/tensorboard when installed)")
+    add_train_flags(p)
 
 
-DEVICES_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "checkpoints/ and model.safetensors to the run folder.")
     _add_train_args(train)
     train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue RUN_DIR exactly where it stopped (its saved settings; only --data-dir, "
-                       "--device, --quiet, --no-download, --checkpoint-every may be given)")
+                       help="continue RUN_DIR exactly where it stopped (its saved settings; only "
+                       f"{', '.join(flag_text(name) for name in RESUME_MAY_CHANGE)} may be given)")
     train.add_argument("--seeds", type=int, default=1,
                        help="train K seeds (--seed, --seed+1, ...) into OUT/seed-S; summary.json gets mean +- std")
 
@@ -140,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="add our tuned recipes side by side (tuned-<model>[-<dataset>]; at full scale "
                            "the deeper-cnn and resnet18 ones take hours on a CPU)")
     reproduce.add_argument("--out", default="runs/reproduce", help="study folder (default runs/reproduce)")
-    reproduce.add_argument("--device", choices=DEVICES_CHOICES)
+    reproduce.add_argument("--device", choices=DEVICES)
     reproduce.add_argument("--no-download", dest="download", action="store_const", const=False)
     reproduce.add_argument("--quiet", action="store_const", const=True)
 
@@ -154,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="flip = average with the mirror; flip-shift = also with copies moved 1 pixel "
                           "up-left and down-right (what the fast94 recipe's final evaluation uses)")
     evaluate.add_argument("--data-dir")
-    evaluate.add_argument("--device", choices=DEVICES_CHOICES, default="auto")
+    evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--out", help="folder for the results (default RUN_DIR/evaluation-SPLIT)")
     evaluate.add_argument("--json", action="store_true")
 
@@ -168,7 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=5, help="labels to show per image (default 5)")
     predict.add_argument("--json", action="store_true")
 
-    from cifarlab.export import FORMATS
     export = sub.add_parser("export", help="write a trained model as ONNX, TorchScript or safetensors",
                             description="Export a run's model (its best checkpoint) for use outside cifarlab. Input: "
                             "float32 NCHW images, pixels / 255 normalised with the dataset's mean/std (stored in the "
@@ -176,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "batch; needs `pip install 'cifarlab[export]'`.",
                             epilog="Example: cifarlab export runs/resnet18 --format onnx --out resnet18.onnx")
     export.add_argument("source", metavar="RUN_DIR")
-    export.add_argument("--format", choices=FORMATS, required=True)
+    export.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     export.add_argument("--out", metavar="FILE",
-                        help="output file (default RUN_DIR/" + ", RUN_DIR/".join(FORMATS.values()) + ")")
+                        help="output file (default RUN_DIR/" + ", RUN_DIR/".join(EXPORT_FORMATS.values()) + ")")
 
     models = sub.add_parser("models", help="list models with their parameter counts")
     models.add_argument("--dataset", default="cifar10", help="count parameters for this dataset (default cifar10)")
@@ -217,9 +176,7 @@ def _train_config(args, default_recipe: bool = False):
 
     if args.model is None and args.recipe is None or args.dataset is None:
         raise UsageError(f"{args.command} needs --model and --dataset (see `cifarlab models`)")
-    overrides = {k: v for k, v in vars(args).items()
-                 if k not in ("command", "recipe", "seeds", "without", "resume", "model_arg")}
-    overrides["model_args"] = _model_args(args.model_arg)
+    overrides = {**given_settings(args), "model_args": _model_args(args.model_arg)}
     return train_config(overrides, args.recipe, default_recipe, note=lambda m: print(m, file=sys.stderr))
 
 
@@ -231,14 +188,15 @@ def _check_seeds(seeds: int) -> None:
 def _resume(args) -> None:
     from cifarlab.api import resume
 
-    changes = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "seeds")}
+    # Everything given is passed on, so that resume_config() names a setting that may not change.
+    changes = {**given_settings(args), "recipe": args.recipe, "model_arg": args.model_arg}
     if args.seeds != 1:
         changes["seeds"] = args.seeds
     resume(args.resume, **changes)
 
 
 def cmd_train(args) -> int:
-    from cifarlab.study import train_seeds
+    from cifarlab.study.seeds import train_seeds
     from cifarlab.training.engine import fit
 
     if args.resume:
@@ -254,7 +212,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from cifarlab.study import compare
+    from cifarlab.study.compare import compare
 
     result = compare(args.runs, args.plot)
     if args.json:

@@ -12,7 +12,9 @@ import torch
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.errors import UsageError
 from cifarlab.run import Run, atomic_write_json, open_source
-from cifarlab.training.engine import Precision, prepare_data, resolve_device, resolve_precision, tta_logits
+from cifarlab.training.device import Precision, resolve_device, resolve_precision
+from cifarlab.training.evaluation import evaluate
+from cifarlab.training.splits import prepare_data
 
 TTA_CHOICES = ("none", "flip", "flip-shift")
 
@@ -52,19 +54,6 @@ def tta_views(tta: str | bool | None) -> tuple[bool, int]:
     raise UsageError(f"unknown tta '{tta}' (choose from {', '.join(TTA_CHOICES)})")
 
 
-def predict_split(model, split, info, device, precision: Precision, tta: bool, batch_size: int = 1000,
-                  shift: int = 0):
-    """Predicted labels for every image of a split (tta: with the mirror; shift: and shifted copies)."""
-    model = model.to(device).eval()
-    loader = DeviceLoader(split, batch_size, info.mean, info.std, device, channels_last=device.type != "mps")
-    preds = []
-    with torch.inference_mode(), precision.autocast(device):
-        for x, _ in loader:
-            out = tta_logits(model, x, tta, shift)
-            preds.append(out.argmax(1))
-    return torch.cat(preds).cpu()
-
-
 def confusion(labels: torch.Tensor, preds: torch.Tensor, n: int) -> torch.Tensor:
     return torch.bincount(labels.long() * n + preds.long(), minlength=n * n).reshape(n, n)
 
@@ -99,7 +88,9 @@ def evaluate_run(source: str | Path | Run, split: str = "test", tta: str | bool 
         raise UsageError(f"--split val: {cfg.dataset} has no val split")
     dev = resolve_device(device)
     precision = Precision(resolve_precision("auto", dev))
-    preds = predict_split(run.model(weights), chosen, data.info, dev, precision, flip, shift=shift)
+    model = run.model(weights, device=dev)
+    loader = DeviceLoader(chosen, 1000, data.info.mean, data.info.std, dev, channels_last=dev.type != "mps")
+    preds = evaluate(model, loader, precision, flip, shift, predictions=True).predictions
     labels = chosen.labels.cpu()
     n = data.info.num_classes
     matrix = confusion(labels, preds, n)

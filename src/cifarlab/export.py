@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from cifarlab.errors import CifarlabError, UsageError
+from cifarlab.run import EXPORT_FILES
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.export.safetensors"}
+FORMATS = EXPORT_FILES
 OPSET = 18
 INSTALL_HINT = "pip install 'cifarlab[export]'"
 

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 CONFIG, METRICS, SUMMARY, SUMMARY_TEXT, WEIGHTS = (
     "config.json", "metrics.jsonl", "summary.json", "summary.txt", "model.safetensors")
 CHECKPOINTS, LAST, BEST = "checkpoints", "last.pt", "best.pt"
+# `cifarlab export` formats and the file each writes in the run folder by default.
+EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.export.safetensors"}
 
 
 # ---------------------------------------------------------------- atomic writes

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import torch
 
-# translate: a crop from a reflect-padded image (no black borders); alt-flip: each image is
-# mirrored in every other epoch (a seeded half of the images in even epochs, the rest in odd),
-# so over two epochs the network sees both views of every image instead of a random 3/4.
-AUGMENTATIONS = ("crop", "translate", "flip", "alt-flip", "jitter", "cutout")
+# The op names (what `augment` may list) live in config.py with the other settings' choices: it imports no torch.
+from cifarlab.config import AUGMENTATIONS  # noqa: F401
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:

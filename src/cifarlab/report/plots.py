@@ -21,7 +21,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 DPI = 110
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
+    """Write `fig` as a PNG to `path` (folders created) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -39,7 +40,7 @@ def shown(fig):
 
 def curves(series: dict[str, list[dict]], path: Path, title: str = "Training curves") -> Path:
     """Test accuracy (and train accuracy, dashed) per epoch, one colour per run; written to `path`."""
-    return _save(curves_figure(series, title), path)
+    return save(curves_figure(series, title), path)
 
 
 def run_figure(name: str, rows: list[dict]):
@@ -69,7 +70,7 @@ def curves_figure(series: dict[str, list[dict]], title: str = "Training curves")
 def accuracy_bars(labels: list[str], groups: dict[str, list[float | None]], path: Path,
                   errors: dict[str, list[float]] | None = None, title: str = "Test accuracy") -> Path:
     """Grouped bars (see bars_figure), written to `path`."""
-    return _save(bars_figure(labels, groups, errors, title), path)
+    return save(bars_figure(labels, groups, errors, title), path)
 
 
 def bars_figure(labels: list[str], groups: dict[str, list[float | None]],
@@ -97,9 +98,30 @@ def bars_figure(labels: list[str], groups: dict[str, list[float | None]],
     return fig
 
 
+def comparison_figure(runs: list):
+    """Runs side by side (`cifarlab compare --plot`): final test accuracy bars on the left, test-accuracy
+    curves on the right. runs: finished `Run`s (cifarlab.run)."""
+    fig, (bars, lines) = plt.subplots(1, 2, figsize=(12, 4.2))
+    names = [r.name for r in runs]
+    values = [r.summary["final_test_acc"] for r in runs]
+    drawn = bars.bar(range(len(runs)), values, color=[f"C{i % 10}" for i in range(len(runs))])
+    for bar, v in zip(drawn, values):
+        bars.annotate(f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+    bars.set_xticks(range(len(runs)), names, rotation=20, ha="right", fontsize=8)
+    bars.set(ylabel="final test accuracy (%)", ylim=(0, 105), title="Final test accuracy")
+    for i, r in enumerate(runs):
+        rows = r.rows
+        lines.plot([x["epoch"] for x in rows], [x["test_acc"] for x in rows], color=f"C{i % 10}", marker="o",
+                   ms=3, label=r.name)
+    lines.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy per epoch")
+    lines.grid(alpha=0.3)
+    lines.legend(fontsize=7)
+    return fig
+
+
 def confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, title: str = "Confusion matrix") -> Path:
     """Row-normalised confusion matrix (rows = true class), written to `path`."""
-    return _save(_confusion(matrix, classes, title), path)
+    return save(_confusion(matrix, classes, title), path)
 
 
 def confusion_figure(matrix: list[list[int]], classes: list[str], title: str = "Confusion matrix"):
@@ -138,4 +160,4 @@ def per_class_bars(classes: list[str], accuracies: list[float], path: Path, titl
         ax.set_xlabel("class index")
     ax.set(ylabel="accuracy (%)", title=title, ylim=(0, 100))
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)

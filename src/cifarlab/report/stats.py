@@ -14,6 +14,15 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
+def plus_minus(record: dict, key: str, digits: int = 2, unit: str = "", signed: bool = False) -> str:
+    """KEY_mean and KEY_std of a seeds summary or an ablation row as text: '91.20% \u00b1 0.31%'.
+
+    signed: the mean with its sign (a change, '+1.20 \u00b1 0.40').
+    """
+    mean = f"{record[key + '_mean']:{'+' if signed else ''}.{digits}f}"
+    return f"{mean}{unit} \u00b1 {record[key + '_std']:.{digits}f}{unit}"
+
+
 def mean_rows(runs: list[list[dict]]) -> list[dict]:
     """Per-epoch mean of several seeds' metrics rows (keys that are numbers in every row)."""
     epochs = min(len(r) for r in runs)

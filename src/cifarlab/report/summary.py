@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 RULE = "=" * 60
 
 
@@ -15,31 +17,48 @@ def write_summary(folder, summary: dict, block: str, quiet: bool) -> dict:
     return {**summary, "run_dir": str(folder)}
 
 
-def summary_title(summary: dict) -> str:
-    from cifarlab.data.sources import DATASETS
+def model_title(name: str) -> str:
+    """A registered model's title as the article prints it ("Deeper CNN"); any other model's own name."""
     from cifarlab.models import MODELS
 
+    return MODELS[name].title if name in MODELS else name
+
+
+def summary_title(summary: dict) -> str:
+    from cifarlab.data.sources import DATASETS
+
     dataset = DATASETS[summary["dataset"]].title if summary["dataset"] in DATASETS else summary["dataset"]
-    model = MODELS[summary["model"]].title if summary["model"] in MODELS else summary["model"]
-    return f"{dataset} {model} Results Summary"
+    return f"{dataset} {model_title(summary['model'])} Results Summary"
 
 
 def article_summary(summary: dict) -> str:
     """The block the article prints after each run, with our numbers."""
-    lines = [
-        RULE, summary_title(summary), RULE,
-        f"Final Train Accuracy: {summary['final_train_acc']:.2f}%",
-        f"Final Test Accuracy: {summary['final_test_acc']:.2f}%",
-        f"Best Test Accuracy: {summary['best_test_acc']:.2f}%",
-    ]
+    def number(key: str) -> str:
+        return f"{summary[key]:.2f}" + (" seconds" if key == "train_time_s" else "%")
+
+    extra = []
     if summary.get("best_val_acc") is not None:
-        lines += [f"Best Val Accuracy: {summary['best_val_acc']:.2f}% (epoch {summary['best_val_epoch']}), "
-                  f"Test Accuracy There: {summary['test_acc_at_best_val']:.2f}%"]
-    lines += [
+        extra = [f"Best Val Accuracy: {summary['best_val_acc']:.2f}% (epoch {summary['best_val_epoch']}), "
+                 f"Test Accuracy There: {summary['test_acc_at_best_val']:.2f}%"]
+    return results_block(summary_title(summary), summary, number, extra)
+
+
+def results_block(title: str, summary: dict, number: Callable[[str], str], extra: Sequence[str] = ()) -> str:
+    """The layout of the article's Results Summary block, shared by one run and a seeds summary.
+
+    number(key) writes one measured value (accuracies, training time, gap); `extra` lines follow
+    the best test accuracy.
+    """
+    lines = [
+        RULE, title, RULE,
+        f"Final Train Accuracy: {number('final_train_acc')}",
+        f"Final Test Accuracy: {number('final_test_acc')}",
+        f"Best Test Accuracy: {number('best_test_acc')}",
+        *extra,
         f"Total Parameters: {summary['params']:,}",
         f"Total Epochs: {summary['epochs']}",
-        f"Training Time: {summary['train_time_s']:.2f} seconds",
-        f"Overfitting Gap: {summary['overfit_gap']:.2f}%",
+        f"Training Time: {number('train_time_s')}",
+        f"Overfitting Gap: {number('overfit_gap')}",
     ]
     return "\n".join(lines) + "\n"
 

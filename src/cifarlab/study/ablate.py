@@ -15,9 +15,10 @@ from cifarlab.config import TrainConfig
 from cifarlab.errors import UsageError
 from cifarlab.models import model_spec
 from cifarlab.report.document import Report, markdown_table, text_table
-from cifarlab.report.stats import mean_rows, mean_std
-from cifarlab.study import default_out, run_or_reuse
+from cifarlab.report.stats import mean_rows, mean_std, plus_minus
+from cifarlab.report.summary import model_title
 from cifarlab.run import atomic_write_json, atomic_write_text
+from cifarlab.study.runs import default_out, run_or_reuse
 
 # technique -> the settings that remove it
 TECHNIQUES = {
@@ -133,21 +134,16 @@ def findings(rows: list[dict], seeds: int) -> list[str]:
         verdict = ("hurts" if row["effect_mean"] < -max(row["effect_std"], 0.1)
                    else "helps" if row["effect_mean"] > max(row["effect_std"], 0.1) else "makes no clear difference")
         out.append(f"Removing {what}: test accuracy {row['final_test_acc_mean']:.2f}% vs "
-                   f"{rows[0]['final_test_acc_mean']:.2f}% with it, change {row['effect_mean']:+.2f} "
-                   f"\u00b1 {row['effect_std']:.2f} pt (paired over {seeds} seed{'s' if seeds > 1 else ''}); "
-                   f"removing it {verdict}.")
+                   f"{rows[0]['final_test_acc_mean']:.2f}% with it, change {plus_minus(row, 'effect', signed=True)} "
+                   f"pt (paired over {seeds} seed{'s' if seeds > 1 else ''}); removing it {verdict}.")
     return out
 
 
 def table(result: dict) -> tuple[list[str], list[list]]:
     headers = ["variant", "train %", "test %", "change pt", "gap pt", "best epoch", "time s"]
-
-    def pm(row, key, digits=2):
-        return f"{row[key + '_mean']:.{digits}f} \u00b1 {row[key + '_std']:.{digits}f}"
-
-    rows = [[r["variant"], pm(r, "final_train_acc"), pm(r, "final_test_acc"),
-             "-" if r["variant"] == "full" else f"{r['effect_mean']:+.2f} \u00b1 {r['effect_std']:.2f}",
-             pm(r, "overfit_gap"), pm(r, "best_test_epoch", 1), pm(r, "train_time_s", 0)]
+    rows = [[r["variant"], plus_minus(r, "final_train_acc"), plus_minus(r, "final_test_acc"),
+             "-" if r["variant"] == "full" else plus_minus(r, "effect", signed=True),
+             plus_minus(r, "overfit_gap"), plus_minus(r, "best_test_epoch", 1), plus_minus(r, "train_time_s", 0)]
             for r in result["variants"]]
     return headers, rows
 
@@ -177,9 +173,10 @@ def write_outputs(base: Path, result: dict, results: dict) -> None:
                                errors={"final test": [r["final_test_acc_std"] for r in result["variants"]]},
                                title="Final test accuracy, mean \u00b1 std over seeds")
     report = Report(f"Ablation: {result['model']} on {result['dataset']}")
-    report.section("Question").text("The article claims the deeper CNN would degrade without BatchNorm, Kaiming "
-                                    "initialisation, dropout or data augmentation. Each variant below removes one "
-                                    "technique from the full recipe and is trained with the same seeds.")
+    report.section("Question").text(f"Would {model_title(result['model'])} degrade without BatchNorm, Kaiming "
+                                    "initialisation, dropout or data augmentation, as the article claims for its "
+                                    "deeper CNN? Each variant below removes one technique from the full recipe and "
+                                    "is trained with the same seeds.")
     report.section("Results").table(headers, rows).pre(text_report(result))
     report.section("Findings").text(" ".join(result["findings"]))
     report.section("Curves").image(curves, "Test (solid) and train (dashed) accuracy per epoch, mean over seeds")

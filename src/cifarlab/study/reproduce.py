@@ -10,13 +10,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifarlab.config import build_config, list_recipes
-from cifarlab.data.sources import load_dataset
+from cifarlab.config import TrainConfig, build_config, list_recipes
+from cifarlab.data.sources import DATASETS, default_data_dir, load_dataset, missing_files
 from cifarlab.errors import UsageError
 from cifarlab.report.document import Report, text_table
 from cifarlab.report.summary import article_summary, comparison_block
-from cifarlab.study import run_or_reuse
 from cifarlab.run import Run, atomic_write_json
+from cifarlab.study.runs import run_or_reuse
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,14 @@ COMPARISONS = [
 ]
 
 
+@dataclass(frozen=True)
+class Job:
+    """One run of the study: its folder name under OUT, the article run it repeats, and its config."""
+    key: str
+    article: ArticleRun
+    cfg: TrainConfig
+
+
 def article_summary_dict(a: ArticleRun) -> dict:
     return {"model": a.model, "dataset": a.dataset, "params": a.params, "epochs": a.epochs,
             "final_train_acc": a.train_acc, "final_test_acc": a.test_acc,
@@ -77,20 +85,35 @@ def tuned_recipe(model: str, dataset: str) -> str | None:
     return None
 
 
-def scaled(epochs: int, train_size: int, scale: float) -> tuple[int, int | None]:
+def scaled(epochs: int, train_size: int | None, scale: float) -> tuple[int, int | None]:
     """--scale F: F x the epochs (at least 1) and F x the train images (None = all)."""
     if scale >= 1:
         return epochs, None
     return max(1, round(epochs * scale)), max(64, round(train_size * scale))
 
 
-def plan(data_dir, scale: float, tuned: bool, out: Path, overrides: dict) -> list[tuple[str, ArticleRun, object]]:
-    """(label, article run, TrainConfig) for every run; tuned runs follow their article run."""
+def train_images(dataset: str, data_dir, scale: float, download: bool) -> int | None:
+    """The number of train images that --scale F takes a share of; None at full scale, which limits nothing.
+
+    Counted in the files, not taken from the registry: a smaller copy of a dataset (the tests'
+    cifar-mini holds 5,000 CIFAR-10 images) is scaled by its own size. At full scale nothing is read,
+    but missing files are still downloaded (or refused in one line) before the first run starts.
+    """
+    if scale < 1:
+        return len(load_dataset(dataset, data_dir, download_missing=download).train)
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if missing_files(DATASETS[dataset], root):
+        load_dataset(dataset, data_dir, download_missing=download)
+    return None
+
+
+def plan(data_dir, scale: float, tuned: bool, out: Path, overrides: dict) -> list[Job]:
+    """Every run of the study; tuned runs follow their article run."""
     sizes = {}
     jobs = []
     for a in ARTICLE_RUNS:
         if a.dataset not in sizes:
-            sizes[a.dataset] = len(load_dataset(a.dataset, data_dir, download_missing=overrides.get("download", True)).train)
+            sizes[a.dataset] = train_images(a.dataset, data_dir, scale, overrides.get("download", True))
         epochs, limit = scaled(a.epochs, sizes[a.dataset], scale)
         recipes = [("article", a.recipe)]
         if tuned and tuned_recipe(a.model, a.dataset):
@@ -99,7 +122,7 @@ def plan(data_dir, scale: float, tuned: bool, out: Path, overrides: dict) -> lis
             key = a.key if kind == "article" else f"{a.key}-tuned"
             cfg = build_config({**overrides, "model": a.model, "dataset": a.dataset, "epochs": epochs,
                                 "limit_train": limit, "data_dir": data_dir, "out": str(out / key)}, recipe)
-            jobs.append((key, a, cfg))
+            jobs.append(Job(key, a, cfg))
     return jobs
 
 
@@ -129,17 +152,18 @@ def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str |
     jobs = plan(data_dir, scale, tuned, out, overrides)
     start = time.perf_counter()
     runs, evaluations = {}, {}
-    for i, (key, _, cfg) in enumerate(jobs, 1):
-        if not cfg.quiet:
-            print(f"cifarlab reproduce: run {i}/{len(jobs)}: {key} ({cfg.epochs} epochs, recipe {cfg.recipe})",
-                  flush=True)
-        runs[key] = run_or_reuse(cfg)
-        evaluations[key] = reuse_evaluation(runs[key].path) or evaluate_run(runs[key].path, data_dir=data_dir,
-                                                                            device=cfg.device)
+    for i, job in enumerate(jobs, 1):
+        if not job.cfg.quiet:
+            print(f"cifarlab reproduce: run {i}/{len(jobs)}: {job.key} ({job.cfg.epochs} epochs, "
+                  f"recipe {job.cfg.recipe})", flush=True)
+        run = run_or_reuse(job.cfg)
+        runs[job.key] = run
+        evaluations[job.key] = reuse_evaluation(run.path) or evaluate_run(run.path, data_dir=data_dir,
+                                                                          device=job.cfg.device)
     result = Reproduction({"scale": scale, "tuned": tuned, "data_dir": str(data_dir) if data_dir else None,
               "wall_time_s": time.perf_counter() - start, "machine": platform.machine(),
-              "runs": [{"key": key, "recipe": cfg.recipe, "folder": str(runs[key].path), **runs[key].summary,
-                        "article": article_summary_dict(a)} for key, a, cfg in jobs]})
+              "runs": [{"key": job.key, "recipe": job.cfg.recipe, "folder": str(runs[job.key].path),
+                        **runs[job.key].summary, "article": article_summary_dict(job.article)} for job in jobs]})
     atomic_write_json(out / "reproduce.json", dict(result))
     write_report(out, jobs, runs, evaluations, result)
     result["table"] = results_table(jobs, runs)
@@ -160,26 +184,28 @@ def reuse_evaluation(run_dir: Path) -> dict | None:
     return {**json.loads(result.read_text()), "folder": str(folder)}
 
 
-def results_table(jobs, runs) -> str:
+def results_table(jobs: list[Job], runs: dict[str, Run]) -> str:
+    """Ours with the article's figure in brackets, one row per run."""
     headers = ["run", "recipe", "epochs", "train % (art.)", "test % (art.)", "best % (art.)", "params", "time s (art.)"]
     rows = []
-    for key, a, cfg in jobs:
-        s = runs[key].summary
+    for job in jobs:
+        s, a = runs[job.key].summary, job.article
         best_article = f"{a.best_test_acc:.2f}" if a.best_test_acc is not None else "-"
-        rows.append([key, cfg.recipe, f"{s['epochs']} ({a.epochs})",
+        rows.append([job.key, job.cfg.recipe, f"{s['epochs']} ({a.epochs})",
                      f"{s['final_train_acc']:.2f} ({a.train_acc:.2f})", f"{s['final_test_acc']:.2f} ({a.test_acc:.2f})",
                      f"{s['best_test_acc']:.2f} ({best_article})", f"{s['params']:,}",
                      f"{s['train_time_s']:.0f} ({a.time_s:.0f})"])
     return text_table(headers, rows)
 
 
-def write_report(out: Path, jobs, runs, evaluations, result) -> None:
+def write_report(out: Path, jobs: list[Job], runs: dict[str, Run], evaluations: dict[str, dict], result) -> None:
+    """OUT/report.md and report.html: setup, every run beside the article, the article's comparisons, each run."""
     from cifarlab.report import plots
 
     figures = out / "figures"
-    labels = [key for key, _, _ in jobs]
+    labels = [job.key for job in jobs]
     bars = plots.accuracy_bars(labels, {"ours": [runs[k].summary["final_test_acc"] for k in labels],
-                                        "article": [a.test_acc for _, a, _ in jobs]},
+                                        "article": [job.article.test_acc for job in jobs]},
                                figures / "test_accuracy.png", title="Final test accuracy: ours vs the article")
     report = Report("cifarlab reproduce: Going deeper \u2014 CIFAR, BatchNorm, ResNet")
     scale = result["scale"]
@@ -193,26 +219,39 @@ def write_report(out: Path, jobs, runs, evaluations, result) -> None:
     report.section("Results beside the article").pre(results_table(jobs, runs)).image(
         bars, "Final test accuracy per run, ours beside the article's figures").image(
         curves, "Test accuracy (solid) and train accuracy (dashed) per epoch, every run")
+    comparisons_section(report, jobs, runs)
+    for job in jobs:
+        run_section(report, job, runs[job.key], evaluations[job.key], figures)
+    report.write(out)
+
+
+def comparisons_section(report: Report, jobs: list[Job], runs: dict[str, Run]) -> None:
+    """The article's three COMPARISON blocks: ours beside the article's."""
+    articles = {job.key: job.article for job in jobs}
     section = report.section("Comparisons")
     for title, ka, kb in COMPARISONS:
         if ka in runs and kb in runs:
-            a_art = next(a for k, a, _ in jobs if k == ka)
-            b_art = next(a for k, a, _ in jobs if k == kb)
             section.text(f"{title}: ours (left, final test accuracy: nothing is selected on test), "
                          "the article's as it printed them (right, best test accuracy where it had one).")
             section.side_by_side(
                 ("pre", comparison_block(runs[ka].summary, runs[kb].summary, ka, kb, title=title)),
-                ("pre", comparison_block(article_comparison_dict(a_art), article_comparison_dict(b_art), ka, kb,
-                                         title=f"{title} (article)")))
-    for key, a, cfg in jobs:
-        run, ev = runs[key], evaluations[key]
-        section = report.section(f"{key} ({cfg.recipe})")
-        section.side_by_side(("pre", article_summary(run.summary)),
-                             ("pre", article_summary(article_summary_dict(a)).replace("Summary", "Summary (article)")))
-        curve = plots.curves({key: run.rows}, figures / f"{key}-curves.png", key)
-        section.image(curve, f"{key}: accuracy and test loss per epoch")
-        section.side_by_side(("image", Path(ev["folder"]) / "confusion.png", f"{key}: confusion matrix on test"),
-                             ("image", Path(ev["folder"]) / "per_class.png", f"{key}: per-class test accuracy"))
-        pairs = ", ".join(f"{p['true']} \u2192 {p['predicted']} ({p['count']})" for p in ev["most_confused"][:3])
-        section.text(f"Most confused: {pairs or 'none'}.")
-    report.write(out)
+                ("pre", comparison_block(article_comparison_dict(articles[ka]), article_comparison_dict(articles[kb]),
+                                         ka, kb, title=f"{title} (article)")))
+
+
+def run_section(report: Report, job: Job, run: Run, evaluation: dict, figures: Path) -> None:
+    """One run: its summary beside the article's, its curves, confusion matrix and per-class accuracy."""
+    from cifarlab.report import plots
+
+    key = job.key
+    section = report.section(f"{key} ({job.cfg.recipe})")
+    section.side_by_side(("pre", article_summary(run.summary)),
+                         ("pre", article_summary(article_summary_dict(job.article)).replace("Summary",
+                                                                                            "Summary (article)")))
+    curve = plots.curves({key: run.rows}, figures / f"{key}-curves.png", key)
+    section.image(curve, f"{key}: accuracy and test loss per epoch")
+    folder = Path(evaluation["folder"])
+    section.side_by_side(("image", folder / "confusion.png", f"{key}: confusion matrix on test"),
+                         ("image", folder / "per_class.png", f"{key}: per-class test accuracy"))
+    pairs = ", ".join(f"{p['true']} \u2192 {p['predicted']} ({p['count']})" for p in evaluation["most_confused"][:3])
+    section.text(f"Most confused: {pairs or 'none'}.")

@@ -95,7 +95,17 @@ def wrap(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Modu
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain model inside torch.compile's and DDP's wrappers."""
+def bare_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself, without torch.compile's and DDP's wrappers (torchvision's model_without_ddp)."""
     model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)
+
+
+# Rank r draws its dropout masks from seed + RANK_SEED_STRIDE * (r + 1): a stream of its own.
+RANK_SEED_STRIDE = 1_000_003
+
+
+def seed_per_rank(d: Dist, seed: int) -> None:
+    """Under torchrun, reseed torch's generator with a seed of this rank's own; nothing when single."""
+    if d.enabled:
+        torch.manual_seed(seed + RANK_SEED_STRIDE * (d.rank + 1))

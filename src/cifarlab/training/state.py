@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 
-
 @dataclass
 class RunState:
     """Where training stands. `epoch` epochs are complete; `step` batches of the next one are done."""
@@ -23,7 +22,7 @@ class RunState:
     partial: dict = field(default_factory=lambda: {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0})
     rows: list = field(default_factory=list)         # metrics.jsonl rows of the completed epochs
     best: dict | None = None
-    train_time: float = 0.0                          # training + evaluation wall time, completed epochs
+    train_and_eval_time: float = 0.0                 # training + evaluation wall time, completed epochs
     train_phase: float = 0.0                         # training steps only
     images: int = 0
 
@@ -32,6 +31,9 @@ class RunState:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunState":
+        """The state a checkpoint saved; checkpoints before the rename call train_and_eval_time train_time."""
+        if "train_time" in d:
+            d = {("train_and_eval_time" if k == "train_time" else k): v for k, v in d.items()}
         return cls(**d)
 
 

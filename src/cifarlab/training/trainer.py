@@ -1,0 +1,148 @@
+"""Trainer: the objects of one run, the training forward (with its --compile fallback), and the
+checkpoint that holds all of them: save and restore side by side."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+import cifarlab
+from cifarlab.config import TrainConfig
+from cifarlab.data.loader import DeviceLoader
+from cifarlab.errors import Diverged, Interrupted
+from cifarlab.run import LAST, Run, strip_prefixes
+from cifarlab.training import distributed
+from cifarlab.training.device import Precision
+from cifarlab.training.distributed import Dist
+from cifarlab.training.evaluation import global_sums
+from cifarlab.training.lookahead import Lookahead
+from cifarlab.training.progress import Progress
+from cifarlab.training.state import RunState, StopSignals, rng_state, set_rng_state
+
+
+@dataclass
+class Trainer:
+    """The objects of one run: how a step runs, how it stops, how it is saved and restored."""
+
+    cfg: TrainConfig
+    run: Run
+    dist: Dist
+    device: torch.device
+    precision: Precision
+    model: torch.nn.Module                   # what trains: maybe DDP-wrapped and compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler | None      # fp16 only
+    train_loader: DeviceLoader
+    val_loader: DeviceLoader | None
+    test_loader: DeviceLoader
+    state: RunState
+    progress: Progress
+    stop: StopSignals                        # Ctrl-C / SIGTERM: save at the end of the step, then stop
+    params: int                              # the model's parameter count, for config.json and the summary
+    load_time: float                         # seconds spent loading the data, for the summary
+    writer: object | None = None             # TensorBoard's SummaryWriter, when on and installed
+    uncompiled: torch.nn.Module | None = None    # the model before torch.compile: the fallback if it fails
+    lookahead: Lookahead | None = None
+
+    @property
+    def bare_model(self) -> torch.nn.Module:
+        """The model itself, without the DDP and torch.compile wrappers (for evaluation and state dicts)."""
+        return distributed.bare_model(self.model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The training forward; a compiled model that cannot compile here falls back to uncompiled, once."""
+        if self.uncompiled is None or self.model is self.uncompiled:
+            return self.model(x)
+        try:
+            out = self.model(x)
+        except Exception as e:  # noqa: BLE001 - no C compiler, unsupported op, old GPU: all mean "run uncompiled"
+            if not self.cfg.quiet:
+                print(f"cifarlab: --compile is not available here ({type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}); training without it",
+                      file=sys.stderr, flush=True)
+            self.model = self.uncompiled
+            return self.model(x)
+        self.uncompiled = None
+        return out
+
+    def optimizer_step(self, loss: torch.Tensor) -> bool:
+        """Backward, optimizer and schedule step; False when --on-nan skip-step dropped a non-finite loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.on_nan == "skip-step" and not torch.isfinite(loss):
+            self.scheduler.step()      # the schedule keeps its length; the batch is dropped
+            return False
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.scheduler.step()
+        return True
+
+    def diverged(self, where: str) -> Diverged:
+        """The error for a non-finite training loss `where` ("at epoch 2, step 3"); closes the progress bar."""
+        self.progress.close()
+        return Diverged(f"non-finite training loss {where}: training stopped. The last good checkpoint is kept in "
+                        f"{self.run.checkpoint_path(LAST)}. Lower --lr, or pass --on-nan skip-step to skip such "
+                        "batches")
+
+    def interrupted(self, signum: int, epoch: int, step: int) -> Interrupted:
+        """The error for a stop by signal, once last.pt is saved; closes the progress bar."""
+        self.progress.close()
+        name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
+        return Interrupted(f"stopped by {name} at epoch {epoch}, step {step}; state saved to "
+                           f"{self.run.checkpoint_path(LAST)}. Resume with: cifarlab train --resume {self.run.path}",
+                           signum)
+
+    def save(self, name: str = LAST) -> None:
+        if not self.dist.is_main:
+            return
+        checkpoint = {"model": self.bare_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                      "scheduler": self.scheduler.state_dict(),
+                      "scaler": self.scaler.state_dict() if self.scaler else None,
+                      "config": self.run.config, "run": self.state.to_dict(),
+                      "epoch": self.state.epoch, "step": self.state.step,
+                      "rng": rng_state(self.device), "cifarlab": cifarlab.__version__,
+                      "lookahead": self.lookahead.state_dict() if self.lookahead else None}
+        self.run.save_checkpoint(checkpoint, name)
+
+    def save_mid_epoch(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, start: float) -> None:
+        """last.pt in the middle of an epoch, with the epoch's sums so far (added over ranks) and its seconds."""
+        total_loss, total_correct, total_seen = global_sums(self.dist, loss_sum, correct, seen)
+        self.state.partial = {**self.state.partial, "loss_sum": total_loss, "correct": int(total_correct),
+                              "seen": int(total_seen), "seconds": time.perf_counter() - start}
+        self.save()
+
+    def restore(self, checkpoint: dict) -> None:
+        self.bare_model.load_state_dict(strip_prefixes(checkpoint["model"]))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.state = RunState.from_dict(checkpoint["run"])
+        if self.lookahead is not None and checkpoint.get("lookahead"):
+            self.lookahead.load_state_dict(checkpoint["lookahead"])
+        if not self.dist.is_main:   # the saved partial sums are global: count them once, on rank 0
+            self.state.partial.update(loss_sum=0.0, correct=0, seen=0)
+        set_rng_state(checkpoint["rng"], self.device)
+        distributed.seed_per_rank(self.dist, self.cfg.seed + self.state.epoch)   # dropout masks
+
+
+def compile_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """torch.compile(model) with --compile; it compiles lazily, so failures surface in Trainer.forward."""
+    if not cfg.compile:
+        return model
+    try:
+        return torch.compile(model)
+    except Exception as e:  # noqa: BLE001 - e.g. an unsupported Python for dynamo
+        if not cfg.quiet:
+            print(f"cifarlab: --compile is not available here ({type(e).__name__}); training without it",
+                  file=sys.stderr, flush=True)
+        return model
