@@ -55,12 +55,21 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cifarlab", description="Train, compare and ablate CNNs on MNIST, Fashion-MNIST, "
-                     "CIFAR-10 and CIFAR-100.",
+    parser = _Parser(prog="cifarlab", description="Train, compare and ablate image classifiers on MNIST, Fashion-MNIST, "
+                     "CIFAR-10, CIFAR-100 and your own images (--dataset folder:PATH), with your own models "
+                     "(--model module:factory).",
                      epilog="Example: cifarlab train --model basic-cnn --dataset cifar10 --recipe article-basic-cnn")
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_train_and_ablate(sub)
+    _add_study_commands(sub)
+    _add_run_commands(sub)
+    _add_listing_commands(sub)
+    return parser
 
+
+def _add_train_and_ablate(sub) -> None:
+    """`train` and `ablate`: the settings flags, generated from TrainConfig, plus their own."""
     train = sub.add_parser("train", help="train one model and write a run folder",
                            description="Train a model; writes config.json, metrics.jsonl, summary.json, summary.txt, "
                            "checkpoints/ and model.safetensors to the run folder.")
@@ -71,13 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seeds", type=int, default=1,
                        help="train K seeds (--seed, --seed+1, ...) into OUT/seed-S; summary.json gets mean +- std")
 
-    compare = sub.add_parser("compare", help="the article's COMPARISON block for two runs, a table for more",
-                             description="Compare finished run folders: test accuracies, improvement, parameters "
-                             "and their ratio.", epilog="Example: cifarlab compare runs/basic runs/deeper --plot cmp.png")
-    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    compare.add_argument("--plot", metavar="FILE.png", help="write a bar chart + overlaid test-accuracy curves")
-    compare.add_argument("--json", action="store_true", help="print the runs' summaries as JSON")
-
     ablate = sub.add_parser("ablate", help="full recipe vs each technique removed, over seeds",
                             description="Train the full recipe and variants without BatchNorm / Kaiming init / "
                             "dropout / augmentation; writes ablation.json, ablation.md, plots and report.html.",
@@ -87,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--seeds", type=int, default=2, help="seeds per variant (default 2)")
     ablate.add_argument("--without", help="comma list of batchnorm,kaiming,dropout,augment (default: each), "
                         "or all = each and everything removed at once")
+
+
+def _add_study_commands(sub) -> None:
+    """`compare` and `reproduce`: studies over finished or new runs."""
+    compare = sub.add_parser("compare", help="the article's COMPARISON block for two runs, a table for more",
+                             description="Compare finished run folders: test accuracies, improvement, parameters "
+                             "and their ratio.", epilog="Example: cifarlab compare runs/basic runs/deeper --plot cmp.png")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--plot", metavar="FILE.png", help="write a bar chart + overlaid test-accuracy curves")
+    compare.add_argument("--json", action="store_true", help="print the runs' summaries as JSON")
 
     reproduce = sub.add_parser("reproduce", help="the article's six runs, its figures beside ours, one report",
                                description="Run the article's study (basic-cnn, deeper-cnn, resnet18 on CIFAR-10/100) "
@@ -104,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--no-download", dest="download", action="store_const", const=False)
     reproduce.add_argument("--quiet", action="store_const", const=True)
 
+
+def _add_run_commands(sub) -> None:
+    """`evaluate`, `predict`, `export`: what to do with a trained run."""
     evaluate = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix of a trained model",
                               description="Reload a run folder (its best checkpoint) or a checkpoint file and "
                               "evaluate it; writes evaluation.json, confusion.png and per_class.png.",
@@ -139,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", metavar="FILE",
                         help="output file (default RUN_DIR/" + ", RUN_DIR/".join(EXPORT_FORMATS.values()) + ")")
 
+
+def _add_listing_commands(sub) -> None:
+    """`models`, `recipes`, `data`: what is there to use."""
     models = sub.add_parser("models", help="list models with their parameter counts")
     models.add_argument("--dataset", default="cifar10", help="count parameters for this dataset (default cifar10)")
     models.add_argument("--json", action="store_true")
@@ -150,7 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("action", choices=("download", "verify", "info"))
     data.add_argument("--dataset", default="cifar10")
     data.add_argument("--data-dir")
-    return parser
 
 
 def _model_args(pairs: list[str] | None) -> dict | None:

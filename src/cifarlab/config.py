@@ -266,8 +266,15 @@ def validate(cfg: TrainConfig, model=None) -> None:
 
     model: the Python object behind cfg.model when the caller has it (a notebook's class).
     """
+    spec = _validate_model_and_data(cfg, model)
+    _validate_numbers(cfg)
+    _validate_names(cfg, spec)
+
+
+def _validate_model_and_data(cfg: TrainConfig, model):
+    """The model can be built (its import path, its --model-arg) and fits the dataset's images."""
     from cifarlab.data.sources import dataset_info, is_custom
-    from cifarlab.models import INITS, check_switches, model_spec
+    from cifarlab.models import model_spec
     from cifarlab.models.registry import check_model_args
 
     spec = model_spec(cfg.model, model)
@@ -284,6 +291,10 @@ def validate(cfg: TrainConfig, model=None) -> None:
         _check(info.size >= spec.min_size,
                f"model '{cfg.model}' needs inputs of at least {spec.min_size}x{spec.min_size}; "
                f"{cfg.dataset} images are {info.size}x{info.size}")
+    return spec
+
+
+def _validate_numbers(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
         value = getattr(cfg, name)
         _check(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')} must be an integer >= 1, got {value}")
@@ -303,13 +314,23 @@ def validate(cfg: TrainConfig, model=None) -> None:
         _check(isinstance(getattr(cfg, name), bool), f"{name} must be true or false, got {getattr(cfg, name)!r}")
     _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     _check(0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma}")
+    _check(isinstance(cfg.checkpoint_every, (int, float)) and math.isfinite(cfg.checkpoint_every)
+           and cfg.checkpoint_every >= 0, f"--checkpoint-every must be a number of minutes >= 0, "
+           f"got {cfg.checkpoint_every}")
+    _check(isinstance(cfg.val_size, int) and cfg.val_size >= 0, f"--val-size must be >= 0, got {cfg.val_size}")
+    _check(cfg.limit_train is None or cfg.limit_train >= 1, f"--limit-train must be >= 1, got {cfg.limit_train}")
+    _check(0 <= cfg.crop_padding <= 16 and cfg.cutout_size >= 1 and 0 <= cfg.jitter < 1,
+           "augmentation sizes out of range (crop_padding 0..16, cutout_size >= 1, jitter in [0, 1))")
+
+
+def _validate_names(cfg: TrainConfig, spec) -> None:
+    """Choices (optimizer, schedule, ...), the model's switches and the augmentations."""
+    from cifarlab.models import INITS, check_switches
+
     _check(cfg.optimizer in OPTIMIZERS, f"unknown optimizer '{cfg.optimizer}' (choose from {', '.join(OPTIMIZERS)})")
     _check(cfg.schedule in SCHEDULES, f"unknown schedule '{cfg.schedule}' (choose from {', '.join(SCHEDULES)})")
     _check(cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}' (choose from {', '.join(PRECISIONS)})")
     _check(cfg.on_nan in ON_NAN, f"unknown --on-nan '{cfg.on_nan}' (choose from {', '.join(ON_NAN)})")
-    _check(isinstance(cfg.checkpoint_every, (int, float)) and math.isfinite(cfg.checkpoint_every)
-           and cfg.checkpoint_every >= 0, f"--checkpoint-every must be a number of minutes >= 0, "
-           f"got {cfg.checkpoint_every}")
     _check(cfg.device in DEVICES, f"unknown device '{cfg.device}' (choose from {', '.join(DEVICES)})")
     _check(cfg.init in INITS + ("auto",), f"unknown init '{cfg.init}' (choose from auto, {', '.join(INITS)})")
     check_switches(spec, cfg.batchnorm, cfg.dropout, cfg.init)
@@ -318,10 +339,6 @@ def validate(cfg: TrainConfig, model=None) -> None:
         _check(op in AUGMENTATIONS, f"unknown augmentation '{op}' (choose from {', '.join(AUGMENTATIONS)}, or none)")
     for a, b in (("crop", "translate"), ("flip", "alt-flip")):
         _check(not (a in cfg.augment and b in cfg.augment), f"augment: choose one of {a} and {b}, not both")
-    _check(isinstance(cfg.val_size, int) and cfg.val_size >= 0, f"--val-size must be >= 0, got {cfg.val_size}")
-    _check(cfg.limit_train is None or cfg.limit_train >= 1, f"--limit-train must be >= 1, got {cfg.limit_train}")
-    _check(0 <= cfg.crop_padding <= 16 and cfg.cutout_size >= 1 and 0 <= cfg.jitter < 1,
-           "augmentation sizes out of range (crop_padding 0..16, cutout_size >= 1, jitter in [0, 1))")
 
 
 def config_from_dict(values: dict, model=None) -> TrainConfig:
