@@ -119,20 +119,22 @@ def _class_dirs(split_dir: Path) -> list[Path]:
     return sorted((p for p in split_dir.iterdir() if _visible(p.name) and p.is_dir()), key=lambda p: p.name)
 
 
-def _image_files(class_dir: Path) -> list[tuple[str, os.stat_result]]:
-    """(path, stat) of the images under `class_dir`, nested folders included, sorted by path."""
+def _image_files(class_dir: Path) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of the images under `class_dir`, nested folders included, sorted by path."""
     found = []
-    pending = [class_dir]
+    pending = [str(class_dir)]
     while pending:
         with os.scandir(pending.pop()) as entries:
-            for entry in entries:
-                if not _visible(entry.name):
+            for entry in entries:   # the hot loop of a cached start (60,000 files): cheap tests first
+                if entry.name.startswith("."):
                     continue
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(Path(entry.path))
-                elif entry.name.lower().endswith(imagedecode.EXTENSIONS) and entry.is_file():
-                    found.append((entry.path, entry.stat()))
-    return sorted(found, key=lambda item: item[0])
+                if entry.name.lower().endswith(imagedecode.EXTENSIONS) and entry.is_file():
+                    stat = entry.stat()
+                    found.append((entry.path, stat.st_size, stat.st_mtime_ns))
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+    found.sort()
+    return found
 
 
 def scan_folder(root: Path) -> FolderListing:
@@ -168,10 +170,9 @@ def _scan(root: Path) -> FolderListing:
             if not images:
                 raise DataError(f"{class_dir}: empty class folder (no {'/'.join(imagedecode.EXTENSIONS)} files)")
             label = classes.index(class_dir.name)
-            for path, stat in images:
-                files.append(path)
-                labels.append(label)
-                stamps.append((stat.st_size, stat.st_mtime_ns))
+            files += [path for path, _, _ in images]
+            labels += [label] * len(images)
+            stamps += [(size, mtime) for _, size, mtime in images]
         if not files:
             raise DataError(f"{root / split}: no images (expected {split}/<class>/<image>)")
         listing.files[split], listing.labels[split], listing.stamps[split] = files, labels, stamps
