@@ -460,21 +460,7 @@ def load_npz(spec: str, path: Path, image_size: int | None = None, channels: int
     """x_train, y_train, x_test, y_test (and x_val, y_val, classes) from an .npz, as a Dataset."""
     if not path.is_file():
         raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(2)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    if magic != b"PK":              # not a zip: numpy would guess .npy or pickle and say confusing things
-        raise DataError(f"{path}: not an .npz file (write one with numpy.savez(FILE, x_train=..., ...))")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except ValueError as e:         # object arrays (they need pickle, never allowed) and broken headers
-        raise DataError(f"{path}: cannot read its arrays ({e}); save no dtype=object arrays "
-                        f"(class names as np.array(names, dtype=str))") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    arrays = read_npz(path)
     splits, classes = checked_arrays(arrays, f"{path}: ")
     if image_size is None and splits["train"][0].shape[1] != splits["train"][0].shape[2]:
         raise DataError(f"{path}: images are {splits['train'][0].shape[2]}x{splits['train'][0].shape[1]}, "
@@ -539,6 +525,14 @@ def _holds(path: Path, digest: str) -> bool:
     if not path.is_file():
         return False
     try:
+        return _content_hash(read_npz(path)) == digest
+    except Exception:  # noqa: BLE001 - any damage: the file is written again
+        return False
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, never unpickling anything; one-line DataErrors for what is not one."""
+    try:
         with open(path, "rb") as f:
             magic = f.read(2)
     except OSError as e:
@@ -547,6 +541,9 @@ def _holds(path: Path, digest: str) -> bool:
         raise DataError(f"{path}: not an .npz file (write one with numpy.savez(FILE, x_train=..., ...))")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return _content_hash({key: npz[key] for key in npz.files}) == digest
-    except Exception:
-        return False
+            return {key: npz[key] for key in npz.files}
+    except ValueError as e:         # object arrays (they need pickle, never allowed) and broken headers
+        raise DataError(f"{path}: cannot read its arrays ({e}); save no dtype=object arrays "
+                        f"(class names as np.array(names, dtype=str))") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
