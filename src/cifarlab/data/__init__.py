@@ -1,6 +1,2 @@
-"""Data: official-format readers, downloads, the on-device loader and batched augmentation."""
-
-from cifarlab.data.formats import Split
-from cifarlab.data.sources import DATASETS, Dataset, load_dataset
-
-__all__ = ["DATASETS", "Dataset", "Split", "load_dataset"]
+"""Data: official-format readers (formats.py), the dataset registry and downloads (sources.py), your own
+images (custom.py, imagedecode.py), the on-device loader (loader.py) and batched augmentation (augment.py)."""

@@ -41,10 +41,6 @@ class Dist:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t
 
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
 
 SINGLE = Dist()
 
