@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifarlab.data import load_dataset
+from cifarlab.data.sources import load_dataset
 from cifarlab.data.formats import read_cifar_batch, read_idx
 from cifarlab.errors import DataError
 
