@@ -1,4 +1,7 @@
-"""Shared fixtures: synthetic files in the official formats, and the real cifar-mini data when present."""
+"""Shared fixtures: synthetic files in the official formats, and the real cifar-mini data when present.
+
+Tests marked `slow` (real trainings in subprocesses, torchrun, reproduce, notebook, ONNX export...) are left
+out by `python3 -m pytest -q -m "not slow"`, the quick run for day-to-day work."""
 
 from __future__ import annotations
 
@@ -11,16 +14,50 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-mini"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cifar_mini() -> Path:
-    """Real CIFAR images in the official layout (skips where ../shared is absent, as on a user's machine)."""
+    """Real CIFAR images in the official layout (skips where ../shared is absent, as on a user's machine).
+
+    Session-scoped so that module fixtures (a run trained once per file) can take it too."""
     if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
         pytest.skip("../shared/data/cifar-mini is not present")
     return MINI
+
+
+@pytest.fixture(scope="session")
+def cifar10_mini(cifar_mini):
+    """cifar-mini's CIFAR-10 as cifarlab loads it (uint8 images, labels, classes, info), read once per session."""
+    from cifarlab.data.sources import load_dataset
+
+    return load_dataset("cifar10", cifar_mini, download_missing=False)
+
+
+@pytest.fixture(scope="session")
+def real_batch(cifar10_mini):
+    """real_batch(n, split="test") -> (x, y): the first n real CIFAR-10 images of a split, normalised
+    with the dataset's mean and std as cifarlab's loader does, and their labels."""
+    info = cifar10_mini.info
+    mean, std = torch.tensor(info.mean).view(1, -1, 1, 1), torch.tensor(info.std).view(1, -1, 1, 1)
+
+    def first(n: int, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        images = getattr(cifar10_mini, split)
+        return (images.images[:n].float() / 255 - mean) / std, images.labels[:n].long()
+    return first
+
+
+def slow_except(quick: set[int], cases: list) -> list:
+    """Cases for pytest.mark.parametrize with all but those at the `quick` indices marked slow.
+
+    For tests that start the CLI once per case: each start imports torch, ~4 s on 2 cores. The quick run
+    (-m "not slow") keeps a representative few; the full suite runs every case."""
+    def slow(case):
+        return pytest.param(*(case if isinstance(case, tuple) else (case,)), marks=pytest.mark.slow)
+    return [case if i in quick else slow(case) for i, case in enumerate(cases)]
 
 
 def write_cifar_batch(path: Path, n: int, num_classes: int = 10, label_key: str = "labels",

@@ -25,6 +25,7 @@ def test_models_json_lists_names_and_exact_counts():
     assert rows["wrn-28-10"] == 36_536_884 and rows["vit-tiny"] == 4_045_540
 
 
+@pytest.mark.slow
 def test_models_text_lists_the_zoo_and_na_where_the_input_is_too_small():
     result = run_cli("models", "--dataset", "mnist")
     assert result.returncode == 0
@@ -43,11 +44,14 @@ def test_recipes_lists_the_article_and_tuned_recipes():
     assert recipes["tuned-basic-cnn"]["epochs"] == 10
 
 
-def test_help_explains_train_flags():
-    result = run_cli("train", "--help")
-    assert result.returncode == 0
-    for flag in ("--recipe", "--val-size", "--precision", "--no-download", "--augment"):
-        assert flag in result.stdout
+def test_train_flags_fill_the_settings_and_override_the_recipe():
+    args = build_parser().parse_args(["train", "--model", "basic-cnn", "--dataset", "cifar10", "--recipe",
+                                      "article-basic-cnn", "--val-size", "500", "--precision", "fp32",
+                                      "--no-download", "--augment", "crop,flip", "--lr", "0.01"])
+    cfg = train_config(given_settings(args), args.recipe)
+    assert (cfg.recipe, cfg.epochs, cfg.optimizer) == ("article-basic-cnn", 10, "adam")          # from the recipe
+    assert (cfg.val_size, cfg.precision, cfg.download) == (500, "fp32", False)                 # from the flags
+    assert (cfg.augment, cfg.lr) == (["crop", "flip"], 0.01)               # the flags win over the recipe's [], 1e-3
 
 
 def test_no_command_prints_help_and_exits_2():

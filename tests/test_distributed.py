@@ -12,18 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import MINI, run_cli
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow          # each test trains under torchrun (2 processes): 20-50 s on 2 CPU cores
 
 # No dropout and no BatchNorm: their masks / batch statistics are per rank, everything else is shared.
 # fp32: where a CPU runs bf16 natively, `--precision auto` would pick it and round far above 1e-5.
 ARGS = ["--model", "basic-cnn", "--dataset", "cifar10", "--batch-size", "64", "--no-dropout",
         "--augment", "crop,flip", "--optimizer", "sgd", "--lr", "0.05", "--precision", "fp32", "--quiet"]
-
-
-@pytest.fixture(autouse=True)
-def needs_mini():
-    if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.skip("../shared/data/cifar-mini is not present")
 
 
 def free_port() -> int:
@@ -44,8 +40,8 @@ def weights(run):
     return load_file(str(run / "model.safetensors"))
 
 
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    common = [*ARGS, "--data-dir", str(MINI), "--limit-train", "512", "--epochs", "1"]
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(cifar_mini, tmp_path):
+    common = [*ARGS, "--data-dir", str(cifar_mini), "--limit-train", "512", "--epochs", "1"]
     single = run_cli("train", *common, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     ddp = torchrun(*common, "--out", str(tmp_path / "two"))
@@ -62,8 +58,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_resume_under_torchrun_after_sigterm_equals_the_uninterrupted_run(tmp_path):
-    common = [*ARGS, "--data-dir", str(MINI), "--limit-train", "2048", "--epochs", "3"]
+def test_resume_under_torchrun_after_sigterm_equals_the_uninterrupted_run(cifar_mini, tmp_path):
+    common = [*ARGS, "--data-dir", str(cifar_mini), "--limit-train", "2048", "--epochs", "3"]
     whole = torchrun(*common, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
 

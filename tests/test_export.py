@@ -4,28 +4,21 @@ import json
 
 import pytest
 import torch
-from conftest import MINI, run_cli
+from conftest import run_cli
 
 from cifarlab.data.formats import Split
 from cifarlab.data.loader import DeviceLoader
-from cifarlab.data.sources import load_dataset
 from cifarlab.run import load_run
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def mini():
-    if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.skip("../shared/data/cifar-mini is not present")
-    return load_dataset("cifar10", MINI, download_missing=False)
-
-
-@pytest.fixture(scope="module")
-def run(mini, tmp_path_factory):
-    """A basic-cnn trained for one epoch on 1,000 real CIFAR-10 images."""
+def run(cifar_mini, tmp_path_factory):
+    """A basic-cnn trained for one epoch on 1,000 real CIFAR-10 images (in a subprocess: the tests taking it are
+    marked slow)."""
     out = tmp_path_factory.mktemp("export") / "run"
-    result = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(MINI),
+    result = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
                      "--limit-train", "1000", "--epochs", "1", "--quiet", "--out", str(out))
     assert result.returncode == 0, result.stderr
     return out
@@ -42,7 +35,8 @@ def _eager_logits(run, split, info) -> torch.Tensor:
         return torch.cat([model(x) for x, _ in _batches(split, info)])
 
 
-def test_onnx_export_agrees_with_pytorch_on_all_cifar_mini_test_images(run, mini):
+@pytest.mark.slow
+def test_onnx_export_agrees_with_pytorch_on_all_cifar_mini_test_images(run, cifar10_mini):
     import onnx
     import onnxruntime
 
@@ -57,7 +51,7 @@ def test_onnx_export_agrees_with_pytorch_on_all_cifar_mini_test_images(run, mini
     assert (inp.name, out.name) == ("images", "logits")
     assert inp.type.tensor_type.shape.dim[0].dim_param        # a named, dynamic batch dimension
     metadata = {p.key: json.loads(p.value) for p in proto.metadata_props}
-    assert metadata["classes"] == mini.classes and metadata["mean"] == list(mini.info.mean)
+    assert metadata["classes"] == cifar10_mini.classes and metadata["mean"] == list(cifar10_mini.info.mean)
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -65,19 +59,20 @@ def test_onnx_export_agrees_with_pytorch_on_all_cifar_mini_test_images(run, mini
         return torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
 
     # Batches of 250 and of 1 (the exporter traced a batch of 2): the batch dimension really is dynamic.
-    test = mini.test
-    onnx_logits = torch.cat([onnx_logits_of(x) for x, _ in _batches(test, mini.info)])
-    first, _ = next(iter(_batches(test, mini.info, 1)))
+    test = cifar10_mini.test
+    onnx_logits = torch.cat([onnx_logits_of(x) for x, _ in _batches(test, cifar10_mini.info)])
+    first, _ = next(iter(_batches(test, cifar10_mini.info, 1)))
     torch.testing.assert_close(onnx_logits_of(first), onnx_logits[:1], rtol=0, atol=1e-4)
-    eager = _eager_logits(run, test, mini.info)
+    eager = _eager_logits(run, test, cifar10_mini.info)
     assert onnx_logits.shape == eager.shape == (1000, 10)
     agreement = (onnx_logits.argmax(1) == eager.argmax(1)).float().mean().item()
     assert agreement >= 0.999
     assert (onnx_logits - eager).abs().max().item() < 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-def test_torchscript_export_to_out_matches_eager_within_1e_5(run, mini, tmp_path):
+def test_torchscript_export_to_out_matches_eager_within_1e_5(run, cifar10_mini, tmp_path):
     target = tmp_path / "nested" / "basic.pt"
     result = run_cli("export", str(run), "--format", "torchscript", "--out", str(target))
     assert result.returncode == 0, result.stderr
@@ -85,13 +80,14 @@ def test_torchscript_export_to_out_matches_eager_within_1e_5(run, mini, tmp_path
     extra = {"cifarlab.json": ""}
     scripted = torch.jit.load(str(target), _extra_files=extra)
     assert json.loads(extra["cifarlab.json"])["model"] == "basic-cnn"
-    x, _ = next(iter(_batches(mini.test, mini.info, 64)))
+    x, _ = next(iter(_batches(cifar10_mini.test, cifar10_mini.info, 64)))
     eager = load_run(run).model()
     with torch.inference_mode():
         torch.testing.assert_close(scripted(x), eager(x), rtol=0, atol=1e-5)
 
 
-def test_safetensors_export_round_trips_weights_and_metadata(run, mini):
+@pytest.mark.slow
+def test_safetensors_export_round_trips_weights_and_metadata(run, cifar10_mini):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -102,7 +98,8 @@ def test_safetensors_export_round_trips_weights_and_metadata(run, mini):
     path = run / "model.export.safetensors"
     with safe_open(str(path), "pt") as f:
         metadata = json.loads(f.metadata()["cifarlab"])
-    assert (metadata["model"], metadata["dataset"], metadata["classes"]) == ("basic-cnn", "cifar10", mini.classes)
+    assert (metadata["model"], metadata["dataset"]) == ("basic-cnn", "cifar10")
+    assert metadata["classes"] == cifar10_mini.classes
     weights = load_file(str(path))
     original = load_run(run).model().state_dict()
     assert weights.keys() == original.keys()
@@ -110,7 +107,7 @@ def test_safetensors_export_round_trips_weights_and_metadata(run, mini):
     rebuilt = build_model(metadata["model"], metadata["num_classes"], metadata["in_channels"],
                           metadata["image_size"])
     rebuilt.load_state_dict(weights)
-    x, _ = next(iter(_batches(mini.test, mini.info, 16)))
+    x, _ = next(iter(_batches(cifar10_mini.test, cifar10_mini.info, 16)))
     with torch.inference_mode():
         assert torch.equal(rebuilt.eval()(x), load_run(run).model()(x))
 
@@ -127,35 +124,37 @@ def test_export_of_a_folder_that_is_not_a_run_exits_2(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def image_files(mini, tmp_path_factory):
+def image_files(cifar10_mini, tmp_path_factory):
     """The first 4 test images as 32x32 PNGs, and image 0 again as a 64x48 JPEG (another size and codec)."""
     from PIL import Image
 
     folder = tmp_path_factory.mktemp("images")
     pngs = []
     for i in range(4):
-        pixels = mini.test.images[i].permute(1, 2, 0).numpy()       # HWC uint8, as Pillow wants
+        pixels = cifar10_mini.test.images[i].permute(1, 2, 0).numpy()       # HWC uint8, as Pillow wants
         pngs.append(folder / f"test{i}.png")
         Image.fromarray(pixels).save(pngs[-1])
     jpeg = folder / "test0-64x48.jpg"
-    Image.fromarray(mini.test.images[0].permute(1, 2, 0).numpy()).resize((64, 48)).save(jpeg, quality=90)
+    Image.fromarray(cifar10_mini.test.images[0].permute(1, 2, 0).numpy()).resize((64, 48)).save(jpeg, quality=90)
     return pngs, jpeg
 
 
-def test_predict_top1_for_32x32_pngs_equals_the_in_process_prediction(run, mini, image_files):
+@pytest.mark.slow
+def test_predict_top1_for_32x32_pngs_equals_the_in_process_prediction(run, cifar10_mini, image_files):
     pngs, jpeg = image_files
     result = run_cli("predict", str(run), *map(str, pngs), str(jpeg), "--top-k", "3")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == [str(p) for p in pngs] + [str(jpeg)]
     printed_top1 = [line.split(": ", 1)[1].split(",")[0].rsplit(" ", 1)[0] for line in lines]
-    eager = _eager_logits(run, Split(mini.test.images[:4], mini.test.labels[:4]), mini.info)
-    assert printed_top1[:4] == [mini.classes[i] for i in eager.argmax(1).tolist()]
-    assert printed_top1[4] in mini.classes
+    eager = _eager_logits(run, Split(cifar10_mini.test.images[:4], cifar10_mini.test.labels[:4]), cifar10_mini.info)
+    assert printed_top1[:4] == [cifar10_mini.classes[i] for i in eager.argmax(1).tolist()]
+    assert printed_top1[4] in cifar10_mini.classes
     assert all(len(line.split(", ")) == 3 for line in lines)
 
 
-def test_predict_json_gives_sorted_top_k_probabilities(run, mini, image_files):
+@pytest.mark.slow
+def test_predict_json_gives_sorted_top_k_probabilities(run, cifar10_mini, image_files):
     pngs, jpeg = image_files
     result = run_cli("predict", str(run), str(pngs[0]), str(jpeg), "--top-k", "4", "--json")
     assert result.returncode == 0, result.stderr
@@ -165,9 +164,10 @@ def test_predict_json_gives_sorted_top_k_probabilities(run, mini, image_files):
         probs = [t["probability"] for t in r["top"]]
         assert len(probs) == 4 and probs == sorted(probs, reverse=True)
         assert 0 < sum(probs) <= 1 + 1e-6
-        assert all(mini.classes[t["index"]] == t["label"] for t in r["top"])
+        assert all(cifar10_mini.classes[t["index"]] == t["label"] for t in r["top"])
 
 
+@pytest.mark.slow
 def test_predict_on_a_text_file_exits_2_with_one_line_naming_it(run, image_files, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image\n")

@@ -19,18 +19,6 @@ from cifarlab.training.evaluation import tta_logits
 from cifarlab.training.lookahead import MAX_DECAY, Lookahead
 from cifarlab.training.optim import build_optimizer
 
-from conftest import MINI
-
-
-def real_images(split="train", n=2000):
-    if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.skip("../shared/data/cifar-mini is not present")
-    from cifarlab.data.sources import DATASETS, load_dataset
-    data = load_dataset("cifar10", MINI, download_missing=False)
-    info = DATASETS["cifar10"]
-    images = getattr(data, split).images[:n].float() / 255
-    return (images - torch.tensor(info.mean)[:, None, None]) / torch.tensor(info.std)[:, None, None]
-
 
 def test_fast94_parameter_counts_are_pinned():
     assert count_params(build_model("fast94", 10)) == 1_972_792
@@ -47,18 +35,20 @@ def whitened(model, x):
     return f.T @ f / len(f)
 
 
-def test_whitening_stem_decorrelates_2x2_patches_of_real_images():
+def test_whitening_stem_decorrelates_2x2_patches_of_real_images(real_batch):
+    train, _ = real_batch(2000, "train")
+    test, _ = real_batch(1000, "test")
     model = build_model("fast94", 10)
-    model.init_from_data(real_images("train"))
-    cov = whitened(model, real_images("train"))
+    model.init_from_data(train)
+    cov = whitened(model, train)
     off = cov - torch.diag(cov.diag())
     assert off.abs().max() < 1e-3                   # decorrelated on the images it was fitted to
     assert cov.diag().max() <= 1.0 + 1e-6 and (cov.diag() > 0.95).sum() >= 8   # unit variance (eps-damped)
     # on images it never saw: neighbouring raw pixels correlate at > 0.8, whitened channels at < 0.15
-    held_out = whitened(model, real_images("test", 1000))
+    held_out = whitened(model, test)
     corr = held_out / torch.outer(held_out.diag(), held_out.diag()).sqrt()
     assert (corr - torch.eye(12, dtype=corr.dtype)).abs().max() < 0.15
-    raw = real_images("test", 1000).unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
+    raw = test.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
     assert torch.corrcoef(raw.T.double()).sub(torch.eye(12)).abs().max() > 0.8
     assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12])
 
@@ -195,9 +185,9 @@ def test_shifted_tta_views_move_the_image_one_pixel_each_way():
     assert len(seen) == 6 and torch.equal(seen[1], x.flip(3))
 
 
-def mini_fast94(tmp_path, name, **extra):
+def mini_fast94(data_dir, tmp_path, name, **extra):
     # the recipe as shipped but smaller: 8 steps of 64 per epoch
-    values = {"model": "fast94", "dataset": "cifar10", "data_dir": str(MINI), "epochs": 2, "limit_train": 512,
+    values = {"model": "fast94", "dataset": "cifar10", "data_dir": str(data_dir), "epochs": 2, "limit_train": 512,
               "batch_size": 64, "eval_batch_size": 500, "quiet": True, "tensorboard": False,
               "out": str(tmp_path / name), **extra}
     return build_config(values, "fast94")
@@ -224,10 +214,9 @@ class StopAtStep:
         return signal.SIGINT if self.n == 0 else None
 
 
-def test_fast94_recipe_learns_real_images_and_resumes_bit_exactly(tmp_path, monkeypatch):
-    if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.skip("../shared/data/cifar-mini is not present")
-    summary = fit(mini_fast94(tmp_path, "whole"))
+@pytest.mark.slow                                       # three fast94 trainings on 2 CPU cores: ~40 s
+def test_fast94_recipe_learns_real_images_and_resumes_bit_exactly(cifar_mini, tmp_path, monkeypatch):
+    summary = fit(mini_fast94(cifar_mini, tmp_path, "whole"))
     # 16 steps on 512 real images: well above the 10% of chance, with every part of the recipe on
     assert summary["final_test_acc"] > 20.0 and summary["params"] == 1_972_792
     # the saved run reloads (frozen whitening included) and scores what training reported
@@ -237,9 +226,9 @@ def test_fast94_recipe_learns_real_images_and_resumes_bit_exactly(tmp_path, monk
 
     monkeypatch.setattr(engine, "StopSignals", StopAtStep(11))     # stop mid-epoch 2, then resume
     with pytest.raises(Interrupted):
-        fit(mini_fast94(tmp_path, "cut"))
+        fit(mini_fast94(cifar_mini, tmp_path, "cut"))
     monkeypatch.undo()
-    fit(mini_fast94(tmp_path, "cut"), resume=True)
+    fit(mini_fast94(cifar_mini, tmp_path, "cut"), resume=True)
 
     def rows(name):
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
@@ -249,6 +238,7 @@ def test_fast94_recipe_learns_real_images_and_resumes_bit_exactly(tmp_path, monk
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
 
 
+@pytest.mark.slow
 def test_a_recipe_made_for_one_model_names_it_and_warns_on_another(tmp_path):
     from conftest import run_cli
     named = run_cli("train", "--recipe", "fast94", "--dataset", "cifar10", "--data-dir", str(tmp_path),

@@ -18,7 +18,7 @@ import cifarlab
 from cifarlab.errors import UsageError
 from cifarlab.run import load_checkpoint, load_run
 
-from conftest import run_cli
+from conftest import run_cli, slow_except
 
 MYNET = textwrap.dedent('''
     """A user's own models, in their own file."""
@@ -61,22 +61,16 @@ def project(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(project, cifar_mini_module):
-    """`cifarlab train --model mynet:TinyNet` run from the user's folder, uninterrupted."""
+def tiny_run(project, cifar_mini):
+    """`cifarlab train --model mynet:TinyNet` run from the user's folder, uninterrupted (a training in a subprocess:
+    the tests taking it are marked slow)."""
     result = run_cli("train", "--model", "mynet:TinyNet", "--model-arg", "width=8", *BUDGET,
-                     "--data-dir", str(cifar_mini_module), "--out", "tiny", cwd=project)
+                     "--data-dir", str(cifar_mini), "--out", "tiny", cwd=project)
     assert result.returncode == 0, result.stderr
     return project / "tiny"
 
 
-@pytest.fixture(scope="module")
-def cifar_mini_module():
-    from conftest import MINI
-    if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.skip("../shared/data/cifar-mini is not present")
-    return MINI
-
-
+@pytest.mark.slow
 def test_own_model_file_trains_beats_chance_and_records_how_it_was_built(tiny_run):
     run = load_run(tiny_run)
     assert run.summary["final_test_acc"] > 20.0          # 10 classes: chance is 10%
@@ -85,17 +79,16 @@ def test_own_model_file_trains_beats_chance_and_records_how_it_was_built(tiny_ru
     assert run.summary["params"] == (3 * 9 + 1) * 8 + (8 * 9 + 1) * 16 + 16 * 8 * 8 * 10 + 10
 
 
-def test_own_model_evaluates_predicts_and_exports_from_its_record(tiny_run, project, cifar_mini_module):
+@pytest.mark.slow
+def test_own_model_evaluates_predicts_and_exports_from_its_record(tiny_run, project, cifar10_mini):
     from PIL import Image
-
-    from cifarlab.data.sources import load_dataset
 
     summary = load_run(tiny_run).summary
     result = run_cli("evaluate", "tiny", "--json", cwd=project)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["accuracy"] == pytest.approx(summary["final_test_acc"], abs=0.101)
 
-    test = load_dataset("cifar10", cifar_mini_module, download_missing=False).test
+    test = cifar10_mini.test
     for i in range(3):
         Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(project / f"img{i}.png")
     result = run_cli("predict", "tiny", "img0.png", "img1.png", "img2.png", "--top-k", "2", "--json", cwd=project)
@@ -109,10 +102,11 @@ def test_own_model_evaluates_predicts_and_exports_from_its_record(tiny_run, proj
     assert result.stdout.startswith("onnx: tiny/model.onnx") and (project / "tiny" / "model.onnx").stat().st_size > 0
 
 
-def test_own_model_resumes_after_sigint_exactly(tiny_run, project, cifar_mini_module, monkeypatch):
+@pytest.mark.slow
+def test_own_model_resumes_after_sigint_exactly(tiny_run, project, cifar_mini, monkeypatch):
     monkeypatch.syspath_prepend(str(project))   # this process compares the weights: it imports mynet too
     proc = subprocess.Popen([sys.executable, "-m", "cifarlab", "train", "--model", "mynet:TinyNet", "--model-arg",
-                             "width=8", *BUDGET, "--data-dir", str(cifar_mini_module), "--out", "stopped"],
+                             "width=8", *BUDGET, "--data-dir", str(cifar_mini), "--out", "stopped"],
                             cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = project / "stopped" / "metrics.jsonl"
     deadline = time.time() + 120
@@ -129,19 +123,21 @@ def test_own_model_resumes_after_sigint_exactly(tiny_run, project, cifar_mini_mo
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_the_class_as_a_python_object_gives_the_cli_metrics(tiny_run, project, cifar_mini_module, monkeypatch,
+@pytest.mark.slow
+def test_the_class_as_a_python_object_gives_the_cli_metrics(tiny_run, project, cifar_mini, monkeypatch,
                                                            tmp_path):
     monkeypatch.syspath_prepend(str(project))
     import mynet
 
-    run = cifarlab.train(mynet.TinyNet, "cifar10", data_dir=cifar_mini_module, epochs=3, limit_train=2000,
+    run = cifarlab.train(mynet.TinyNet, "cifar10", data_dir=cifar_mini, epochs=3, limit_train=2000,
                          batch_size=64, quiet=True, model_args={"width": 8}, out=tmp_path / "py")
     assert rows(run.path) == rows(tiny_run)
     assert run.config["model"] == "mynet:TinyNet"
 
 
-def test_ablate_uses_the_dropout_switch_of_a_factory_and_skips_it_where_there_is_none(project, cifar_mini_module):
-    common = ["--dataset", "cifar10", "--data-dir", str(cifar_mini_module), "--epochs", "1", "--limit-train", "500",
+@pytest.mark.slow
+def test_ablate_uses_the_dropout_switch_of_a_factory_and_skips_it_where_there_is_none(project, cifar_mini):
+    common = ["--dataset", "cifar10", "--data-dir", str(cifar_mini), "--epochs", "1", "--limit-train", "500",
               "--seeds", "1", "--quiet"]
     result = run_cli("ablate", "--model", "mynet:TinyNet", "--without", "dropout", *common, "--out", "ab", cwd=project)
     assert result.returncode == 0, result.stderr
@@ -157,7 +153,8 @@ def test_ablate_uses_the_dropout_switch_of_a_factory_and_skips_it_where_there_is
     assert [v["variant"] for v in ablation["variants"]] == ["full", "no-augment"]
 
 
-@pytest.mark.parametrize("args, line", [
+# quick: a registered model without the switch
+@pytest.mark.parametrize("args, line", slow_except({0}, [
     (["--model", "fast94", "--no-batchnorm"], "--no-batchnorm: model 'fast94' has no batchnorm switch "
                                               "(its switches: none)"),
     (["--model", "resnet18", "--no-dropout"], "--no-dropout: model 'resnet18' has no dropout switch "
@@ -170,14 +167,14 @@ def test_ablate_uses_the_dropout_switch_of_a_factory_and_skips_it_where_there_is
     (["--model", "mynet:Nope"], "model mynet:Nope: 'mynet' has no attribute 'Nope'"),
     (["--model", "mynet:TinyNet", "--model-arg", "depth=3"], "--model-arg depth: model 'mynet:TinyNet' takes no "
                                                              "such argument (it takes: width)"),
-])
+]))
 def test_a_switch_or_model_that_cannot_work_is_refused_in_one_line(project, args, line):
     result = run_cli("train", *args, "--dataset", "cifar10", "--epochs", "1", cwd=project)
     assert result.returncode == 2
     assert result.stderr.startswith(f"cifarlab: error: {line}") and result.stderr.count("\n") == 1
 
 
-def test_a_notebook_class_is_recorded_as_main_and_supplied_again(cifar_mini_module, tmp_path, monkeypatch):
+def test_a_notebook_class_is_recorded_as_main_and_supplied_again(cifar_mini, tmp_path, monkeypatch):
     from torch import nn
 
     class NotebookNet(nn.Module):
@@ -192,7 +189,7 @@ def test_a_notebook_class_is_recorded_as_main_and_supplied_again(cifar_mini_modu
     # What a Jupyter cell does: the class lives in __main__.
     NotebookNet.__module__, NotebookNet.__qualname__ = "__main__", "NotebookNet"
     monkeypatch.setattr(sys.modules["__main__"], "NotebookNet", NotebookNet, raising=False)
-    run = cifarlab.train(NotebookNet, "cifar10", data_dir=cifar_mini_module, epochs=1, limit_train=500, quiet=True,
+    run = cifarlab.train(NotebookNet, "cifar10", data_dir=cifar_mini, epochs=1, limit_train=500, quiet=True,
                          out=tmp_path / "nb")
     assert run.config["model"] == "__main__:NotebookNet"
     monkeypatch.delattr(sys.modules["__main__"], "NotebookNet")   # a new kernel: the class is gone
@@ -202,6 +199,7 @@ def test_a_notebook_class_is_recorded_as_main_and_supplied_again(cifar_mini_modu
     assert again.evaluate()["accuracy"] == pytest.approx(run.summary["final_test_acc"], abs=0.101)
 
 
+@pytest.mark.slow
 def test_a_module_in_a_run_folder_is_never_imported(tiny_run, tmp_path):
     run = tmp_path / "copied"
     (run / "checkpoints").mkdir(parents=True)
@@ -219,7 +217,8 @@ def test_a_module_in_a_run_folder_is_never_imported(tiny_run, tmp_path):
     assert not (run / "PWNED").exists()
 
 
-def test_a_plugin_package_adds_a_model_through_its_entry_point(tmp_path, cifar_mini_module):
+@pytest.mark.slow
+def test_a_plugin_package_adds_a_model_through_its_entry_point(tmp_path, cifar_mini):
     site = tmp_path / "site"
     (site / "plugnet").mkdir(parents=True)
     (site / "plugnet" / "__init__.py").write_text(textwrap.dedent('''
@@ -241,12 +240,13 @@ def test_a_plugin_package_adds_a_model_through_its_entry_point(tmp_path, cifar_m
     assert entry["params"] == 2 * 3072 + 3072 * 10 + 10                  # BatchNorm1d(3072) + Linear(3072, 10)
     assert entry["switches"] == ["batchnorm", "init"] and entry["description"] == "A plug-in linear model."
     result = run_cli("train", "--model", "plug-linear", "--no-batchnorm", "--dataset", "cifar10", "--data-dir",
-                     str(cifar_mini_module), "--epochs", "1", "--limit-train", "500", "--quiet", "--out",
+                     str(cifar_mini), "--epochs", "1", "--limit-train", "500", "--quiet", "--out",
                      str(tmp_path / "plug"), env=env)
     assert result.returncode == 0, result.stderr
     assert load_run(tmp_path / "plug").summary["params"] == 3072 * 10 + 10
 
 
+@pytest.mark.slow
 def test_checkpoint_errors_say_what_happened_and_never_suggest_turning_safety_off(tiny_run, project, tmp_path,
                                                                                  monkeypatch):
     monkeypatch.syspath_prepend(str(project))
@@ -295,13 +295,12 @@ def test_python_api_raises_usage_errors_with_the_cli_line(project):
         cifarlab.train("fast94", "cifar10", batchnorm=False)
 
 
-def test_run_objects_plot_evaluate_predict_export_and_compare(tiny_run, project, cifar_mini_module, tmp_path,
+@pytest.mark.slow
+def test_run_objects_plot_evaluate_predict_export_and_compare(tiny_run, project, cifar10_mini, tmp_path,
                                                                monkeypatch):
     monkeypatch.syspath_prepend(str(project))
     from matplotlib.figure import Figure
     from PIL import Image
-
-    from cifarlab.data.sources import load_dataset
 
     run = load_run(tiny_run)
     assert [r["epoch"] for r in run.metrics] == [1, 2, 3] and isinstance(run.plot(), Figure)
@@ -310,7 +309,7 @@ def test_run_objects_plot_evaluate_predict_export_and_compare(tiny_run, project,
     assert str(evaluation).startswith("mynet:TinyNet on cifar10 test (1,000 images): accuracy")
     assert isinstance(evaluation.plot(), Figure)
 
-    test = load_dataset("cifar10", cifar_mini_module, download_missing=False).test
+    test = cifar10_mini.test
     hwc = test.images[:4].permute(0, 2, 3, 1).numpy()
     from_arrays = run.predict(hwc, top_k=1)
     from_pil = run.predict([Image.fromarray(a) for a in hwc], top_k=1)
@@ -326,11 +325,9 @@ def test_run_objects_plot_evaluate_predict_export_and_compare(tiny_run, project,
     assert cli.stdout == str(comparison) and "COMPARISON" in cli.stdout and isinstance(comparison.plot(), Figure)
 
 
-def test_arrays_train_like_a_registered_dataset(cifar_mini_module, tmp_path, monkeypatch):
-    from cifarlab.data.sources import load_dataset
-
+def test_arrays_train_like_a_registered_dataset(cifar10_mini, tmp_path, monkeypatch):
     monkeypatch.setenv("CIFARLAB_CACHE", str(tmp_path / "cache"))
-    ds = load_dataset("cifar10", cifar_mini_module, download_missing=False)
+    ds = cifar10_mini
     arrays = (ds.train.images[:2000].permute(0, 2, 3, 1).numpy(), ds.train.labels[:2000].numpy(),
               ds.test.images.permute(0, 2, 3, 1).numpy(), ds.test.labels.numpy())
     run = cifarlab.train("basic-cnn", arrays, epochs=2, quiet=True, out=tmp_path / "arrays")
@@ -339,12 +336,38 @@ def test_arrays_train_like_a_registered_dataset(cifar_mini_module, tmp_path, mon
                                                           .tolist()), abs=1e-4)
 
 
-def test_report_reads_run_folders_without_importing_the_training_code():
+def cifarlab_imports(package: str) -> set[str]:
+    """Every cifarlab module a package's files import, at the top or inside a function, read with ast."""
     import ast
     from pathlib import Path
 
-    report = Path(cifarlab.__file__).parent / "report"
-    imported = {node.module for path in report.glob("*.py") for node in ast.walk(ast.parse(path.read_text()))
-                if isinstance(node, ast.ImportFrom) and node.module}
+    names = set()
+    for path in (Path(cifarlab.__file__).parent / package).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path.name}: relative import"        # so the check below sees it all
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+    return {name for name in names if name == "cifarlab" or name.startswith("cifarlab.")}
+
+
+# The layers, bottom up: data -> models -> config -> run -> training -> report -> study -> api -> cli.
+# A package may import itself, errors.py and what is below it.
+@pytest.mark.parametrize("package, allowed", [
+    ("data", ("cifarlab.data",)),
+    ("models", ("cifarlab.models",)),
+    ("report", ("cifarlab.report", "cifarlab.data", "cifarlab.models", "cifarlab.run")),
+])
+def test_lower_layers_import_nothing_above_them(package, allowed):
+    imported = cifarlab_imports(package)
+    assert imported                                       # the walk found the imports
+    above = sorted(m for m in imported if m != "cifarlab.errors" and not any(m == a or m.startswith(a + ".")
+                                                                                 for a in allowed))
+    assert above == []
+
+
+def test_report_reads_run_folders_without_importing_the_training_code():
+    imported = cifarlab_imports("report")
     assert "cifarlab.run" in imported
     assert not [m for m in imported if m.startswith("cifarlab.training")]

@@ -6,6 +6,8 @@ import pytest
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 
+pytestmark = pytest.mark.slow          # a Jupyter kernel runs the whole notebook, trainings included
+
 
 def test_quickstart_notebook_runs_and_shows_its_tables_and_figures(cifar_mini, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")

@@ -11,7 +11,7 @@ from cifarlab.models import build_model, count_params
 from cifarlab.models.pretrained import WEIGHTS_FILE, adapt_stem, load_imagenet_weights
 from cifarlab.training.optim import build_optimizer
 
-from conftest import MINI, run_cli
+from conftest import run_cli
 
 
 @pytest.fixture
@@ -61,9 +61,9 @@ def test_backbone_learns_slower_than_the_new_head():
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 11_173_962
 
 
-def test_missing_weights_offline_say_where_to_put_them(tmp_path, monkeypatch):
+def test_missing_weights_offline_say_where_to_put_them(cifar_mini, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
-    result = run_cli("train", "--model", "resnet18-imagenet", "--dataset", "cifar10", "--data-dir", str(MINI),
+    result = run_cli("train", "--model", "resnet18-imagenet", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
                      "--no-download", "--out", str(tmp_path / "run"), env={"TORCH_HOME": str(tmp_path / "empty"),
                                                                           **_env()})
     assert result.returncode == 2
@@ -73,6 +73,7 @@ def test_missing_weights_offline_say_where_to_put_them(tmp_path, monkeypatch):
         f"{tmp_path / 'empty' / 'hub' / 'checkpoints'}")
 
 
+@pytest.mark.slow
 def test_fine_tuning_runs_from_a_local_weights_file(torch_home, tmp_path, cifar_mini):
     home, _ = torch_home
     out = tmp_path / "run"

@@ -21,16 +21,11 @@ from cifarlab.errors import CifarlabError, Diverged, UsageError
 from cifarlab import run as ckpt
 from cifarlab.training.engine import fit
 
-from conftest import MINI, run_cli
+from conftest import run_cli
 
 RUN = ["--model", "basic-cnn", "--dataset", "cifar10", "--limit-train", "2000", "--epochs", "3",
        "--augment", "crop,flip", "--batch-size", "32", "--quiet"]
 TIMING = {"epoch_time_s", "images_per_s"}
-
-
-def needs_mini():
-    if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.skip("../shared/data/cifar-mini is not present")
 
 
 def metrics(out):
@@ -48,16 +43,16 @@ def assert_same_run(a, b):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    needs_mini()
+def uninterrupted(cifar_mini, tmp_path_factory):
+    """The reference run, trained whole in a subprocess (~25 s on 2 cores: the tests taking it are marked slow)."""
     out = tmp_path_factory.mktemp("whole") / "run"
-    result = run_cli("train", *RUN, "--data-dir", str(MINI), "--out", str(out))
+    result = run_cli("train", *RUN, "--data-dir", str(cifar_mini), "--out", str(out))
     assert result.returncode == 0, result.stderr
     return out
 
 
-def start(out, *extra):
-    return subprocess.Popen([sys.executable, "-m", "cifarlab", "train", *RUN, "--data-dir", str(MINI),
+def start(data_dir, out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "cifarlab", "train", *RUN, "--data-dir", str(data_dir),
                              "--out", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -73,9 +68,10 @@ def wait_for_epochs(out, proc, n, extra_s=0.0):
     raise AssertionError("the run did not reach the epoch in time")
 
 
-def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(uninterrupted, tmp_path):
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(cifar_mini, uninterrupted, tmp_path):
     out = tmp_path / "killed"
-    proc = start(out, "--checkpoint-every", "0.003")              # a checkpoint every ~0.2 s within epochs
+    proc = start(cifar_mini, out, "--checkpoint-every", "0.003")  # a checkpoint every ~0.2 s within epochs
     wait_for_epochs(out, proc, 1, extra_s=0.8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -86,10 +82,12 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(uninterrupte
     assert_same_run(uninterrupted, out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
-def test_sigint_and_sigterm_save_print_the_resume_command_and_resume_exactly(uninterrupted, tmp_path, sig, code, name):
+def test_sigint_and_sigterm_save_print_the_resume_command_and_resume_exactly(cifar_mini, uninterrupted, tmp_path, sig,
+                                                                           code, name):
     out = tmp_path / "stopped"
-    proc = start(out)
+    proc = start(cifar_mini, out)
     wait_for_epochs(out, proc, 1, extra_s=0.5)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
@@ -104,6 +102,7 @@ def test_sigint_and_sigterm_save_print_the_resume_command_and_resume_exactly(uni
     assert [r["epoch"] for r in metrics(out)] == [1, 2, 3]            # no duplicate, no missing epoch
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_saved_settings_and_refuses_changes(uninterrupted):
     result = run_cli("train", "--resume", str(uninterrupted), "--lr", "0.5")
     assert result.returncode == 2
@@ -113,15 +112,15 @@ def test_resume_keeps_the_saved_settings_and_refuses_changes(uninterrupted):
     assert finished.returncode == 2 and "already finished its 3 epochs; nothing to resume" in finished.stderr
 
 
-def test_out_holding_a_run_points_to_resume_or_overwrite(uninterrupted):
-    result = run_cli("train", *RUN, "--data-dir", str(MINI), "--out", str(uninterrupted))
+@pytest.mark.slow
+def test_out_holding_a_run_points_to_resume_or_overwrite(cifar_mini, uninterrupted):
+    result = run_cli("train", *RUN, "--data-dir", str(cifar_mini), "--out", str(uninterrupted))
     assert result.returncode == 2
     assert f"continue it with `cifarlab train --resume {uninterrupted}`" in result.stderr
 
 
-def test_diverging_run_stops_with_one_line_naming_epoch_and_step(tmp_path):
-    needs_mini()
-    result = run_cli("train", *RUN, "--data-dir", str(MINI), "--out", str(tmp_path / "nan"),
+def test_diverging_run_stops_with_one_line_naming_epoch_and_step(cifar_mini, tmp_path):
+    result = run_cli("train", *RUN, "--data-dir", str(cifar_mini), "--out", str(tmp_path / "nan"),
                      "--optimizer", "sgd", "--lr", "1e30")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -144,24 +143,23 @@ def _nan_at(monkeypatch, call):
     monkeypatch.setattr(engine.F, "cross_entropy", cross_entropy)
 
 
-def mini_config(tmp_path, **kw):
-    needs_mini()
-    return build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(MINI), "epochs": 2,
+def mini_config(data_dir, tmp_path, **kw):
+    return build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(data_dir), "epochs": 2,
                          "limit_train": 640, "batch_size": 64, "quiet": True, "out": str(tmp_path / "run"), **kw})
 
 
-def test_nan_in_epoch_two_keeps_the_epoch_one_checkpoint(tmp_path, monkeypatch):
+def test_nan_in_epoch_two_keeps_the_epoch_one_checkpoint(cifar_mini, tmp_path, monkeypatch):
     _nan_at(monkeypatch, 13)                                             # 10 steps per epoch: epoch 2, step 3
     with pytest.raises(Diverged, match="non-finite training loss at epoch 2, step 3"):
-        fit(mini_config(tmp_path))
+        fit(mini_config(cifar_mini, tmp_path))
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["model"].values())
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_on_nan_skip_step_skips_the_bad_batch_and_finishes(tmp_path, monkeypatch):
+def test_on_nan_skip_step_skips_the_bad_batch_and_finishes(cifar_mini, tmp_path, monkeypatch):
     _nan_at(monkeypatch, 13)
-    summary = fit(mini_config(tmp_path, on_nan="skip-step"))
+    summary = fit(mini_config(cifar_mini, tmp_path, on_nan="skip-step"))
     assert summary["epochs"] == 2 and math.isfinite(summary["final_train_loss"])
     weights = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
@@ -172,6 +170,7 @@ class _Evil:
         return (os.system, ("touch PWNED",))
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_is_refused_without_running_it(tmp_path, uninterrupted):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -184,6 +183,7 @@ def test_crafted_checkpoint_is_refused_without_running_it(tmp_path, uninterrupte
         assert not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_from_a_wrapped_model_loads_without_prefixes(tmp_path, uninterrupted):
     saved = torch.load(uninterrupted / "checkpoints" / "best.pt", weights_only=True)
     saved["model"] = {f"module._orig_mod.{k}": v for k, v in saved["model"].items()}

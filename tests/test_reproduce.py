@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import MINI, run_cli
+from conftest import run_cli
 
 RUNS = ["basic-cnn-cifar10", "deeper-cnn-cifar10", "deeper-cnn-cifar100-20ep", "deeper-cnn-cifar100-35ep",
         "resnet18-cifar10", "resnet18-cifar100"]
@@ -31,15 +31,15 @@ window.addEventListener('load', () => {
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.skip("../shared/data/cifar-mini is not present")
+def study(cifar_mini, tmp_path_factory):
+    """`cifarlab reproduce` at 2% scale: six trainings, ~2 minutes on 2 cores (the tests taking it are marked slow)."""
     out = tmp_path_factory.mktemp("study") / "reproduce"
-    result = run_cli("reproduce", "--data-dir", str(MINI), "--scale", "0.02", "--out", str(out), "--quiet")
+    result = run_cli("reproduce", "--data-dir", str(cifar_mini), "--scale", "0.02", "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     return out, result.stdout
 
 
+@pytest.mark.slow
 def test_reproduce_runs_the_articles_six_runs_with_its_recipes(study):
     out, stdout = study
     data = json.loads((out / "reproduce.json").read_text())
@@ -57,6 +57,7 @@ def test_reproduce_runs_the_articles_six_runs_with_its_recipes(study):
     assert set(epochs.values()) == {1}                                        # round(0.02 x 10..35), at least 1
 
 
+@pytest.mark.slow
 def test_reproduce_report_blocks_hold_the_run_folders_numbers(study):
     out, _ = study
     md = (out / "report.md").read_text()
@@ -75,11 +76,12 @@ def test_reproduce_report_blocks_hold_the_run_folders_numbers(study):
     assert len(images) == 2 + 3 * len(RUNS) and all((out / p).is_file() for p in images)
 
 
-def test_reproduce_again_reuses_finished_runs(study):
+@pytest.mark.slow
+def test_reproduce_again_reuses_finished_runs(cifar_mini, study):
     out, _ = study
     before = json.loads((out / "reproduce.json").read_text())
     evaluated = {key: (out / key / "evaluation-test" / "evaluation.json").stat().st_mtime_ns for key in RUNS}
-    result = run_cli("reproduce", "--data-dir", str(MINI), "--scale", "0.02", "--out", str(out))
+    result = run_cli("reproduce", "--data-dir", str(cifar_mini), "--scale", "0.02", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("already finished, reusing it") == 6
     after = json.loads((out / "reproduce.json").read_text())
@@ -106,6 +108,7 @@ def headless(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([chromium(), *flags, *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_report_html_renders_every_section_and_image_in_chromium(study, tmp_path):
     out, _ = study
     page = (out / "report.html").read_text()

@@ -4,7 +4,10 @@ import json
 import statistics
 
 import pytest
+import torch
 
+from cifarlab.run import load_run
+from cifarlab.training.device import Precision, resolve_precision
 from conftest import run_cli
 
 
@@ -16,16 +19,14 @@ def train(data, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    from conftest import MINI
-    if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.skip("../shared/data/cifar-mini is not present")
+def two_runs(cifar_mini, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    plain = train(MINI, root / "plain", "--recipe", "article-basic-cnn")
-    tuned = train(MINI, root / "tuned", "--recipe", "tuned-basic-cnn", "--epochs", "3")
+    plain = train(cifar_mini, root / "plain", "--recipe", "article-basic-cnn")
+    tuned = train(cifar_mini, root / "tuned", "--recipe", "tuned-basic-cnn", "--epochs", "3")
     return root, plain, tuned
 
 
+@pytest.mark.slow
 def test_compare_two_runs_prints_the_article_block_with_the_run_folders_numbers(two_runs, tmp_path):
     root, plain, tuned = two_runs
     plot = tmp_path / "cmp.png"
@@ -40,6 +41,7 @@ def test_compare_two_runs_prints_the_article_block_with_the_run_folders_numbers(
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_compare_json_lists_each_runs_summary(two_runs):
     root, plain, tuned = two_runs
     result = run_cli("compare", str(root / "plain"), str(root / "tuned"), str(root / "plain"), "--json")
@@ -58,6 +60,7 @@ def test_compare_bad_input_is_one_line_exit_2(args, message, tmp_path):
     assert result.stderr.strip() == f"cifarlab: error: {message}"
 
 
+@pytest.mark.slow
 def test_compare_refuses_an_unfinished_run(two_runs, tmp_path):
     root, _, _ = two_runs
     (tmp_path / "half").mkdir()
@@ -67,6 +70,7 @@ def test_compare_refuses_an_unfinished_run(two_runs, tmp_path):
     assert "no summary.json (the run has not finished)" in result.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_matches_the_runs_final_test_accuracy_and_writes_the_confusion_matrix(two_runs):
     root, plain, _ = two_runs
     result = run_cli("evaluate", str(root / "plain"), "--json")
@@ -87,15 +91,32 @@ def test_evaluate_matches_the_runs_final_test_accuracy_and_writes_the_confusion_
     assert (folder / "confusion.png").stat().st_size > 10_000 and (folder / "per_class.png").is_file()
 
 
-def test_evaluate_a_checkpoint_file_with_flip_tta(two_runs, tmp_path):
+def confusion(labels, predicted, n=10):
+    return torch.bincount(labels * n + predicted, minlength=n * n).reshape(n, n).tolist()
+
+
+@pytest.mark.slow
+def test_evaluate_a_checkpoint_file_with_flip_tta_scores_each_image_with_its_mirror(two_runs, tmp_path, real_batch):
     root, _, _ = two_runs
-    result = run_cli("evaluate", str(root / "plain" / "checkpoints" / "last.pt"), "--tta", "flip",
-                     "--out", str(tmp_path / "ev"))
+    checkpoint = root / "plain" / "checkpoints" / "last.pt"
+    result = run_cli("evaluate", str(checkpoint), "--tta", "flip", "--json", "--out", str(tmp_path / "ev"))
     assert result.returncode == 0, result.stderr
-    assert "flip TTA" in result.stdout and "accuracy" in result.stdout
-    assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["tta"] is True
+    ev = json.loads(result.stdout)
+    assert ev["tta"] is True and json.loads((tmp_path / "ev" / "evaluation.json").read_text())["tta"] is True
+
+    # The same weights, here: logits of each test image averaged with those of its mirror image.
+    x, y = real_batch(1000)
+    x = x.contiguous(memory_format=torch.channels_last)                # as cifarlab evaluates
+    model = load_run(root / "plain").model(checkpoint)
+    cpu = torch.device("cpu")
+    with torch.inference_mode(), Precision(resolve_precision("auto", cpu)).autocast(cpu):   # bf16 where native
+        plain = model(x).float()
+        tta = (plain + model(x.flip(3)).float()) / 2
+    assert ev["accuracy"] == pytest.approx(100 * (tta.argmax(1) == y).float().mean().item(), abs=0.101)
+    assert ev["confusion"] == confusion(y, tta.argmax(1)) != confusion(y, plain.argmax(1))   # TTA changed answers
 
 
+@pytest.mark.slow
 def test_evaluate_val_split_of_a_run_without_one_is_refused(two_runs):
     root, _, _ = two_runs
     result = run_cli("evaluate", str(root / "plain"), "--split", "val")
@@ -104,6 +125,7 @@ def test_evaluate_val_split_of_a_run_without_one_is_refused(two_runs):
                                      "so it has no val split")
 
 
+@pytest.mark.slow
 def test_train_seeds_writes_mean_and_std_of_the_seed_runs(cifar_mini, tmp_path):
     out = tmp_path / "seeds"
     summary = train(cifar_mini, out, "--recipe", "article-basic-cnn", "--epochs", "1", "--seeds", "2", "--seed", "3")
@@ -115,6 +137,7 @@ def test_train_seeds_writes_mean_and_std_of_the_seed_runs(cifar_mini, tmp_path):
     assert f"\u00b1 {summary['final_test_acc_std']:.2f}%" in (out / "summary.txt").read_text()
 
 
+@pytest.mark.slow
 def test_ablate_measures_each_removed_technique_as_a_paired_difference(cifar_mini, tmp_path):
     out = tmp_path / "ablate"
     result = run_cli("ablate", "--model", "basic-cnn", "--dataset", "cifar10", "--recipe", "tuned-basic-cnn",
@@ -145,6 +168,7 @@ def test_ablate_measures_each_removed_technique_as_a_paired_difference(cifar_min
     assert json.loads((out / "ablation.json").read_text())["variants"] == ab["variants"]
 
 
+@pytest.mark.slow
 def test_ablate_basic_cnn_skips_techniques_the_recipe_does_not_use(cifar_mini, tmp_path):
     result = run_cli("ablate", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
                      "--without", "batchnorm,kaiming,augment", "--out", str(tmp_path / "a"))
@@ -159,6 +183,7 @@ def test_ablate_unknown_technique_lists_the_valid_ones(tmp_path):
                                      "(choose from batchnorm, kaiming, dropout, augment, or all)")
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_are_written_when_installed(cifar_mini, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -9,7 +9,7 @@ from cifarlab.models import build_model
 from cifarlab.training.device import cpu_supports_bf16, resolve_precision
 from cifarlab.training.engine import fit
 
-from conftest import run_cli, write_cifar10
+from conftest import run_cli, slow_except, write_cifar10
 
 SUMMARY_KEYS = {"model", "dataset", "recipe", "params", "epochs", "final_train_acc", "final_test_acc",
                 "best_test_acc", "best_test_epoch", "best_val_acc", "best_val_epoch", "test_acc_at_best_val",
@@ -18,6 +18,7 @@ METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", 
                "epoch_time_s", "images_per_s"}
 
 
+@pytest.mark.slow
 def test_basic_cnn_on_real_cifar_beats_chance_and_writes_the_run_folder(cifar_mini, tmp_path):
     out = tmp_path / "run"
     result = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--recipe", "article-basic-cnn",
@@ -46,6 +47,7 @@ def test_basic_cnn_on_real_cifar_beats_chance_and_writes_the_run_folder(cifar_mi
     model.load_state_dict(load_file(out / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_metrics_on_cpu(cifar_mini, tmp_path):
     def run(name):
         cfg = build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(cifar_mini), "epochs": 1,
@@ -57,7 +59,7 @@ def test_same_seed_gives_the_same_metrics_on_cpu(cifar_mini, tmp_path):
     assert run("a") == run("b")
 
 
-def test_recipe_values_are_overridden_by_flags(cifar_mini):
+def test_recipe_values_are_overridden_by_flags():
     cfg = build_config({"model": "deeper-cnn", "dataset": "cifar10", "epochs": 2, "lr": 0.01},
                        "article-deeper-cnn")
     assert cfg.epochs == 2 and cfg.lr == 0.01 and cfg.augment == ["crop", "flip", "jitter"]
@@ -92,7 +94,8 @@ BAD_ARGS = [
 ]
 
 
-@pytest.mark.parametrize("extra,message", BAD_ARGS, ids=[m.split()[0] for _, m in BAD_ARGS])
+@pytest.mark.parametrize("extra,message", slow_except({0}, BAD_ARGS),            # quick: --epochs
+                         ids=[m.split()[0] for _, m in BAD_ARGS])
 def test_bad_cli_values_are_one_line_exit_2(tmp_path, extra, message):
     args = {"--model": "basic-cnn", "--dataset": "cifar10"}
     it = iter(extra)
@@ -111,6 +114,7 @@ def test_val_size_not_smaller_than_train_is_refused(tmp_path):
     assert result.returncode == 2 and "--val-size 50 must be smaller than the train split (50 images)" in result.stderr
 
 
+@pytest.mark.slow
 def test_out_holding_another_run_is_refused_unless_overwrite(tmp_path):
     write_cifar10(tmp_path, per_batch=10, test=10)
     args = ["train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--epochs", "1",
@@ -128,6 +132,7 @@ def test_broken_recipe_file_names_file_and_line(tmp_path):
     assert result.returncode == 2 and str(recipe) in result.stderr and "line 2" in result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_recipe_key_names_the_file_and_key(tmp_path):
     recipe = tmp_path / "mine.toml"
     recipe.write_text('epochs = 3\nlearning_rate = 0.1\n')

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-# The op names (what `augment` may list) live in config.py with the other settings' choices: it imports no torch.
-from cifarlab.config import AUGMENTATIONS  # noqa: F401
+# The op names a run may list are config.AUGMENTATIONS, with the other settings' choices (config imports no torch,
+# and data/ imports nothing above it).
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:

@@ -17,7 +17,7 @@ from cifarlab.data.formats import Split
 
 @dataclass(frozen=True)
 class AugmentSettings:
-    ops: tuple[str, ...] = ()       # subset of augment.AUGMENTATIONS
+    ops: tuple[str, ...] = ()       # subset of config.AUGMENTATIONS
     crop_padding: int = 4
     jitter: float = 0.2
     cutout_size: int = 8
