@@ -21,7 +21,7 @@ else:  # Python 3.10
 
 from cifarlab.errors import UsageError
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -71,8 +71,15 @@ class TrainConfig:
     epochs: int = setting(10)
     batch_size: int = setting(64)
     eval_batch_size: int = setting(1000, "batch size for evaluation (default 1000)")
+    eval_every: int = setting(
+        1, "score val and test every N epochs and after the last (default 1); 0: after the last only, so the time "
+        "to accuracy is training alone (fast94: 0)", metavar="N", on_resume=True)
     optimizer: str = setting("adam", choices=OPTIMIZERS)
     lr: float = setting(1e-3, "peak learning rate")
+    muon_lr: float = setting(
+        0.02, "--optimizer muon: peak lr of the conv filters, whose momentum is orthogonalised (Muon); the other "
+        "parameters take Nesterov SGD at --lr")
+    muon_momentum: float = setting(0.95, flag=False)     # recipes only
     momentum: float = setting(0.9)
     nesterov: bool = setting(False, "Nesterov momentum (SGD)")
     weight_decay: float = setting(0.0, "L2 (SGD/Adam) or decoupled (AdamW) decay; not on BN/bias")
@@ -298,8 +305,12 @@ def _validate_numbers(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
         value = getattr(cfg, name)
         _check(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')} must be an integer >= 1, got {value}")
-    _check(isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0,
-           f"--lr must be a finite number > 0, got {cfg.lr}")
+    for name in ("lr", "muon_lr"):
+        value = getattr(cfg, name)
+        _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+               f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+    _check(isinstance(cfg.muon_momentum, (int, float)) and 0 <= cfg.muon_momentum < 1,
+           f"muon_momentum must be in [0, 1), got {cfg.muon_momentum}")
     for name in ("weight_decay", "momentum", "warmup_epochs"):
         value = getattr(cfg, name)
         _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
@@ -308,6 +319,8 @@ def _validate_numbers(cfg: TrainConfig) -> None:
            f"--backbone-lr-factor must be in (0, 1], got {cfg.backbone_lr_factor}")
     _check(isinstance(cfg.norm_lr_factor, (int, float)) and math.isfinite(cfg.norm_lr_factor)
            and cfg.norm_lr_factor > 0, f"--norm-lr-factor must be a finite number > 0, got {cfg.norm_lr_factor}")
+    _check(isinstance(cfg.eval_every, int) and not isinstance(cfg.eval_every, bool) and cfg.eval_every >= 0,
+           f"--eval-every must be an integer >= 0, got {cfg.eval_every}")
     _check(isinstance(cfg.tta_shift, int) and 0 <= cfg.tta_shift <= 4,
            f"--tta-shift must be 0..4 pixels, got {cfg.tta_shift}")
     for name in ("lookahead", "tta", "nesterov", "batchnorm", "dropout", "channels_last", "compile"):

@@ -48,15 +48,20 @@ def run_figure(name: str, rows: list[dict]):
     return shown(curves_figure({name: rows}, name))
 
 
+def scored(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(epochs, values) of the rows that have `key` (a run with --eval-every N scores only some epochs)."""
+    kept = [r for r in rows if r.get(key) is not None]
+    return [r["epoch"] for r in kept], [r[key] for r in kept]
+
+
 def curves_figure(series: dict[str, list[dict]], title: str = "Training curves"):
     """series: label -> metrics.jsonl rows (or rows averaged over seeds)."""
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (label, rows) in enumerate(series.items()):
         colour = f"C{i % 10}"
-        epochs = [r["epoch"] for r in rows]
-        ax_acc.plot(epochs, [r["test_acc"] for r in rows], color=colour, marker="o", ms=3, label=f"{label} test")
-        ax_acc.plot(epochs, [r["train_acc"] for r in rows], color=colour, ls="--", alpha=0.6)
-        ax_loss.plot(epochs, [r["test_loss"] for r in rows], color=colour, marker="o", ms=3, label=label)
+        ax_acc.plot(*scored(rows, "test_acc"), color=colour, marker="o", ms=3, label=f"{label} test")
+        ax_acc.plot(*scored(rows, "train_acc"), color=colour, ls="--", alpha=0.6)
+        ax_loss.plot(*scored(rows, "test_loss"), color=colour, marker="o", ms=3, label=label)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: accuracy (dashed = train)")
     # log scale: an early diverging epoch (loss 1e5) would otherwise flatten every other curve
     ax_loss.set(xlabel="epoch", ylabel="test loss (log scale)", title="test loss", yscale="log")
@@ -110,9 +115,7 @@ def comparison_figure(runs: list):
     bars.set_xticks(range(len(runs)), names, rotation=20, ha="right", fontsize=8)
     bars.set(ylabel="final test accuracy (%)", ylim=(0, 105), title="Final test accuracy")
     for i, r in enumerate(runs):
-        rows = r.rows
-        lines.plot([x["epoch"] for x in rows], [x["test_acc"] for x in rows], color=f"C{i % 10}", marker="o",
-                   ms=3, label=r.name)
+        lines.plot(*scored(r.rows, "test_acc"), color=f"C{i % 10}", marker="o", ms=3, label=r.name)
     lines.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy per epoch")
     lines.grid(alpha=0.3)
     lines.legend(fontsize=7)

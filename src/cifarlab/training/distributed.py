@@ -8,6 +8,7 @@ whose statistics / masks are per rank). Only rank 0 writes the run folder.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -19,9 +20,15 @@ from cifarlab.errors import UsageError
 
 @dataclass(frozen=True)
 class Dist:
+    """This process's place in the run, and the only door to torch.distributed.
+
+    Every collective goes through a method here and its tensor is built on `device`, this rank's training
+    device: nccl (CUDA) refuses CPU tensors, and a collective on the CPU would sync the host each time."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    device: torch.device = torch.device("cpu")
 
     @property
     def enabled(self) -> bool:
@@ -31,15 +38,43 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
+    def tensor(self, values) -> torch.Tensor:
+        """Numbers and 0-d tensors as one float64 vector on this rank's device (the tensors stay on it)."""
+        return torch.stack([torch.as_tensor(v, device=self.device).to(torch.float64) for v in values])
 
-    def all_max(self, t: torch.Tensor) -> torch.Tensor:
+    def all_sum(self, values) -> list[float]:
+        """The values added over every rank (read back as they are in a single process)."""
+        return self._all_reduce(values, dist.ReduceOp.SUM if self.enabled else None)
+
+    def all_max(self, values) -> list[float]:
+        """The largest of each value over every rank."""
+        return self._all_reduce(values, dist.ReduceOp.MAX if self.enabled else None)
+
+    def _all_reduce(self, values, op) -> list[float]:
+        t = self.tensor(values)
         if self.enabled:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t
+            dist.all_reduce(t, op=op)
+        return t.tolist()
+
+    def broadcast(self, obj):
+        """Rank 0's value on every rank (the run folder name, chosen once)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self._object_device())
+        return box[0]
+
+    def gather(self, obj) -> list | None:
+        """Every rank's `obj`, in rank order, on rank 0 (None on the others); [obj] in a single process."""
+        if not self.enabled:
+            return [obj]
+        box = [None] * self.world if self.is_main else None
+        dist.gather_object(obj, box, dst=0)
+        return box
+
+    def _object_device(self) -> torch.device | None:
+        # Object collectives pickle into a tensor: under nccl it must sit on this rank's GPU.
+        return self.device if self.device.type == "cuda" else None
 
 
 SINGLE = Dist()
@@ -53,10 +88,10 @@ def from_environment() -> Dist:
     return Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def setup(d: Dist, device: torch.device, batch_size: int) -> torch.device:
-    """Join the process group; returns this rank's device (cuda:LOCAL_RANK on GPUs)."""
+def setup(d: Dist, device: torch.device, batch_size: int) -> Dist:
+    """Join the process group; returns `d` with this rank's device (cuda:LOCAL_RANK on GPUs), or `device`."""
     if not d.enabled:
-        return device
+        return dataclasses.replace(d, device=device)
     if batch_size % d.world:
         raise UsageError(f"--batch-size {batch_size} is the global batch and must be divisible by the "
                          f"{d.world} processes")
@@ -65,16 +100,7 @@ def setup(d: Dist, device: torch.device, batch_size: int) -> torch.device:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-def broadcast_object(obj, d: Dist):
-    """Rank 0's value on every rank (the run folder name, chosen once)."""
-    if not d.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return dataclasses.replace(d, device=device)
 
 
 def teardown(d: Dist) -> None:

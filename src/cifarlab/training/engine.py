@@ -34,6 +34,11 @@ from cifarlab.training.state import RunState, StopSignals
 from cifarlab.training.trainer import Trainer, compile_model
 
 
+# Reading the loss check back, and under torchrun agreeing on the stop flags, costs a host sync: on a GPU it
+# happens every 50 steps (a signal or a due checkpoint then waits up to 50 steps), every step on the CPU.
+CHECK_EVERY = {"cpu": 1}
+
+
 def fit(cfg: TrainConfig, resume: bool = False, model=None) -> dict:
     """Train `cfg` end to end and write its run folder; returns the summary dict.
 
@@ -41,12 +46,11 @@ def fit(cfg: TrainConfig, resume: bool = False, model=None) -> dict:
     model: the class, factory or nn.Module behind cfg.model when it is a Python object.
     Under torchrun (WORLD_SIZE > 1) this is one rank of a DistributedDataParallel run.
     """
-    dist = distributed.from_environment()
-    device = distributed.setup(dist, resolve_device(cfg.device), cfg.batch_size)
+    dist = distributed.setup(distributed.from_environment(), resolve_device(cfg.device), cfg.batch_size)
     try:
         if not dist.is_main:   # only rank 0 prints and writes the run folder
             cfg = dataclasses.replace(cfg, quiet=True, tensorboard=False)
-        trainer = setup(cfg, resume, dist, device, model)
+        trainer = setup(cfg, resume, dist, model)
         with trainer.stop:
             for epoch in range(trainer.state.epoch + 1, cfg.epochs + 1):
                 run_epoch(trainer, epoch)
@@ -59,14 +63,16 @@ def fit(cfg: TrainConfig, resume: bool = False, model=None) -> dict:
 
 # ---------------------------------------------------------------- setup
 
-def setup(cfg: TrainConfig, resume: bool, dist: Dist, device: torch.device, supplied=None) -> Trainer:
-    """Everything before the first step. A resumed run restores its checkpoint; a new one writes config.json."""
+def setup(cfg: TrainConfig, resume: bool, dist: Dist, supplied=None) -> Trainer:
+    """Everything before the first step, on dist.device. A resumed run restores its checkpoint; a new one writes
+    config.json."""
+    device = dist.device
     precision = Precision.for_training(cfg.precision, device)
     checkpoint = Run(cfg.out).load_checkpoint(LAST) if resume else None
     load_start = time.perf_counter()
     data = prepare_data(cfg)
     load_time = time.perf_counter() - load_start
-    run = Run(distributed.broadcast_object(make_run(cfg, resume).path if dist.is_main else None, dist))
+    run = Run(dist.broadcast(make_run(cfg, resume).path if dist.is_main else None))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -114,18 +120,21 @@ def run_epoch(trainer: Trainer, epoch: int) -> None:
     final = epoch == trainer.cfg.epochs
     if final and trainer.lookahead is not None:
         trainer.lookahead.finish()
+    every = trainer.cfg.eval_every
+    scored = final or (every > 0 and epoch % every == 0)
     # shifted test-time views cost 2x more passes: only the final evaluation uses them
     shift = trainer.cfg.tta_shift if final else 0
 
     def score(loader):
+        if loader is None or not scored:
+            return None
         return evaluate(trainer.bare_model, loader, trainer.precision, trainer.cfg.tta, shift, trainer.dist)
-    val = score(trainer.val_loader) if trainer.val_loader else None
-    test = score(trainer.test_loader)
+    val, test = score(trainer.val_loader), score(trainer.test_loader)
     epoch_seconds = time.perf_counter() - start
     row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-           "val_loss": val.loss if val is not None else None, "val_acc": val.accuracy if val is not None else None,
-           "test_loss": test.loss, "test_acc": test.accuracy,
-           "epoch_time_s": epoch_seconds, "images_per_s": seen / train_seconds}
+           "val_loss": val.loss if val else None, "val_acc": val.accuracy if val else None,
+           "test_loss": test.loss if test else None, "test_acc": test.accuracy if test else None,
+           "epoch_time_s": epoch_seconds, "train_time_s": train_seconds, "images_per_s": seen / train_seconds}
     state.rows.append(row)
     state.train_and_eval_time += epoch_seconds
     state.train_phase += train_seconds
@@ -136,13 +145,17 @@ def run_epoch(trainer: Trainer, epoch: int) -> None:
         trainer.run.append_metrics(row)
     trainer.progress.end_epoch(row)
     log_tensorboard(trainer.writer, row)
-    # best.pt is chosen by val accuracy when there is a val split, else it is the last epoch.
-    improved = state.best is None or row["val_acc"] is None or row["val_acc"] > state.best["val_acc"]
-    if improved:
-        state.best = {"epoch": epoch, "val_acc": row["val_acc"], "test_acc": row["test_acc"]}
-    trainer.save()
-    if improved and trainer.dist.is_main:
-        trainer.save(BEST)
+    # best.pt is chosen by val accuracy when there is a val split (among the epochs scored), else it is the last.
+    if trainer.val_loader is None:
+        improved = True
+    else:
+        improved = val is not None and (state.best is None or val.accuracy > state.best["val_acc"])
+    if not improved:
+        trainer.save(LAST)
+        return
+    state.best = {"epoch": epoch, "val_acc": row["val_acc"], "test_acc": row["test_acc"]}
+    trainer.save(LAST, BEST)
+    if trainer.dist.is_main:
         trainer.run.save_weights(trainer.bare_model.state_dict())
 
 
@@ -154,8 +167,7 @@ def train_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, int, float]
     correct = torch.tensor(state.partial["correct"], device=device, dtype=torch.long)
     seen, start = state.partial["seen"], time.perf_counter() - state.partial["seconds"]
     bad = torch.zeros((), device=device, dtype=torch.bool)
-    # On a GPU, checking the loss costs a host sync: do it every 50 steps there, every step on the CPU.
-    check_every = 1 if device.type == "cpu" else 50
+    check_every = CHECK_EVERY.get(device.type, 50)
     last_save = time.monotonic()
     loader.set_position(epoch - 1, state.step)
     trainer.progress.start_epoch(epoch, len(loader), state.step)
@@ -172,11 +184,15 @@ def train_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, int, float]
             bad |= ~torch.isfinite(loss.detach())
         if trainer.lookahead is not None:   # skipped batches count too: the syncs stay on their schedule
             trainer.lookahead.step((epoch - 1) * len(loader) + step)
+        signum = trainer.stop.signum
         due = bool(cfg.checkpoint_every) and time.monotonic() - last_save >= cfg.checkpoint_every * 60
-        signum, due, bad = same_on_every_rank(trainer.dist, trainer.stop.signum, due, bad)
-        if (step % check_every == 0 or due or signum is not None) and bad:
-            raise trainer.diverged(f"at epoch {epoch}, step {step}"
-                                   + (f" or the {check_every - 1} before it" if check_every > 1 else ""))
+        if step % check_every == 0 or (not trainer.dist.enabled and (due or signum is not None)):
+            signum, due, went_bad = same_on_every_rank(trainer.dist, signum, due, bad)
+            if went_bad:
+                raise trainer.diverged(f"at epoch {epoch}, step {step}"
+                                       + (f" or the {check_every - 1} before it" if check_every > 1 else ""))
+        else:     # under torchrun, every rank decides at the same steps only
+            signum, due = None, False
         state.step = step
         trainer.progress.step(loss if trainer.progress.tty and step % 25 == 0 else None)
         if signum is not None or due:
@@ -184,7 +200,7 @@ def train_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, int, float]
             last_save = time.monotonic()
             if signum is not None:
                 raise trainer.interrupted(signum, epoch, step)
-    if bad:
+    if same_on_every_rank(trainer.dist, None, False, bad)[2]:
         raise trainer.diverged(f"in the last steps of epoch {epoch}")
     seconds = time.perf_counter() - start
     total_loss, total_correct, total_seen = global_sums(trainer.dist, loss_sum, correct, seen)
@@ -197,7 +213,7 @@ def summarize(trainer: Trainer) -> dict:
     """summary.json and summary.txt (on rank 0), printed unless quiet; returns the summary."""
     cfg, state, rows = trainer.cfg, trainer.state, trainer.state.rows
     final = rows[-1]
-    best_test = max(rows, key=lambda r: r["test_acc"])
+    best_test = max((r for r in rows if r["test_acc"] is not None), key=lambda r: r["test_acc"])
     with_val = [r for r in rows if r["val_acc"] is not None]
     best_val = max(with_val, key=lambda r: r["val_acc"]) if with_val else None
     summary = {
@@ -208,7 +224,8 @@ def summarize(trainer: Trainer) -> dict:
         "best_val_epoch": best_val["epoch"] if best_val else None,
         "test_acc_at_best_val": best_val["test_acc"] if best_val else None,
         "overfit_gap": final["train_acc"] - final["test_acc"],
-        "train_time_s": state.train_and_eval_time, "load_time_s": trainer.load_time,
+        "train_time_s": state.train_and_eval_time, "train_only_time_s": state.train_phase,
+        "load_time_s": trainer.load_time,
         "images_per_s": state.images / max(state.train_phase, 1e-9),
         "device": str(trainer.device), "precision": trainer.precision.name, "seed": cfg.seed,
         "final_train_loss": final["train_loss"], "final_test_loss": final["test_loss"],
@@ -283,10 +300,10 @@ def announce(trainer: Trainer, data: Data, resume: bool) -> None:
           f"parameters, {trainer.device} {trainer.precision.name}; run folder {trainer.run.path}{where}", flush=True)
 
 
-def same_on_every_rank(dist: Dist, signum: int | None, due: bool, bad: torch.Tensor):
-    """(stop signal, checkpoint due, loss went bad), as the max over ranks: every rank must take the same
-    decision at the same step."""
+def same_on_every_rank(dist: Dist, signum: int | None, due: bool, bad: torch.Tensor) -> tuple[int | None, bool, bool]:
+    """(stop signal, checkpoint due, loss went bad), as the max over ranks: every rank takes the same decision at
+    the same step. Reading `bad` (a tensor on the device) back is a host sync."""
     if not dist.enabled:
-        return signum, due, bad
-    flags = dist.all_max(torch.tensor([float(signum or 0), float(due), bad.float().item()]))
-    return int(flags[0]) or None, bool(flags[1]), flags[2] > 0
+        return signum, due, bool(bad)
+    signum, due, bad = dist.all_max([signum or 0, due, bad])
+    return int(signum) or None, bool(due), bad > 0

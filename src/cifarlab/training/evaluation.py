@@ -80,6 +80,4 @@ def tta_logits(model, x: torch.Tensor, flip: bool = True, shift: int = 0) -> tor
 
 def global_sums(dist: Dist, loss_sum: torch.Tensor, correct: torch.Tensor, count: int) -> list[float]:
     """(loss sum, correct, images) added over every rank (just read back in a single process)."""
-    local = torch.stack([loss_sum.double(), correct.double(),
-                         torch.tensor(float(count), device=loss_sum.device, dtype=torch.float64)])
-    return dist.all_sum(local).tolist()
+    return dist.all_sum([loss_sum, correct, count])

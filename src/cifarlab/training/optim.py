@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from cifarlab.config import TrainConfig
+from cifarlab.training.muon import Muon
 
 
 def _head_names(model: nn.Module) -> set[str]:
@@ -56,10 +57,27 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                **_fused(model))
+    if cfg.optimizer == "muon":
+        return Muon(_muon_groups(groups, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.optimizer == "adam":
         # Adam's per-group weight_decay is the L2 penalty the article means by "weight decay in the optimiser".
         return torch.optim.Adam(groups, lr=cfg.lr, **_fused(model))
     return torch.optim.AdamW(groups, lr=cfg.lr, **_fused(model))
+
+
+def _muon_groups(groups: list[dict], cfg: TrainConfig) -> list[dict]:
+    """The conv filters (4-d weights) of each group move to a Muon group at --muon-lr (times the group's own
+    factor) and --muon-momentum; everything else stays with Nesterov SGD at --lr."""
+    out = []
+    for group in groups:
+        filters = [p for p in group["params"] if p.ndim == 4]
+        rest = [p for p in group["params"] if p.ndim != 4]
+        if rest:
+            out.append({**group, "params": rest})
+        if filters:
+            out.append({**group, "params": filters, "muon": True, "momentum": cfg.muon_momentum, "nesterov": True,
+                        "lr": cfg.muon_lr * (group["lr"] / cfg.lr)})
+    return out
 
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:

@@ -40,8 +40,9 @@ class Progress:
         if self.quiet:
             return
         val = f"  val {row['val_acc']:.2f}%" if row["val_acc"] is not None else ""
+        test = f"  test {row['test_acc']:.2f}%" if row["test_acc"] is not None else ""
         print(f"epoch {row['epoch']:>3}/{self.epochs}  loss {row['train_loss']:.4f}  train {row['train_acc']:.2f}%"
-              f"{val}  test {row['test_acc']:.2f}%  lr {row['lr']:.3g}  {row['epoch_time_s']:.1f}s  "
+              f"{val}{test}  lr {row['lr']:.3g}  {row['epoch_time_s']:.1f}s  "
               f"{row['images_per_s']:.0f} img/s", flush=True)
 
 

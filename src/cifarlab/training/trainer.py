@@ -101,7 +101,10 @@ class Trainer:
                            f"{self.run.checkpoint_path(LAST)}. Resume with: cifarlab train --resume {self.run.path}",
                            signum)
 
-    def save(self, name: str = LAST) -> None:
+    def save(self, *names: str) -> None:
+        """The checkpoint, as checkpoints/last.pt (by default) and any other names given. Every rank calls it:
+        each hands rank 0 its random state, so a resumed run draws the same dropout masks on every rank."""
+        rng_ranks = self.dist.gather(rng_state(self.device))
         if not self.dist.is_main:
             return
         checkpoint = {"model": self.bare_model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -109,9 +112,10 @@ class Trainer:
                       "scaler": self.scaler.state_dict() if self.scaler else None,
                       "config": self.run.config, "run": self.state.to_dict(),
                       "epoch": self.state.epoch, "step": self.state.step,
-                      "rng": rng_state(self.device), "cifarlab": cifarlab.__version__,
+                      "rng": rng_ranks[0], "rng_ranks": rng_ranks, "cifarlab": cifarlab.__version__,
                       "lookahead": self.lookahead.state_dict() if self.lookahead else None}
-        self.run.save_checkpoint(checkpoint, name)
+        for name in names or (LAST,):
+            self.run.save_checkpoint(checkpoint, name)
 
     def save_mid_epoch(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, start: float) -> None:
         """last.pt in the middle of an epoch, with the epoch's sums so far (added over ranks) and its seconds."""
@@ -131,8 +135,12 @@ class Trainer:
             self.lookahead.load_state_dict(checkpoint["lookahead"])
         if not self.dist.is_main:   # the saved partial sums are global: count them once, on rank 0
             self.state.partial.update(loss_sum=0.0, correct=0, seen=0)
-        set_rng_state(checkpoint["rng"], self.device)
-        distributed.seed_per_rank(self.dist, self.cfg.seed + self.state.epoch)   # dropout masks
+        ranks = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
+        if len(ranks) == self.dist.world:     # each rank continues its own stream
+            set_rng_state(ranks[self.dist.rank], self.device)
+        else:   # another world size (or a checkpoint from before rng_ranks): rank 0's state, reseeded per rank
+            set_rng_state(checkpoint["rng"], self.device)
+            distributed.seed_per_rank(self.dist, self.cfg.seed + self.state.epoch)
 
 
 def compile_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:

@@ -1,0 +1,121 @@
+"""Collectives under torchrun, checked without a second process or a GPU.
+
+nccl refuses a tensor on the CPU ("No backend type associated with device type cpu"), and gloo on a CPU cannot
+tell: there the training device *is* the CPU. So these tests give `Dist` a stand-in device (`meta`) with the
+collectives mocked, and read the source for any other way to reach torch.distributed.
+"""
+
+from __future__ import annotations
+
+import ast
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed
+
+import cifarlab
+from cifarlab.config import build_config
+from cifarlab.training import distributed, engine
+from cifarlab.training.distributed import Dist
+from cifarlab.training.engine import same_on_every_rank
+from cifarlab.training.evaluation import global_sums
+from conftest import write_cifar10
+
+META = Dist(rank=1, world=2, local_rank=1, device=torch.device("meta"))
+
+
+class Handed(Exception):
+    """Raised by the mocked all_reduce once it has seen its tensor: a meta tensor has no values to read back."""
+
+
+@pytest.fixture
+def handed(monkeypatch) -> list[torch.Tensor]:
+    seen = []
+
+    def all_reduce(tensor, op=None, **kwargs):
+        seen.append(tensor)
+        raise Handed
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    return seen
+
+
+def test_a_steps_decisions_are_reduced_on_the_ranks_device(handed):
+    bad = torch.zeros((), dtype=torch.bool, device="meta")          # the loss check, kept on the device
+    with pytest.raises(Handed):
+        same_on_every_rank(META, signal.SIGTERM, True, bad)
+    with pytest.raises(Handed):
+        same_on_every_rank(META, None, False, bad)                   # the end-of-epoch check
+    assert [(t.device.type, tuple(t.shape)) for t in handed] == [("meta", (3,)), ("meta", (3,))]
+
+
+def test_the_epoch_sums_are_reduced_on_the_ranks_device(handed):
+    loss_sum = torch.zeros((), device="meta")
+    correct = torch.zeros((), dtype=torch.long, device="meta")
+    with pytest.raises(Handed):
+        global_sums(META, loss_sum, correct, 640)                    # the image count is a Python int
+    assert [(t.device.type, t.dtype) for t in handed] == [("meta", torch.float64)]
+
+
+def test_values_from_the_host_are_moved_to_the_ranks_device():
+    t = META.tensor([3, True, 0.5, torch.ones((), device="meta")])
+    assert t.device.type == "meta" and t.shape == (4,)
+
+
+def test_nothing_outside_distributed_py_reaches_torch_distributed():
+    """Every collective goes through Dist, which knows the device: no other file imports or names
+    torch.distributed (nor DistributedDataParallel, whose wrapping lives there too)."""
+    root = Path(cifarlab.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "distributed.py" and path.parent.name == "training":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "torch":
+                names = [f"torch.{node.attr}"]
+            offenders += [f"{path.relative_to(root)}:{node.lineno}: {name}" for name in names
+                          if name.startswith("torch.distributed") or name.startswith("torch.nn.parallel")]
+    assert offenders == []
+
+
+def test_under_torchrun_a_gpu_run_agrees_on_its_flags_every_50_steps_not_every_step(tmp_path, monkeypatch):
+    """fit() as rank 0 of 2, with the process group mocked, and the CPU treated like a GPU (a host sync every
+    50 steps): its 80 steps take one decision (step 50) and the end-of-epoch check, not 80."""
+    ops = []
+
+    def all_reduce(tensor, op=None, **kwargs):
+        assert tensor.device == torch.device("cpu")          # the rank's device, the one Dist was given
+        ops.append("max" if op == torch.distributed.ReduceOp.MAX else "sum")
+
+    def gather_object(obj, box, dst=0, **kwargs):
+        box[:] = [obj, obj]
+
+    monkeypatch.setattr(distributed, "from_environment", lambda: Dist(rank=0, world=2))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(torch.distributed, "broadcast_object_list", lambda *a, **k: None)
+    monkeypatch.setattr(torch.distributed, "gather_object", gather_object)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    monkeypatch.setattr(distributed, "wrap", lambda model, d, device: model)     # no DDP without a real group
+    monkeypatch.setattr(engine, "CHECK_EVERY", {})                               # every device as a GPU: 50
+
+    write_cifar10(tmp_path / "data", per_batch=128, test=20)
+    data = tmp_path / "data"
+    cfg = build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(data), "epochs": 1,
+                        "batch_size": 8, "val_size": 0, "download": False, "quiet": True,
+                        "precision": "fp32", "out": str(tmp_path / "run")})
+    summary = engine.fit(cfg)
+    assert summary["world_size"] == 2
+    # 640 images, 4 per rank per step: 80 steps -> a decision at step 50 and the end-of-epoch check;
+    # then the epoch's training sums and the test split's sums.
+    assert ops == ["max", "max", "sum", "sum"]
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert len(saved["rng_ranks"]) == 2            # each rank's random state, for an exact resume

@@ -1,0 +1,91 @@
+"""--optimizer muon: the Newton-Schulz orthogonalisation, the two update rules, and real training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cifarlab.config import build_config
+from cifarlab.models import build_model
+from cifarlab.training.engine import fit
+from cifarlab.training.muon import Muon, orthogonalize
+from cifarlab.training.optim import build_optimizer
+
+
+def test_newton_schulz_is_close_to_the_orthogonal_factor_of_the_svd():
+    torch.manual_seed(0)
+    # a filter-shaped matrix with singular values spread over 2 orders of magnitude
+    u, _ = torch.linalg.qr(torch.randn(64, 64))
+    v, _ = torch.linalg.qr(torch.randn(576, 64))
+    spread = torch.logspace(0, -2, 64)
+    g = u @ torch.diag(spread) @ v.T
+    x = orthogonalize(g)
+    singular = torch.linalg.svdvals(x)
+    assert singular.min() > 0.5 and singular.max() < 1.3           # every direction about the same size
+    assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 99
+    exact = u @ v.T
+    assert nn.functional.cosine_similarity(x.flatten(), exact.flatten(), dim=0) > 0.95
+    # a tall matrix is handled through its transpose: the same answer
+    torch.testing.assert_close(orthogonalize(g.T), x.T, atol=1e-5, rtol=1e-4)
+
+
+def test_groups_without_muon_step_exactly_as_torch_sgd():
+    torch.manual_seed(0)
+    a, b = nn.Linear(20, 5), nn.Linear(20, 5)
+    b.load_state_dict(a.state_dict())
+    ours = Muon(a.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    reference = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    for _ in range(3):
+        x = torch.randn(8, 20)
+        for model, optimizer in ((a, ours), (b, reference)):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
+
+
+def test_a_muon_step_moves_a_filter_by_lr_along_an_orthogonal_matrix():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 32, 3, bias=False)
+    before = conv.weight.detach().clone()
+    optimizer = Muon([{"params": [conv.weight], "muon": True}], lr=0.05, momentum=0.0, nesterov=False)
+    conv(torch.randn(4, 16, 8, 8)).square().mean().backward()
+    optimizer.step()
+    step = (before - conv.weight.detach()).reshape(32, -1) / 0.05        # 32 x 144: wide, so no extra scale
+    singular = torch.linalg.svdvals(step)
+    assert singular.min() > 0.5 and singular.max() < 1.3
+
+
+def test_muon_takes_the_conv_filters_and_sgd_the_rest():
+    cfg = build_config({"model": "deeper-cnn", "dataset": "cifar10", "optimizer": "muon", "lr": 0.05,
+                        "muon_lr": 0.2, "weight_decay": 5e-4, "momentum": 0.9, "nesterov": True})
+    model = build_model("deeper-cnn", 10)
+    optimizer = build_optimizer(model, cfg)
+    assert isinstance(optimizer, Muon)
+    muon = [p for g in optimizer.param_groups if g["muon"] for p in g["params"]]
+    sgd = [p for g in optimizer.param_groups if not g["muon"] for p in g["params"]]
+    assert {id(p) for p in muon} == {id(m.weight) for m in model.modules() if isinstance(m, nn.Conv2d)}
+    assert len(muon) + len(sgd) == len(list(model.parameters()))
+    assert {g["lr"] for g in optimizer.param_groups if g["muon"]} == {0.2}
+    assert {g["momentum"] for g in optimizer.param_groups if g["muon"]} == {cfg.muon_momentum}
+    assert {g["lr"] for g in optimizer.param_groups if not g["muon"]} == {0.05}
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan")])
+def test_a_bad_muon_lr_is_refused(value):
+    from cifarlab.errors import UsageError
+    with pytest.raises(UsageError, match="^--muon-lr must be a finite number > 0"):
+        build_config({"model": "basic-cnn", "dataset": "cifar10", "optimizer": "muon", "muon_lr": value})
+
+
+def test_muon_learns_real_images(cifar_mini, tmp_path):
+    settings = {"model": "deeper-cnn", "dataset": "cifar10", "data_dir": str(cifar_mini), "epochs": 2,
+                "limit_train": 2000, "batch_size": 100, "optimizer": "muon", "lr": 0.05, "muon_lr": 0.05,
+                "momentum": 0.9, "nesterov": True, "schedule": "onecycle", "label_smoothing": 0.1,
+                "precision": "fp32", "quiet": True, "download": False, "out": str(tmp_path / "run")}
+    summary = fit(build_config(settings))
+    assert summary["final_test_acc"] > 25.0                                 # chance is 10%
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert any(g["muon"] for g in checkpoint["optimizer"]["param_groups"])
