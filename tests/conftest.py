@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -48,6 +49,36 @@ def real_batch(cifar10_mini):
         images = getattr(cifar10_mini, split)
         return (images.images[:n].float() / 255 - mean) / std, images.labels[:n].long()
     return first
+
+
+# The keys of a metrics.jsonl row that measure time: two runs that train alike differ in these only.
+TIMING = {"epoch_time_s", "train_time_s", "images_per_s"}
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    """Metrics rows without their clock readings, to compare two runs (say, a resumed one and a whole one)."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+class StopAtStep:
+    """Stands in for engine.StopSignals (monkeypatch it in): reports a SIGINT at the n-th step, as Ctrl-C would."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def signum(self):
+        self.n -= 1
+        return signal.SIGINT if self.n == 0 else None
 
 
 def slow_except(quick: set[int], cases: list) -> list:

@@ -19,7 +19,6 @@ import cifarlab
 from cifarlab.config import build_config
 from cifarlab.training import distributed, engine
 from cifarlab.training.distributed import Dist
-from cifarlab.training.engine import same_on_every_rank
 from cifarlab.training.evaluation import global_sums
 from conftest import write_cifar10
 
@@ -45,9 +44,9 @@ def handed(monkeypatch) -> list[torch.Tensor]:
 def test_a_steps_decisions_are_reduced_on_the_ranks_device(handed):
     bad = torch.zeros((), dtype=torch.bool, device="meta")          # the loss check, kept on the device
     with pytest.raises(Handed):
-        same_on_every_rank(META, signal.SIGTERM, True, bad)
+        META.agree(signal.SIGTERM, True, bad)
     with pytest.raises(Handed):
-        same_on_every_rank(META, None, False, bad)                   # the end-of-epoch check
+        META.agree(None, False, bad)                                 # the end-of-epoch check
     assert [(t.device.type, tuple(t.shape)) for t in handed] == [("meta", (3,)), ("meta", (3,))]
 
 

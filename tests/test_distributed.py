@@ -59,7 +59,9 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(cifar_m
 
 
 def test_resume_under_torchrun_after_sigterm_equals_the_uninterrupted_run(cifar_mini, tmp_path):
-    common = [*ARGS, "--data-dir", str(cifar_mini), "--limit-train", "2048", "--epochs", "3"]
+    # With dropout: each rank draws its own masks, and last.pt holds every rank's random state.
+    common = [*[a for a in ARGS if a != "--no-dropout"], "--data-dir", str(cifar_mini), "--limit-train", "2048",
+              "--epochs", "3"]
     whole = torchrun(*common, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
 
@@ -75,7 +77,8 @@ def test_resume_under_torchrun_after_sigterm_equals_the_uninterrupted_run(cifar_
     assert stderr.count("stopped by SIGTERM at epoch") == 1                  # said once, by rank 0
     assert f"Resume with: cifarlab train --resume {out}" in stderr
     saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert saved["epoch"] >= 1
+    assert saved["epoch"] >= 1 and len(saved["rng_ranks"]) == 2
+    assert not torch.equal(saved["rng_ranks"][0]["torch"], saved["rng_ranks"][1]["torch"])   # two streams
 
     resumed = torchrun("--resume", str(out), "--quiet")
     assert resumed.returncode == 0, resumed.stderr

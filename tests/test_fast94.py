@@ -2,7 +2,6 @@
 BN learning-rate factor, shifted test-time views, and exact resume with all of them on."""
 
 import json
-import signal
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from cifarlab.training.engine import fit
 from cifarlab.training.evaluation import tta_logits
 from cifarlab.training.lookahead import MAX_DECAY, Lookahead
 from cifarlab.training.optim import build_optimizer
+from conftest import StopAtStep, without_timing
 
 
 def test_fast94_parameter_counts_are_pinned():
@@ -193,27 +193,6 @@ def mini_fast94(data_dir, tmp_path, name, **extra):
     return build_config(values, "fast94")
 
 
-class StopAtStep:
-    """Stands in for StopSignals: reports a SIGINT at the n-th step check."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __call__(self):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @property
-    def signum(self):
-        self.n -= 1
-        return signal.SIGINT if self.n == 0 else None
-
-
 @pytest.mark.slow                                       # three fast94 trainings on 2 CPU cores: ~40 s
 def test_fast94_recipe_learns_real_images_and_resumes_bit_exactly(cifar_mini, tmp_path, monkeypatch):
     summary = fit(mini_fast94(cifar_mini, tmp_path, "whole"))
@@ -232,7 +211,7 @@ def test_fast94_recipe_learns_real_images_and_resumes_bit_exactly(cifar_mini, tm
 
     def rows(name):
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(l).items() if k not in ("epoch_time_s", "images_per_s")} for l in lines]
+        return without_timing([json.loads(line) for line in lines])
     assert rows("cut") == rows("whole")
     whole, cut = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(whole[k], cut[k]) for k in whole)

@@ -18,7 +18,7 @@ import cifarlab
 from cifarlab.errors import UsageError
 from cifarlab.run import load_checkpoint, load_run
 
-from conftest import run_cli, slow_except
+from conftest import run_cli, slow_except, without_timing
 
 MYNET = textwrap.dedent('''
     """A user's own models, in their own file."""
@@ -45,11 +45,8 @@ MYNET = textwrap.dedent('''
         return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, num_classes))
 ''')
 BUDGET = ["--dataset", "cifar10", "--epochs", "3", "--limit-train", "2000", "--batch-size", "64", "--quiet"]
-TIMING = {"epoch_time_s", "images_per_s"}
-
-
 def rows(out):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in load_run(out).metrics]
+    return without_timing(load_run(out).metrics)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import StopAtStep, without_timing
+
 from cifarlab.config import build_config
 from cifarlab.models import build_model
+from cifarlab.errors import Interrupted
+from cifarlab.run import load_run
+from cifarlab.training import engine
 from cifarlab.training.engine import fit
 from cifarlab.training.muon import Muon, orthogonalize
 from cifarlab.training.optim import build_optimizer
@@ -80,12 +85,22 @@ def test_a_bad_muon_lr_is_refused(value):
         build_config({"model": "basic-cnn", "dataset": "cifar10", "optimizer": "muon", "muon_lr": value})
 
 
-def test_muon_learns_real_images(cifar_mini, tmp_path):
+@pytest.mark.slow                  # three trainings of deeper-cnn on 2,000 images: ~30 s on 2 cores
+def test_muon_learns_real_images_and_resumes_exactly(cifar_mini, tmp_path, monkeypatch):
     settings = {"model": "deeper-cnn", "dataset": "cifar10", "data_dir": str(cifar_mini), "epochs": 2,
                 "limit_train": 2000, "batch_size": 100, "optimizer": "muon", "lr": 0.05, "muon_lr": 0.05,
                 "momentum": 0.9, "nesterov": True, "schedule": "onecycle", "label_smoothing": 0.1,
-                "precision": "fp32", "quiet": True, "download": False, "out": str(tmp_path / "run")}
-    summary = fit(build_config(settings))
+                "precision": "fp32", "quiet": True, "download": False}
+    summary = fit(build_config({**settings, "out": str(tmp_path / "whole")}))
     assert summary["final_test_acc"] > 25.0                                 # chance is 10%
-    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    checkpoint = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)
     assert any(g["muon"] for g in checkpoint["optimizer"]["param_groups"])
+
+    monkeypatch.setattr(engine, "StopSignals", StopAtStep(27))               # Ctrl-C at epoch 2, step 7
+    with pytest.raises(Interrupted):
+        fit(build_config({**settings, "out": str(tmp_path / "cut")}))
+    monkeypatch.undo()
+    fit(build_config({**settings, "out": str(tmp_path / "cut")}), resume=True)
+    assert without_timing(load_run(tmp_path / "cut").metrics) == without_timing(load_run(tmp_path / "whole").metrics)
+    whole, cut = load_run(tmp_path / "whole").model(), load_run(tmp_path / "cut").model()
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), cut.state_dict().values()))

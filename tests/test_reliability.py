@@ -21,16 +21,12 @@ from cifarlab.errors import CifarlabError, Diverged, UsageError
 from cifarlab import run as ckpt
 from cifarlab.training.engine import fit
 
-from conftest import run_cli
+from conftest import run_cli, without_timing
 
 RUN = ["--model", "basic-cnn", "--dataset", "cifar10", "--limit-train", "2000", "--epochs", "3",
        "--augment", "crop,flip", "--batch-size", "32", "--quiet"]
-TIMING = {"epoch_time_s", "images_per_s"}
-
-
 def metrics(out):
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    return without_timing([json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()])
 
 
 def assert_same_run(a, b):

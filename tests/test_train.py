@@ -9,13 +9,13 @@ from cifarlab.models import build_model
 from cifarlab.training.device import cpu_supports_bf16, resolve_precision
 from cifarlab.training.engine import fit
 
-from conftest import run_cli, slow_except, write_cifar10
+from conftest import run_cli, slow_except, without_timing, write_cifar10
 
 SUMMARY_KEYS = {"model", "dataset", "recipe", "params", "epochs", "final_train_acc", "final_test_acc",
                 "best_test_acc", "best_test_epoch", "best_val_acc", "best_val_epoch", "test_acc_at_best_val",
-                "overfit_gap", "train_time_s", "images_per_s", "device", "precision", "seed", "load_time_s"}
+                "overfit_gap", "train_time_s", "train_only_time_s", "images_per_s", "device", "precision", "seed", "load_time_s"}
 METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-               "epoch_time_s", "images_per_s"}
+               "epoch_time_s", "train_time_s", "images_per_s"}
 
 
 @pytest.mark.slow
@@ -55,7 +55,7 @@ def test_same_seed_gives_the_same_metrics_on_cpu(cifar_mini, tmp_path):
                             "out": str(tmp_path / name)})
         fit(cfg)
         rows = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")} for r in rows]
+        return without_timing(rows)
     assert run("a") == run("b")
 
 

@@ -79,7 +79,7 @@ class TrainConfig:
     muon_lr: float = setting(
         0.02, "--optimizer muon: peak lr of the conv filters, whose momentum is orthogonalised (Muon); the other "
         "parameters take Nesterov SGD at --lr")
-    muon_momentum: float = setting(0.95, flag=False)     # recipes only
+    muon_momentum: float = setting(0.95, "--optimizer muon: the conv filters' momentum (default 0.95)")
     momentum: float = setting(0.9)
     nesterov: bool = setting(False, "Nesterov momentum (SGD)")
     weight_decay: float = setting(0.0, "L2 (SGD/Adam) or decoupled (AdamW) decay; not on BN/bias")
@@ -310,7 +310,7 @@ def _validate_numbers(cfg: TrainConfig) -> None:
         _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
                f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
     _check(isinstance(cfg.muon_momentum, (int, float)) and 0 <= cfg.muon_momentum < 1,
-           f"muon_momentum must be in [0, 1), got {cfg.muon_momentum}")
+           f"--muon-momentum must be in [0, 1), got {cfg.muon_momentum}")
     for name in ("weight_decay", "momentum", "warmup_epochs"):
         value = getattr(cfg, name)
         _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,

@@ -50,6 +50,14 @@ class Dist:
         """The largest of each value over every rank."""
         return self._all_reduce(values, dist.ReduceOp.MAX if self.enabled else None)
 
+    def agree(self, signum: int | None, due: bool, bad: torch.Tensor) -> tuple[int | None, bool, bool]:
+        """(stop signal, checkpoint due, loss went bad) as the max over ranks, so that every rank takes the same
+        decision at the same step. Reading `bad` (a tensor on the device) back is a host sync."""
+        if not self.enabled:
+            return signum, due, bool(bad)
+        signum, due, bad = self.all_max([signum or 0, due, bad])
+        return int(signum) or None, bool(due), bad > 0
+
     def _all_reduce(self, values, op) -> list[float]:
         t = self.tensor(values)
         if self.enabled:

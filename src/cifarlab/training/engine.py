@@ -146,10 +146,8 @@ def run_epoch(trainer: Trainer, epoch: int) -> None:
     trainer.progress.end_epoch(row)
     log_tensorboard(trainer.writer, row)
     # best.pt is chosen by val accuracy when there is a val split (among the epochs scored), else it is the last.
-    if trainer.val_loader is None:
-        improved = True
-    else:
-        improved = val is not None and (state.best is None or val.accuracy > state.best["val_acc"])
+    improved = trainer.val_loader is None or (
+        val is not None and (state.best is None or val.accuracy > state.best["val_acc"]))
     if not improved:
         trainer.save(LAST)
         return
@@ -187,7 +185,7 @@ def train_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, int, float]
         signum = trainer.stop.signum
         due = bool(cfg.checkpoint_every) and time.monotonic() - last_save >= cfg.checkpoint_every * 60
         if step % check_every == 0 or (not trainer.dist.enabled and (due or signum is not None)):
-            signum, due, went_bad = same_on_every_rank(trainer.dist, signum, due, bad)
+            signum, due, went_bad = trainer.dist.agree(signum, due, bad)
             if went_bad:
                 raise trainer.diverged(f"at epoch {epoch}, step {step}"
                                        + (f" or the {check_every - 1} before it" if check_every > 1 else ""))
@@ -200,7 +198,7 @@ def train_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, int, float]
             last_save = time.monotonic()
             if signum is not None:
                 raise trainer.interrupted(signum, epoch, step)
-    if same_on_every_rank(trainer.dist, None, False, bad)[2]:
+    if trainer.dist.agree(None, False, bad)[2]:
         raise trainer.diverged(f"in the last steps of epoch {epoch}")
     seconds = time.perf_counter() - start
     total_loss, total_correct, total_seen = global_sums(trainer.dist, loss_sum, correct, seen)
@@ -299,11 +297,3 @@ def announce(trainer: Trainer, data: Data, resume: bool) -> None:
           f"{f', {len(data.val):,} val' if data.val else ''}, {len(data.test):,} test), {trainer.params:,} "
           f"parameters, {trainer.device} {trainer.precision.name}; run folder {trainer.run.path}{where}", flush=True)
 
-
-def same_on_every_rank(dist: Dist, signum: int | None, due: bool, bad: torch.Tensor) -> tuple[int | None, bool, bool]:
-    """(stop signal, checkpoint due, loss went bad), as the max over ranks: every rank takes the same decision at
-    the same step. Reading `bad` (a tensor on the device) back is a host sync."""
-    if not dist.enabled:
-        return signum, due, bool(bad)
-    signum, due, bad = dist.all_max([signum or 0, due, bad])
-    return int(signum) or None, bool(due), bad > 0
