@@ -1,0 +1,43 @@
+"""The benchmark scripts run and print what their docs promise (their figures go to BENCHMARKS.md, not here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+pytestmark = pytest.mark.slow          # each trains a few hundred real images, twice: ~15-30 s on 2 cores
+
+
+def script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_throughput_reports_cold_and_warm_figures_for_both_loops(cifar_mini):
+    result = script("throughput.py", "--data-dir", str(cifar_mini), "--images", "640", "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    tutorial, ours = figures["tutorial_images_per_s"]["0"], figures["cifarlab_images_per_s"]
+    for kind in ("cold", "warm"):
+        assert tutorial[kind] > 0 and ours[kind] > 0
+        assert figures["ratio"][kind] == pytest.approx(ours[kind] / tutorial[kind])
+        assert f"{kind}: {figures['ratio'][kind]:.2f}x the fastest tutorial loop (0 workers)" in result.stdout
+
+
+def test_throughput_profile_compares_epoch_one_with_epoch_three(cifar_mini):
+    result = script("throughput.py", "--data-dir", str(cifar_mini), "--images", "640", "--profile")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("operator"))
+    table = [line.split() for line in lines[header + 1:]]
+    assert len(table) == 12
+    # each row: the operator, epoch-1 ms, epoch-3 ms, and the call counts; sorted by what grew most in epoch 1
+    growth = [float(row[-4]) - float(row[-3]) for row in table]
+    assert growth == sorted(growth, reverse=True)
+    assert all(int(row[-2]) >= 0 and int(row[-1]) >= 0 for row in table)
