@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_cifar10
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 pytestmark = pytest.mark.slow          # each trains a few hundred real images, twice: ~15-30 s on 2 cores
@@ -41,3 +43,20 @@ def test_throughput_profile_compares_epoch_one_with_epoch_three(cifar_mini):
     growth = [float(row[-4]) - float(row[-3]) for row in table]
     assert growth == sorted(growth, reverse=True)
     assert all(int(row[-2]) >= 0 and int(row[-1]) >= 0 for row in table)
+
+
+def test_fast94_variants_run_paired_seeds_and_report_the_difference(tmp_path):
+    # the plumbing only (the figures are a GPU job): small CIFAR-10 files in the official format
+    write_cifar10(tmp_path / "data", per_batch=60, test=100)
+    result = script("fast94_variants.py", "--data-dir", str(tmp_path / "data"), "--seeds", "1", "--limit-train", "256",
+                    "--epochs", "1", "--variants", "baseline,decay-norms", "--json", str(tmp_path / "v.json"))
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "v.json").read_text())["results"]
+    base, other = saved["baseline"][0]["final_test_acc"], saved["decay-norms"][0]["final_test_acc"]
+    assert 0 <= base <= 100 and 0 <= other <= 100
+    assert f"{other - base:+.2f} pt (1 seed)" in result.stdout.splitlines()[-1]
+
+
+def test_fast94_variants_refuse_an_unknown_one():
+    result = script("fast94_variants.py", "--data-dir", "x", "--variants", "baseline,nope")
+    assert result.returncode == 2 and "unknown variant 'nope'" in result.stderr.strip().splitlines()[-1]

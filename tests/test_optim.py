@@ -21,6 +21,14 @@ def test_onecycle_rises_to_the_peak_then_falls_to_near_zero():
     assert f[-1] < 0.02
 
 
+def test_onecycle_start_and_end_factors_are_settings():
+    """airbench94's published schedule rises from 0.2x and ends at 0.07x; ours from 0.04x to 0.001x by default."""
+    cfg = TrainConfig(epochs=10, schedule="onecycle", warmup_epochs=2, onecycle_start=0.2, onecycle_end=0.07)
+    f = [lr_factor(cfg, s, 10) for s in range(101)]
+    assert f[0] == pytest.approx(0.2) and f[10] == pytest.approx(0.6) and f[20] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(0.07 + 0.93 * 0.5) and f[100] == pytest.approx(0.07)
+
+
 def test_cosine_with_warmup_starts_small_and_ends_at_zero():
     cfg = TrainConfig(epochs=4, schedule="cosine", warmup_epochs=1)
     f = [lr_factor(cfg, s, 50) for s in range(200)]
@@ -40,3 +48,19 @@ def test_weight_decay_skips_batchnorm_and_biases(name, cls):
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 7_320_394
     if name == "sgd":
         assert decayed["nesterov"] and decayed["momentum"] == 0.9
+
+
+def test_decay_norms_puts_weight_decay_on_batchnorm_and_biases_too():
+    from cifarlab.config import build_config
+    from cifarlab.models import build_model
+    from cifarlab.training.optim import build_optimizer
+
+    model = build_model("fast94", 10)
+    def decayed(**extra):
+        cfg = build_config({"model": "fast94", "dataset": "cifar10", "optimizer": "sgd", "lr": 0.1,
+                            "weight_decay": 5e-4, **extra})
+        groups = build_optimizer(model, cfg).param_groups
+        return sum(p.numel() for g in groups if g["weight_decay"] > 0 for p in g["params"])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    shifts = sum(p.numel() for p in model.parameters() if p.requires_grad and p.ndim == 1)
+    assert shifts > 0 and decayed() == trainable - shifts and decayed(decay_norms=True) == trainable

@@ -83,11 +83,15 @@ class TrainConfig:
     momentum: float = setting(0.9)
     nesterov: bool = setting(False, "Nesterov momentum (SGD)")
     weight_decay: float = setting(0.0, "L2 (SGD/Adam) or decoupled (AdamW) decay; not on BN/bias")
+    decay_norms: bool = setting(False, "also decay normalisation parameters and biases (airbench94 decays its BN "
+                                "shifts)")
     schedule: str = setting("none", "step = decay by --gamma every --step-size epochs", choices=SCHEDULES)
     step_size: int = setting(5, "epochs between step decays (default 5, as in the article)")
     gamma: float = setting(0.1, "step decay factor")
     # cosine: linear warm-up length; onecycle: the source of the rise fraction
     warmup_epochs: float = setting(0.0, "warm-up length for cosine / one-cycle")
+    onecycle_start: float = setting(0.04, "one-cycle: the lr factor it rises from (default 0.04)", metavar="FACTOR")
+    onecycle_end: float = setting(0.001, "one-cycle: the lr factor it decays to (default 0.001)", metavar="FACTOR")
     label_smoothing: float = setting(0.0)
     backbone_lr_factor: float = setting(
         1.0, "fine-tuning: every layer but the classifier learns at lr x this (0, 1]")
@@ -311,6 +315,10 @@ def _validate_numbers(cfg: TrainConfig) -> None:
                f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
     _check(isinstance(cfg.muon_momentum, (int, float)) and 0 <= cfg.muon_momentum < 1,
            f"--muon-momentum must be in [0, 1), got {cfg.muon_momentum}")
+    for name in ("onecycle_start", "onecycle_end"):
+        value = getattr(cfg, name)
+        _check(isinstance(value, (int, float)) and 0 <= value <= 1,
+               f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
     for name in ("weight_decay", "momentum", "warmup_epochs"):
         value = getattr(cfg, name)
         _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
@@ -323,7 +331,7 @@ def _validate_numbers(cfg: TrainConfig) -> None:
            f"--eval-every must be an integer >= 0, got {cfg.eval_every}")
     _check(isinstance(cfg.tta_shift, int) and 0 <= cfg.tta_shift <= 4,
            f"--tta-shift must be 0..4 pixels, got {cfg.tta_shift}")
-    for name in ("lookahead", "tta", "nesterov", "batchnorm", "dropout", "channels_last", "compile"):
+    for name in ("lookahead", "tta", "nesterov", "batchnorm", "dropout", "channels_last", "compile", "decay_norms"):
         _check(isinstance(getattr(cfg, name), bool), f"{name} must be true or false, got {getattr(cfg, name)!r}")
     _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     _check(0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma}")

@@ -25,9 +25,9 @@ def _norm_names(model: nn.Module) -> set[str]:
 
 
 def _param_groups(model: nn.Module, weight_decay: float, lr: float, backbone_lr_factor: float = 1.0,
-                  norm_lr_factor: float = 1.0) -> list[dict]:
-    # With weight decay, BN parameters and biases are left undecayed: shrinking a BN
-    # scale or a bias towards zero regularises nothing and only slows training.
+                  norm_lr_factor: float = 1.0, decay_all: bool = False) -> list[dict]:
+    # With weight decay, BN parameters and biases are left undecayed (unless decay_all): shrinking a BN
+    # scale or a bias towards zero regularises little and may slow training.
     # Fine-tuning (backbone_lr_factor < 1): the pretrained layers move slower than the new head.
     # norm_lr_factor: the normalisation layers' own lr (fast94 moves its BN shifts 64x faster).
     head = _head_names(model) if backbone_lr_factor != 1.0 else set()
@@ -35,7 +35,7 @@ def _param_groups(model: nn.Module, weight_decay: float, lr: float, backbone_lr_
     groups: dict[tuple[bool, bool, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            groups.setdefault((name in head, name in norm, p.ndim > 1), []).append(p)
+            groups.setdefault((name in head, name in norm, decay_all or p.ndim > 1), []).append(p)
     out = []
     for (is_head, is_norm, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
                                                                                     not kv[0][2])):
@@ -53,7 +53,8 @@ def _fused(model: nn.Module) -> dict:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, cfg.weight_decay, cfg.lr, cfg.backbone_lr_factor, cfg.norm_lr_factor)
+    groups = _param_groups(model, cfg.weight_decay, cfg.lr, cfg.backbone_lr_factor, cfg.norm_lr_factor,
+                           cfg.decay_norms)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                **_fused(model))
@@ -92,11 +93,13 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
             return (step + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
     if cfg.schedule == "onecycle":
-        # Linear rise from lr/25 over the warm-up (default: 25% of training), then linear decay to ~0.
+        # Linear rise from onecycle_start (0.04: lr/25) over the warm-up (default: 25% of training), then
+        # linear decay to onecycle_end (0.001: ~0).
         rise = cfg.warmup_epochs if cfg.warmup_epochs > 0 else 0.25 * cfg.epochs
+        start, end = cfg.onecycle_start, cfg.onecycle_end
         if epoch < rise:
-            return 0.04 + 0.96 * epoch / rise
-        return max(0.0, 1 - (epoch - rise) / max(1e-9, cfg.epochs - rise)) * 0.999 + 0.001
+            return start + (1 - start) * epoch / rise
+        return end + (1 - end) * max(0.0, 1 - (epoch - rise) / max(1e-9, cfg.epochs - rise))
     return 1.0
 
 
