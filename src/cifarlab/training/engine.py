@@ -198,9 +198,9 @@ def train_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, int, float]
             last_save = time.monotonic()
             if signum is not None:
                 raise trainer.interrupted(signum, epoch, step)
-    if trainer.dist.agree(None, False, bad)[2]:
+    if trainer.dist.agree(None, False, bad)[2]:    # reads `bad` back: the device has finished the epoch's steps
         raise trainer.diverged(f"in the last steps of epoch {epoch}")
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start          # so on a GPU this counts the work queued, not just launched
     total_loss, total_correct, total_seen = global_sums(trainer.dist, loss_sum, correct, seen)
     return total_loss / max(total_seen, 1), 100.0 * total_correct / max(total_seen, 1), int(total_seen), seconds
 
