@@ -25,6 +25,8 @@ from conftest import run_cli, without_timing
 
 RUN = ["--model", "basic-cnn", "--dataset", "cifar10", "--limit-train", "2000", "--epochs", "3",
        "--augment", "crop,flip", "--batch-size", "32", "--quiet"]
+
+
 def metrics(out):
     return without_timing([json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()])
 
@@ -62,6 +64,26 @@ def wait_for_epochs(out, proc, n, extra_s=0.0):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
     raise AssertionError("the run did not reach the epoch in time")
+
+
+@pytest.mark.slow
+def test_a_second_writer_is_refused_with_the_holders_pid_and_a_killed_one_leaves_no_lock(cifar_mini, tmp_path):
+    out = tmp_path / "busy"
+    proc = start(cifar_mini, out)
+    wait_for_epochs(out, proc, 1)                         # last.pt exists: a --resume would otherwise go ahead
+    lines_before = (out / "metrics.jsonl").read_text()
+    for args in (["--resume", str(out)], [*RUN, "--data-dir", str(cifar_mini), "--out", str(out), "--overwrite"]):
+        result = run_cli("train", *args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().startswith(f"cifarlab: error: {out.resolve()} is being written by another "
+                                                f"process (pid {proc.pid}, started ")
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert (out / "metrics.jsonl").read_text().startswith(lines_before)     # --overwrite deleted nothing
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run_cli("train", "--resume", str(out))      # the OS dropped the dead process's lock
+    assert resumed.returncode == 0, resumed.stderr
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ import io
 import json
 import os
 import pickletools
+import shlex
+import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -29,8 +31,54 @@ if TYPE_CHECKING:
 CONFIG, METRICS, SUMMARY, SUMMARY_TEXT, WEIGHTS = (
     "config.json", "metrics.jsonl", "summary.json", "summary.txt", "model.safetensors")
 CHECKPOINTS, LAST, BEST = "checkpoints", "last.pt", "best.pt"
+LOCK = ".lock"     # held by the one process writing the folder (see lock_folder)
 # `cifarlab export` formats and the file each writes in the run folder by default.
 EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.export.safetensors"}
+
+
+# ---------------------------------------------------------------- one writer per folder
+
+_held: dict[Path, int] = {}     # folder -> descriptor of its lock file, for the locks this process holds
+
+
+def lock_folder(folder: Path) -> None:
+    """Take the advisory lock on a run folder (flock on FOLDER/.lock), or stop with one line naming the process
+    that holds it. The OS drops the lock when that process ends, however it ends (a SIGKILL leaves no stale
+    lock); a second train, --resume or study job on the folder is refused while it runs. No-op without fcntl."""
+    try:
+        import fcntl
+    except ImportError:       # Windows: no advisory locks here
+        return
+    folder = Path(folder).resolve()
+    if folder in _held:
+        return
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace")
+        os.close(fd)
+        raise UsageError(f"{folder} is being written by another process ({_describe(holder)}); wait for it to "
+                         "finish or stop it first") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "command": shlex.join(sys.argv),
+                             "started": datetime.now().isoformat(timespec="seconds")}).encode())
+    _held[folder] = fd
+
+
+def _describe(holder: str) -> str:
+    try:
+        info = json.loads(holder)
+        return f"pid {info['pid']}, started {info['started']}: {info['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "its pid is not recorded yet"
+
+
+def release_folders() -> None:
+    """Drop every run-folder lock this process holds (the end of fit(), however it ends)."""
+    while _held:
+        _, fd = _held.popitem()
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -185,9 +233,16 @@ class Run:
         else:
             out = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{default_name}"
         (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        lock_folder(out)            # before anything in it is replaced
         for stale in (METRICS, SUMMARY, SUMMARY_TEXT):
             (out / stale).unlink(missing_ok=True)
         return cls(out)
+
+    @classmethod
+    def reopen(cls, path: str | Path) -> "Run":
+        """The folder of a run being resumed, locked for this process as `create` locks a new one."""
+        lock_folder(Path(path))
+        return cls(path)
 
     # ---- writing (the engine, on rank 0)
     def write_config(self, config: dict) -> None:

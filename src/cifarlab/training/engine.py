@@ -21,7 +21,7 @@ from cifarlab.data.augment import normalize
 from cifarlab.errors import UsageError
 from cifarlab.models import build_model, count_params, model_spec
 from cifarlab.report.summary import article_summary
-from cifarlab.run import BEST, LAST, Run
+from cifarlab.run import BEST, LAST, Run, release_folders
 from cifarlab.training import distributed
 from cifarlab.training.device import Precision, resolve_device
 from cifarlab.training.distributed import Dist
@@ -34,18 +34,17 @@ from cifarlab.training.state import RunState, StopSignals
 from cifarlab.training.trainer import Trainer, compile_model
 
 
-# Reading the loss check back, and under torchrun agreeing on the stop flags, costs a host sync: on a GPU it
-# happens every 50 steps (a signal or a due checkpoint then waits up to 50 steps), every step on the CPU.
+# Reading the loss check back (and under torchrun agreeing on the stop flags) is a host sync: every 50 steps
+# on a GPU, so a signal or a due checkpoint waits up to 50 steps there; every step on the CPU.
 CHECK_EVERY = {"cpu": 1}
 
 
 def fit(cfg: TrainConfig, resume: bool = False, model=None) -> dict:
-    """Train `cfg` end to end and write its run folder; returns the summary dict.
+    """Train `cfg` end to end and write its run folder (locked for this process); returns the summary dict.
 
     resume: continue the run in cfg.out from checkpoints/last.pt, exactly where it stopped.
     model: the class, factory or nn.Module behind cfg.model when it is a Python object.
-    Under torchrun (WORLD_SIZE > 1) this is one rank of a DistributedDataParallel run.
-    """
+    Under torchrun (WORLD_SIZE > 1) this is one rank of a DistributedDataParallel run."""
     dist = distributed.setup(distributed.from_environment(), resolve_device(cfg.device), cfg.batch_size)
     try:
         if not dist.is_main:   # only rank 0 prints and writes the run folder
@@ -58,6 +57,7 @@ def fit(cfg: TrainConfig, resume: bool = False, model=None) -> dict:
             trainer.writer.close()
         return summarize(trainer)
     finally:
+        release_folders()
         distributed.teardown(dist)
 
 
@@ -242,7 +242,7 @@ def summarize(trainer: Trainer) -> dict:
 
 def make_run(cfg: TrainConfig, resume: bool = False) -> Run:
     if resume:
-        return Run(cfg.out)
+        return Run.reopen(cfg.out)
     return Run.create(cfg.out, cfg.overwrite, f"{_short(cfg.model)}-{_short(cfg.dataset)}")
 
 
