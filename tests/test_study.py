@@ -135,6 +135,8 @@ def test_train_seeds_writes_mean_and_std_of_the_seed_runs(cifar_mini, tmp_path):
     assert summary["final_test_acc_mean"] == pytest.approx(statistics.mean(per_seed))
     assert summary["final_test_acc_std"] == pytest.approx(statistics.stdev(per_seed))
     assert f"\u00b1 {summary['final_test_acc_std']:.2f}%" in (out / "summary.txt").read_text()
+    low, high = summary["final_test_acc_ci95"]
+    assert f"Mean Test Accuracy: 95% CI [{low:.2f}, {high:.2f}]" in (out / "summary.txt").read_text()
 
 
 @pytest.mark.slow
@@ -157,9 +159,14 @@ def test_ablate_measures_each_removed_technique_as_a_paired_difference(cifar_min
     assert row["effect_mean"] == pytest.approx(statistics.mean(diffs))
     assert row["effect_std"] == pytest.approx(statistics.stdev(diffs))
     assert row["final_test_acc_mean"] == pytest.approx(statistics.mean(b["final_test_acc"] for b in no_aug))
+    half = 12.706 * statistics.stdev(diffs) / 2 ** 0.5                  # Student's t, 1 degree of freedom
+    assert row["effect_ci95"] == pytest.approx([statistics.mean(diffs) - half, statistics.mean(diffs) + half])
     assert "Removing augment: test accuracy" in result.stdout and "Removing everything" in result.stdout
+    assert "1 epochs x 1,000 train images = 1,000 image-epochs" in result.stdout
+    assert "Warning: below a tenth of the article's budget" in result.stdout
     md = (out / "ablation.md").read_text()
-    assert "| no-augment |" in md and f"{row['effect_mean']:+.2f} \u00b1 {row['effect_std']:.2f}" in md
+    low, high = row["effect_ci95"]
+    assert "| no-augment |" in md and f"{row['effect_mean']:+.2f} [{low:+.2f}, {high:+.2f}]" in md
     assert (out / "ablation.png").stat().st_size > 10_000 and (out / "report.html").is_file()
     again = run_cli("ablate", "--model", "basic-cnn", "--dataset", "cifar10", "--recipe", "tuned-basic-cnn",
                     "--data-dir", str(cifar_mini), "--epochs", "1", "--limit-train", "1000", "--seeds", "2",
@@ -194,3 +201,30 @@ def test_tensorboard_event_files_are_written_when_installed(cifar_mini, tmp_path
     events.Reload()
     test_acc = [e.value for e in events.Scalars("accuracy/test_acc")]
     assert len(test_acc) == 2 and test_acc[-1] == pytest.approx(summary["final_test_acc"], rel=1e-6)
+
+
+def test_t_critical_values_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from cifarlab.report.stats import t95
+    for df in (1, 2, 3, 4, 9, 29, 30):
+        assert t95(df) == pytest.approx(stats.t.ppf(0.975, df), abs=6e-4)
+    for df in (31, 45, 100, 500):     # between table rows: never narrower than the exact interval
+        assert stats.t.ppf(0.975, df) <= t95(df) <= stats.t.ppf(0.975, df) + 0.05
+
+
+@pytest.mark.parametrize("diffs, words", [
+    ([18.25], "no verdict from one seed"),
+    ([30.0, 6.5], "no clear effect at this budget"),           # +18.25 +- 16.6: the interval spans 0
+    ([2.1, 2.3, 1.9, 2.2], "removing it helps"),
+    ([-1.0, -1.2, -0.8], "removing it hurts"),
+])
+def test_a_verdict_is_said_only_where_the_interval_excludes_zero(diffs, words):
+    from cifarlab.report.stats import confidence_interval
+    from cifarlab.study.ablate import verdict
+    assert verdict(confidence_interval(diffs)) == words
+
+
+def test_the_budget_note_warns_below_a_tenth_of_the_articles():
+    from cifarlab.study.ablate import budget_note
+    assert "Warning" in budget_note(1, 5_000) and "0.7% of it" in budget_note(1, 5_000)
+    assert "Warning" not in budget_note(15, 45_000)

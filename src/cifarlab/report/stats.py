@@ -14,6 +14,39 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
+# Two-sided 95% critical values of Student's t by degrees of freedom (a statistics table; the normal's, the
+# limit, is 1.960).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+       20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+       29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t95(df: int) -> float:
+    """The 95% two-sided critical value of t with `df` degrees of freedom; between table rows (and past 120),
+    the value of the row below: a slightly wider, conservative interval."""
+    if df < 1:
+        raise ValueError("a t interval needs at least 2 values")
+    return T95[max(k for k in T95 if k <= df)]
+
+
+def confidence_interval(values: list[float]) -> tuple[float, float] | None:
+    """The 95% confidence interval of the mean from Student's t distribution; None for fewer than 2 values."""
+    if len(values) < 2:
+        return None
+    mean, std = mean_std(values)
+    half = t95(len(values) - 1) * std / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def interval_text(interval: tuple[float, float] | None, signed: bool = False) -> str:
+    """'95% CI [+0.12, +1.80]', or 'no interval (1 seed)'."""
+    if interval is None:
+        return "no interval (1 seed)"
+    sign = "+" if signed else ""
+    return f"95% CI [{interval[0]:{sign}.2f}, {interval[1]:{sign}.2f}]"
+
+
 def plus_minus(record: dict, key: str, digits: int = 2, unit: str = "", signed: bool = False) -> str:
     """KEY_mean and KEY_std of a seeds summary or an ablation row as text: '91.20% \u00b1 0.31%'.
 

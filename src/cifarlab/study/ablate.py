@@ -2,7 +2,9 @@
 
 The article says the deeper CNN would "degrade" without BatchNorm, Kaiming init, dropout or data
 augmentation but never runs it; this measures each effect as a paired difference over seeds
-(variant - full, same seed), mean +- std.
+(variant - full, same seed), with its 95% confidence interval from Student's t distribution. A verdict
+("removing it helps" / "hurts") is given only when that interval excludes 0, never from one seed, and
+the report sets its budget (epochs x train images) beside the article's.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from cifarlab.config import TrainConfig
 from cifarlab.errors import UsageError
 from cifarlab.models import model_spec
 from cifarlab.report.document import Report, markdown_table, text_table
-from cifarlab.report.stats import mean_rows, mean_std, plus_minus
+from cifarlab.report.stats import confidence_interval, interval_text, mean_rows, mean_std, plus_minus
 from cifarlab.report.summary import model_title
 from cifarlab.run import atomic_write_json, atomic_write_text
 from cifarlab.study.runs import default_out, run_or_reuse
+
+# The article's deeper CNN, whose ablation claims these are: 15 epochs of the 50,000 CIFAR-10 train images.
+ARTICLE_BUDGET = (15, 50_000)
 
 # technique -> the settings that remove it
 TECHNIQUES = {
@@ -120,32 +125,69 @@ def summarize(cfg, plan, results, skipped, seeds) -> dict:
         row["final_test_acc_per_seed"] = [x["final_test_acc"] for x in s]
         diffs = [x["final_test_acc"] - f for x, f in zip(s, full)]
         row["effect_mean"], row["effect_std"] = mean_std(diffs)
+        row["effect_ci95"] = confidence_interval(diffs)
         rows.append(row)
-    return {"model": cfg.model, "dataset": cfg.dataset, "recipe": cfg.recipe, "epochs": cfg.epochs,
-            "limit_train": cfg.limit_train, "seeds": seeds, "skipped": skipped, "variants": rows,
-            "findings": findings(rows, seeds)}
+    train_images = results["full"][0].config.get("train_size")
+    result = {"model": cfg.model, "dataset": cfg.dataset, "recipe": cfg.recipe, "epochs": cfg.epochs,
+              "limit_train": cfg.limit_train, "train_images": train_images, "seeds": seeds, "skipped": skipped,
+              "variants": rows, "findings": findings(rows, seeds)}
+    result["budget"] = budget_note(cfg.epochs, train_images)
+    return result
+
+
+def verdict(interval: tuple[float, float] | None) -> str:
+    """What removing a technique does, said only where the 95% interval of its effect excludes 0."""
+    if interval is None:
+        return "no verdict from one seed"
+    if interval[1] < 0:
+        return "removing it hurts"
+    if interval[0] > 0:
+        return "removing it helps"
+    return "no clear effect at this budget"
 
 
 def findings(rows: list[dict], seeds: int) -> list[str]:
-    """One sentence per removed technique: the measured effect on test accuracy with its spread."""
+    """One sentence per removed technique: the measured effect on test accuracy, its interval, the verdict."""
     out = []
     for row in rows[1:]:
         what = "everything" if row["variant"] == "none" else row["variant"].removeprefix("no-")
-        verdict = ("hurts" if row["effect_mean"] < -max(row["effect_std"], 0.1)
-                   else "helps" if row["effect_mean"] > max(row["effect_std"], 0.1) else "makes no clear difference")
         out.append(f"Removing {what}: test accuracy {row['final_test_acc_mean']:.2f}% vs "
-                   f"{rows[0]['final_test_acc_mean']:.2f}% with it, change {plus_minus(row, 'effect', signed=True)} "
-                   f"pt (paired over {seeds} seed{'s' if seeds > 1 else ''}); removing it {verdict}.")
+                   f"{rows[0]['final_test_acc_mean']:.2f}% with it, change {row['effect_mean']:+.2f} pt, "
+                   f"{interval_text(row['effect_ci95'], signed=True)} (paired over {seeds} "
+                   f"seed{'s' if seeds > 1 else ''}); {verdict(row['effect_ci95'])}.")
     return out
 
 
+def budget_note(epochs: int, train_images: int | None) -> str:
+    """This ablation's budget beside the article's, with a warning below a tenth of it."""
+    article_epochs, article_images = ARTICLE_BUDGET
+    article = article_epochs * article_images
+    if train_images is None:
+        return f"Budget: {epochs} epochs; the article's deeper CNN: {article_epochs} epochs x {article_images:,} images."
+    ours = epochs * train_images
+    note = (f"Budget: {epochs} epochs x {train_images:,} train images = {ours:,} image-epochs; the article's deeper "
+            f"CNN: {article_epochs} x {article_images:,} = {article:,} ({ours / article:.1%} of it).")
+    if ours < article / 10:
+        note += (" Warning: below a tenth of the article's budget, so the article's question cannot be answered "
+                 "here; the findings describe this budget only.")
+    return note
+
+
 def table(result: dict) -> tuple[list[str], list[list]]:
-    headers = ["variant", "train %", "test %", "change pt", "gap pt", "best epoch", "time s"]
+    headers = ["variant", "train %", "test %", "change pt [95% CI]", "gap pt", "best epoch", "time s"]
     rows = [[r["variant"], plus_minus(r, "final_train_acc"), plus_minus(r, "final_test_acc"),
-             "-" if r["variant"] == "full" else plus_minus(r, "effect", signed=True),
+             "-" if r["variant"] == "full" else effect_text(r),
              plus_minus(r, "overfit_gap"), plus_minus(r, "best_test_epoch", 1), plus_minus(r, "train_time_s", 0)]
             for r in result["variants"]]
     return headers, rows
+
+
+def effect_text(row: dict) -> str:
+    """'+1.20 [+0.10, +2.30]': the mean paired change and its 95% interval (the mean alone for one seed)."""
+    interval = row.get("effect_ci95")
+    if interval is None:
+        return f"{row['effect_mean']:+.2f} (1 seed)"
+    return f"{row['effect_mean']:+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}]"
 
 
 def text_report(result: dict) -> str:
@@ -154,7 +196,14 @@ def text_report(result: dict) -> str:
             f"{result['seeds']} seed(s)" + (f", {result['limit_train']:,} train images" if result["limit_train"] else ""))
     notes = ([f"Skipped (the model has no such switch, or the recipe does not use it): "
               f"{', '.join(result['skipped'])}"] if result["skipped"] else [])
-    return "\n".join([head, "", text_table(headers, rows), *result["findings"], *notes]) + "\n"
+    budget = [result["budget"]] if result.get("budget") else []
+    return "\n".join([head, "", text_table(headers, rows), *budget, *result["findings"], *notes]) + "\n"
+
+
+def half_width(values: list[float]) -> float:
+    """Half the width of the 95% interval of the mean (0 for one value: no whisker)."""
+    interval = confidence_interval(values)
+    return 0.0 if interval is None else (interval[1] - interval[0]) / 2
 
 
 def write_outputs(base: Path, result: dict, results: dict) -> None:
@@ -163,22 +212,24 @@ def write_outputs(base: Path, result: dict, results: dict) -> None:
     atomic_write_json(base / "ablation.json", dict(result))
     headers, rows = table(result)
     md = text_report(result).split("\n\n", 1)[0] + "\n\n" + markdown_table(headers, rows) + "\n" + \
-        "\n".join(f"- {f}" for f in result["findings"]) + "\n"
+        "\n".join(f"- {f}" for f in [result.get("budget", ""), *result["findings"]] if f) + "\n"
     atomic_write_text(base / "ablation.md", md)
     series = {name: mean_rows([r.rows for r in runs]) for name, runs in results.items()}
     curves = plots.curves(series, base / "ablation.png", "Ablation (mean over seeds)")
     names = [r["variant"] for r in result["variants"]]
     bars = plots.accuracy_bars(names, {"final test": [r["final_test_acc_mean"] for r in result["variants"]]},
                                base / "ablation_bars.png",
-                               errors={"final test": [r["final_test_acc_std"] for r in result["variants"]]},
-                               title="Final test accuracy, mean \u00b1 std over seeds")
+                               errors={"final test": [half_width(r["final_test_acc_per_seed"])
+                                                      for r in result["variants"]]},
+                               title="Final test accuracy, mean and 95% confidence interval over seeds")
     report = Report(f"Ablation: {result['model']} on {result['dataset']}")
     report.section("Question").text(f"Would {model_title(result['model'])} degrade without BatchNorm, Kaiming "
                                     "initialisation, dropout or data augmentation, as the article claims for its "
                                     "deeper CNN? Each variant below removes one technique from the full recipe and "
                                     "is trained with the same seeds.")
     report.section("Results").table(headers, rows).pre(text_report(result))
-    report.section("Findings").text(" ".join(result["findings"]))
+    report.section("Findings").text(" ".join([result.get("budget", ""), *result["findings"]]).strip())
     report.section("Curves").image(curves, "Test (solid) and train (dashed) accuracy per epoch, mean over seeds")
-    report.section("Final accuracy").image(bars, "Final test accuracy per variant, whiskers = std over seeds")
+    report.section("Final accuracy").image(bars, "Final test accuracy per variant, whiskers = 95% confidence "
+                                           "interval of the mean over seeds (none for one seed)")
     report.write(base)

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from cifarlab.config import TrainConfig
-from cifarlab.report.stats import mean_std, plus_minus
+from cifarlab.report.stats import confidence_interval, interval_text, mean_std, plus_minus
 from cifarlab.report.summary import results_block, summary_title, write_summary
 from cifarlab.run import Run
 from cifarlab.study.runs import default_out, run_or_reuse
@@ -50,6 +50,7 @@ def seeds_summary(summaries: list[dict]) -> dict:
         mean, std = mean_std([s[key] for s in summaries])
         out[key], out[f"{key}_mean"], out[f"{key}_std"] = mean, mean, std
         out[f"{key}_per_seed"] = [s[key] for s in summaries]
+    out["final_test_acc_ci95"] = confidence_interval(out["final_test_acc_per_seed"])
     best_epochs = [s["best_test_epoch"] for s in summaries]
     out["best_test_epoch"] = round(sum(best_epochs) / len(best_epochs))
     return out
@@ -62,4 +63,6 @@ def seeds_block(summary: dict) -> str:
 
     per_seed = ", ".join(f"{v:.2f}%" for v in summary["final_test_acc_per_seed"])
     title = f"{summary_title(summary)} (mean \u00b1 std over {len(summary['seeds'])} seeds)"
-    return results_block(title, summary, number, [f"Per-seed Test Accuracy: {per_seed}"])
+    interval = interval_text(summary.get("final_test_acc_ci95"))
+    return results_block(title, summary, number, [f"Per-seed Test Accuracy: {per_seed}",
+                                                  f"Mean Test Accuracy: {interval}"])
