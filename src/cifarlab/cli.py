@@ -79,6 +79,7 @@ def _add_train_and_ablate(sub) -> None:
                        f"{', '.join(flag_text(name) for name in RESUME_MAY_CHANGE)} may be given)")
     train.add_argument("--seeds", type=int, default=1,
                        help="train K seeds (--seed, --seed+1, ...) into OUT/seed-S; summary.json gets mean +- std")
+    _add_jobs(train)
 
     ablate = sub.add_parser("ablate", help="full recipe vs each technique removed, over seeds",
                             description="Train the full recipe and variants without BatchNorm / Kaiming init / "
@@ -87,8 +88,17 @@ def _add_train_and_ablate(sub) -> None:
                             "--seeds 2 --limit-train 10000")
     _add_train_args(ablate)
     ablate.add_argument("--seeds", type=int, default=2, help="seeds per variant (default 2)")
+    _add_jobs(ablate)
     ablate.add_argument("--without", help="comma list of batchnorm,kaiming,dropout,augment (default: each), "
                         "or all = each and everything removed at once")
+
+
+JOBS_HELP = ("run up to N runs at once, each in a process of its own: one GPU each (round robin), or an even "
+             "share of the CPU cores; each run's output goes to RUN/train.log (default 1: one after another)")
+
+
+def _add_jobs(parser) -> None:
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help=JOBS_HELP)
 
 
 def _add_study_commands(sub) -> None:
@@ -112,6 +122,7 @@ def _add_study_commands(sub) -> None:
                            help="add our tuned recipes side by side (tuned-<model>[-<dataset>]; at full scale "
                            "the deeper-cnn and resnet18 ones take hours on a CPU)")
     reproduce.add_argument("--out", default="runs/reproduce", help="study folder (default runs/reproduce)")
+    _add_jobs(reproduce)
     reproduce.add_argument("--device", choices=DEVICES)
     reproduce.add_argument("--no-download", dest="download", action="store_const", const=False)
     reproduce.add_argument("--quiet", action="store_const", const=True)
@@ -197,9 +208,11 @@ def _train_config(args, default_recipe: bool = False):
     return train_config(overrides, args.recipe, default_recipe, note=lambda m: print(m, file=sys.stderr))
 
 
-def _check_seeds(seeds: int) -> None:
+def _check_seeds(seeds: int, jobs: int = 1) -> None:
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
+    if jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {jobs}")
 
 
 def _resume(args) -> None:
@@ -219,10 +232,10 @@ def cmd_train(args) -> int:
     if args.resume:
         _resume(args)
         return 0
-    _check_seeds(args.seeds)
+    _check_seeds(args.seeds, args.jobs)
     cfg = _train_config(args)
     if args.seeds > 1:
-        train_seeds(cfg, args.seeds)
+        train_seeds(cfg, args.seeds, jobs=args.jobs)
     else:
         fit(cfg)
     return 0
@@ -244,9 +257,9 @@ def cmd_compare(args) -> int:
 def cmd_ablate(args) -> int:
     from cifarlab.study.ablate import ablate, parse_without
 
-    _check_seeds(args.seeds)
+    _check_seeds(args.seeds, args.jobs)
     techniques, remove_all = parse_without(args.without)
-    result = ablate(_train_config(args, default_recipe=True), techniques, remove_all, args.seeds)
+    result = ablate(_train_config(args, default_recipe=True), techniques, remove_all, args.seeds, jobs=args.jobs)
     print(result, end="")
     print(f"ablation.json, ablation.md, ablation.png, report.html in {result['folder']}")
     return 0
@@ -256,7 +269,8 @@ def cmd_reproduce(args) -> int:
     from cifarlab.study.reproduce import reproduce
 
     overrides = {k: getattr(args, k) for k in ("device", "download", "quiet") if getattr(args, k) is not None}
-    result = reproduce(args.data_dir, args.scale, args.tuned, args.out, overrides)
+    _check_seeds(1, args.jobs)
+    result = reproduce(args.data_dir, args.scale, args.tuned, args.out, overrides, args.jobs)
     print(result, end="")
     print(f"report: {Path(result['folder']) / 'report.html'} (and report.md)")
     return 0

@@ -20,7 +20,7 @@ from cifarlab.report.document import Report, markdown_table, text_table
 from cifarlab.report.stats import confidence_interval, interval_text, mean_rows, mean_std, plus_minus
 from cifarlab.report.summary import model_title
 from cifarlab.run import atomic_write_json, atomic_write_text
-from cifarlab.study.runs import default_out, run_or_reuse
+from cifarlab.study.runs import default_out, run_all
 
 # The article's deeper CNN, whose ablation claims these are: 15 epochs of the 50,000 CIFAR-10 train images.
 ARTICLE_BUDGET = (15, 50_000)
@@ -86,31 +86,37 @@ class Ablation(dict):
 
         names = [r["variant"] for r in self["variants"]]
         return shown(bars_figure(names, {"final test": [r["final_test_acc_mean"] for r in self["variants"]]},
-                                 errors={"final test": [r["final_test_acc_std"] for r in self["variants"]]},
-                                 title=f"Ablation of {self['model']}: final test accuracy, mean \u00b1 std"))
+                                 errors={"final test": [half_width(r["final_test_acc_per_seed"])
+                                                        for r in self["variants"]]},
+                                 title=f"Ablation of {self['model']}: final test accuracy, mean and 95% interval"))
 
 
-def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int, model=None) -> Ablation:
+def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int, model=None,
+           jobs: int = 1) -> Ablation:
     base = Path(cfg.out) if cfg.out else default_out(f"ablate-{cfg.model}-{cfg.dataset}")
     plan, skipped = variants(cfg, techniques, remove_all, model)
     if len(plan) == 1:
         raise UsageError(f"nothing to ablate: the recipe for {cfg.model} uses none of {', '.join(techniques)}")
     start = time.perf_counter()
-    results = {}
-    for name, overrides in plan.items():
-        runs = []
-        for i in range(seeds):
-            seed = cfg.seed + i
-            variant = dataclasses.replace(cfg, **overrides, seed=seed, out=str(base / name / f"seed-{seed}"))
-            if not cfg.quiet:
-                print(f"cifarlab ablate: {name}, seed {seed}", flush=True)
-            runs.append(run_or_reuse(variant, model))
-        results[name] = runs
+    configs = {name: [dataclasses.replace(cfg, **overrides, seed=cfg.seed + i,
+                                          out=str(base / name / f"seed-{cfg.seed + i}")) for i in range(seeds)]
+               for name, overrides in plan.items()}
+    if jobs > 1:         # every run of the study at once, then grouped again by variant
+        runs = iter(run_all([c for group in configs.values() for c in group], jobs, model))
+        results = {name: [next(runs) for _ in group] for name, group in configs.items()}
+    else:
+        results = {name: [_announced(c, name, model) for c in group] for name, group in configs.items()}
     result = Ablation(summarize(cfg, plan, results, skipped, seeds))
     result["wall_time_s"] = time.perf_counter() - start
     write_outputs(base, result, results)
     result["folder"] = str(base)
     return result
+
+
+def _announced(cfg: TrainConfig, variant: str, model):
+    if not cfg.quiet:
+        print(f"cifarlab ablate: {variant}, seed {cfg.seed}", flush=True)
+    return run_all([cfg], 1, model)[0]
 
 
 def summarize(cfg, plan, results, skipped, seeds) -> dict:

@@ -16,7 +16,7 @@ from cifarlab.errors import UsageError
 from cifarlab.report.document import Report, text_table
 from cifarlab.report.summary import article_summary, comparison_block
 from cifarlab.run import Run, atomic_write_json
-from cifarlab.study.runs import run_or_reuse
+from cifarlab.study.runs import run_all
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class Reproduction(dict):
 
 
 def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str | None = None,
-              overrides: dict | None = None) -> Reproduction:
+              overrides: dict | None = None, workers: int = 1) -> Reproduction:
     from cifarlab.evaluate import evaluate_run
 
     if not 0 < scale <= 1:
@@ -152,12 +152,15 @@ def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str |
     jobs = plan(data_dir, scale, tuned, out, overrides)
     start = time.perf_counter()
     runs, evaluations = {}, {}
+    if workers > 1:
+        runs = dict(zip([job.key for job in jobs], run_all([job.cfg for job in jobs], workers)))
     for i, job in enumerate(jobs, 1):
-        if not job.cfg.quiet:
-            print(f"cifarlab reproduce: run {i}/{len(jobs)}: {job.key} ({job.cfg.epochs} epochs, "
-                  f"recipe {job.cfg.recipe})", flush=True)
-        run = run_or_reuse(job.cfg)
-        runs[job.key] = run
+        if job.key not in runs:
+            if not job.cfg.quiet:
+                print(f"cifarlab reproduce: run {i}/{len(jobs)}: {job.key} ({job.cfg.epochs} epochs, "
+                      f"recipe {job.cfg.recipe})", flush=True)
+            runs[job.key] = run_all([job.cfg])[0]
+        run = runs[job.key]
         evaluations[job.key] = reuse_evaluation(run.path) or evaluate_run(run.path, data_dir=data_dir,
                                                                           device=job.cfg.device)
     result = Reproduction({"scale": scale, "tuned": tuned, "data_dir": str(data_dir) if data_dir else None,
