@@ -166,6 +166,10 @@ def test_seeds_run_in_parallel_jobs_equal_the_same_seeds_one_after_another(cifar
     assert len(lines) == 4 and sum("finished: " in line for line in lines) == 2            # started, finished x 2
     seq, par = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("seq", "par"))
     assert par["final_test_acc_per_seed"] == seq["final_test_acc_per_seed"]
+    compared = run_cli("compare", str(tmp_path / "seq"), str(tmp_path / "par"))        # two seeds folders
+    assert compared.returncode == 0, compared.stderr
+    assert "Difference: 95% CI [+0.00, +0.00] (paired over 2 seeds): no clear difference at this budget" \
+        in compared.stdout
 
 
 @pytest.mark.slow
@@ -257,3 +261,27 @@ def test_the_budget_note_warns_below_a_tenth_of_the_articles():
     from cifarlab.study.ablate import budget_note
     assert "Warning" in budget_note(1, 5_000) and "0.7% of it" in budget_note(1, 5_000)
     assert "Warning" not in budget_note(15, 45_000)
+
+
+def seeds_folder(path, seeds, accs, model="basic-cnn"):
+    path.mkdir(parents=True)
+    summary = {"model": model, "dataset": "cifar10", "epochs": 1, "params": 545_098, "final_train_acc": 50.0,
+               "final_test_acc": statistics.mean(accs), "best_test_acc": max(accs), "train_time_s": 1.0,
+               "seeds": seeds, "final_test_acc_per_seed": accs}
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def test_compare_of_seeds_folders_gives_the_interval_of_the_difference(tmp_path):
+    from cifarlab.study.compare import compare
+    scipy_stats = pytest.importorskip("scipy.stats")
+    a = seeds_folder(tmp_path / "a", [0, 1, 2], [70.1, 71.0, 70.4])
+    b = seeds_folder(tmp_path / "b", [0, 1, 2], [72.0, 72.6, 72.1])
+    c = seeds_folder(tmp_path / "c", [5, 6, 7, 8], [70.0, 73.5, 69.0, 74.0])
+    paired = str(compare([a, b]))
+    diffs = [72.0 - 70.1, 72.6 - 71.0, 72.1 - 70.4]
+    low, high = scipy_stats.t.interval(0.95, 2, loc=statistics.mean(diffs), scale=scipy_stats.sem(diffs))
+    assert f"Difference: 95% CI [{low:+.2f}, {high:+.2f}] (paired over 3 seeds): clear" in paired
+    welch = str(compare([a, c]))
+    assert "(Welch, independent seeds): no clear difference at this budget" in welch
+    assert "test 95% CI" in welch and "[" in welch.splitlines()[-1]

@@ -39,6 +39,23 @@ def confidence_interval(values: list[float]) -> tuple[float, float] | None:
     return mean - half, mean + half
 
 
+def difference_interval(a: list[float], b: list[float], paired: bool) -> tuple[float, float] | None:
+    """95% interval of mean(b) - mean(a): over the paired differences (the same seeds), or Welch's for two
+    independent groups (its degrees of freedom rounded down: conservative); None with fewer than 2 per side."""
+    if paired:
+        return confidence_interval([y - x for x, y in zip(a, b)])
+    if len(a) < 2 or len(b) < 2:
+        return None
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    va, vb = sa ** 2 / len(a), sb ** 2 / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return mb - ma, mb - ma
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = t95(max(1, math.floor(df))) * se
+    return mb - ma - half, mb - ma + half
+
+
 def interval_text(interval: tuple[float, float] | None, signed: bool = False) -> str:
     """'95% CI [+0.12, +1.80]', or 'no interval (1 seed)'."""
     if interval is None:
