@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_train_and_ablate(sub)
+    _add_tune_command(sub)
     _add_study_commands(sub)
     _add_run_commands(sub)
     _add_listing_commands(sub)
@@ -99,6 +100,30 @@ JOBS_HELP = ("run up to N runs at once, each in a process of its own: one GPU ea
 
 def _add_jobs(parser) -> None:
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help=JOBS_HELP)
+
+
+def _add_tune_command(sub) -> None:
+    """`tune`: a recipe search with Optuna, selected on a validation split."""
+    tune = sub.add_parser("tune", help="search a recipe with Optuna on a validation split; best-recipe.toml",
+                          description="Each trial trains a run folder under OUT/trials/ and is scored on the "
+                          "validation split only (pruned when it falls behind); the best settings go to "
+                          "OUT/best-recipe.toml, tune.json and report.html, and with --confirm-seeds K they are "
+                          "retrained on the whole train split and scored on test, once. Needs Optuna "
+                          '(pip install "cifarlab[tune]").',
+                          epilog="Example: cifarlab tune --model basic-cnn --dataset cifar10 --trials 20 --epochs 3 "
+                          "--val-size 5000 --out runs/tune")
+    _add_train_args(tune)
+    tune.add_argument("--trials", type=int, required=True, help="trials in the study in all (a second run of the "
+                      "same command continues up to this number)")
+    tune.add_argument("--space", metavar="FILE.toml", help="the search space: tables [setting] with type = "
+                      '"float" | "int" | "categorical" and low/high (log = true) or choices (default: lr, '
+                      "weight decay, label smoothing, batch size, schedule, warm-up, augmentation)")
+    tune.add_argument("--storage", metavar="URL", help="Optuna storage shared by several processes or machines, "
+                      "e.g. postgresql://user:pass@host/db (default: sqlite file OUT/tune.db)")
+    tune.add_argument("--study", help="study name in the storage (default MODEL-DATASET)")
+    tune.add_argument("--confirm-seeds", type=int, default=2, metavar="K",
+                      help="retrain the best settings on the whole train split over K seeds and score test "
+                      "(default 2; 0: skip)")
 
 
 def _add_study_commands(sub) -> None:
@@ -369,7 +394,27 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "models": cmd_models, "recipes": cmd_recipes, "data": cmd_data,
+def cmd_tune(args) -> int:
+    from cifarlab.study.tune import load_space, tune
+
+    if args.confirm_seeds < 0:
+        raise UsageError(f"--confirm-seeds must be >= 0, got {args.confirm_seeds}")
+    if args.val_size is None:
+        args.val_size = 5000
+    result = tune(_train_config(args), args.trials, load_space(args.space), args.storage, args.study,
+                  args.confirm_seeds)
+    best = result["best"]
+    print(f"best: trial {best['number']}, {best['val_acc']:.2f}% validation accuracy, {best['params']}")
+    if "confirm" in result:
+        c = result["confirm"]
+        print(f"confirmed on test over {len(c['seeds'])} seed(s): {c['final_test_acc_mean']:.2f}% "
+              f"\u00b1 {c['final_test_acc_std']:.2f}")
+    folder = Path(result["best"]["run"]).parents[1]
+    print(f"best-recipe.toml, tune.json, report.html in {folder}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "models": cmd_models, "recipes": cmd_recipes, "data": cmd_data, "tune": cmd_tune,
             "compare": cmd_compare, "ablate": cmd_ablate, "reproduce": cmd_reproduce, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "export": cmd_export}
 

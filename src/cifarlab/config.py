@@ -116,6 +116,8 @@ class TrainConfig:
     init: str = setting("auto", "auto (the article's choice per model) | kaiming | xavier | default")
     dropout: bool = setting(True, "build the model without dropout (ablation)")
     val_size: int = setting(0, "hold out N train images (class-balanced, seeded) for validation")
+    test: bool = setting(True, "never score the test split (a search's trials select on val alone: cifarlab tune)",
+                         in_recipes=False)
     seed: int = setting(0)
     device: str = setting("auto", choices=DEVICES, in_recipes=False, on_resume=True)
     precision: str = setting(
@@ -331,7 +333,8 @@ def _validate_numbers(cfg: TrainConfig) -> None:
            f"--eval-every must be an integer >= 0, got {cfg.eval_every}")
     _check(isinstance(cfg.tta_shift, int) and 0 <= cfg.tta_shift <= 4,
            f"--tta-shift must be 0..4 pixels, got {cfg.tta_shift}")
-    for name in ("lookahead", "tta", "nesterov", "batchnorm", "dropout", "channels_last", "compile", "decay_norms"):
+    for name in ("lookahead", "tta", "nesterov", "batchnorm", "dropout", "channels_last", "compile", "decay_norms",
+                 "test"):
         _check(isinstance(getattr(cfg, name), bool), f"{name} must be true or false, got {getattr(cfg, name)!r}")
     _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     _check(0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma}")

@@ -164,3 +164,72 @@ def per_class_bars(classes: list[str], accuracies: list[float], path: Path, titl
     ax.set(ylabel="accuracy (%)", title=title, ylim=(0, 100))
     ax.grid(axis="y", alpha=0.3)
     return save(fig, path)
+
+
+# ---------------------------------------------------------------- a recipe search (cifarlab tune)
+
+def history_figure(trials: list[dict]):
+    """Each trial's best validation accuracy in order (pruned trials hollow) and the running best."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    best, running = None, []
+    for t in trials:
+        if t["value"] is not None and t["state"] == "complete":
+            best = t["value"] if best is None else max(best, t["value"])
+        running.append(best)
+    done = [t for t in trials if t["value"] is not None]
+    ax.scatter([t["number"] for t in done if t["state"] == "complete"],
+               [t["value"] for t in done if t["state"] == "complete"], color="C0", label="complete")
+    ax.scatter([t["number"] for t in done if t["state"] == "pruned"],
+               [t["value"] for t in done if t["state"] == "pruned"], facecolors="none", edgecolors="C1",
+               label="pruned (its last val accuracy)")
+    ax.plot([t["number"] for t in trials], running, color="C2", label="best so far")
+    ax.set(xlabel="trial", ylabel="validation accuracy (%)", title="Optimisation history")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def importance_figure(importances: dict[str, float]):
+    """Horizontal bars: each setting's share of the validation accuracy's variation."""
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
+    ax.barh(names, [importances[n] for n in names], color="C0")
+    ax.set(xlabel="importance", title="Parameter importances")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def parallel_figure(trials: list[dict]):
+    """Parallel coordinates: one line per scored trial across its settings (each scaled to 0..1, categories
+    in order of appearance), coloured by validation accuracy."""
+    scored = [t for t in trials if t["value"] is not None and t["params"]]
+    names = sorted({k for t in scored for k in t["params"]})
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names) + 2), 4.2))
+    if not scored:
+        ax.set(title="Parallel coordinates: no scored trial")
+        return fig
+    axes = {name: _axis([t["params"].get(name) for t in scored]) for name in names}
+    values = [t["value"] for t in scored]
+    low, high = min(values), max(values)
+    cmap = plt.get_cmap("viridis")
+    for t in scored:
+        ys = [axes[name](t["params"].get(name)) for name in names]
+        ax.plot(range(len(names)), ys, color=cmap((t["value"] - low) / ((high - low) or 1)), alpha=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="scaled setting", title=f"Parallel coordinates (colour: val accuracy {low:.1f}..{high:.1f}%)")
+    return fig
+
+
+def _axis(values: list):
+    """A function mapping one setting's values to 0..1: numbers linearly (log when all positive and spread
+    over 10x or more), anything else by its order of appearance."""
+    import math
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) == len([v for v in values if v is not None]) and numbers:
+        log = min(numbers) > 0 and max(numbers) / min(numbers) >= 10
+        f = math.log if log else float
+        lo, hi = f(min(numbers)), f(max(numbers))
+        return lambda v: 0.5 if v is None or hi == lo else (f(v) - lo) / (hi - lo)
+    order = list(dict.fromkeys(str(v) for v in values))
+    return lambda v: order.index(str(v)) / max(1, len(order) - 1)

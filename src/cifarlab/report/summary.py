@@ -34,12 +34,14 @@ def summary_title(summary: dict) -> str:
 def article_summary(summary: dict) -> str:
     """The block the article prints after each run, with our numbers."""
     def number(key: str) -> str:
+        if summary.get(key) is None:
+            return "not scored (--no-test)"
         return f"{summary[key]:.2f}" + (" seconds" if key == "train_time_s" else "%")
 
     extra = []
     if summary.get("best_val_acc") is not None:
         extra = [f"Best Val Accuracy: {summary['best_val_acc']:.2f}% (epoch {summary['best_val_epoch']}), "
-                 f"Test Accuracy There: {summary['test_acc_at_best_val']:.2f}%"]
+                 f"Test Accuracy There: {number('test_acc_at_best_val')}"]
     return results_block(summary_title(summary), summary, number, extra)
 
 

@@ -39,17 +39,19 @@ from cifarlab.training.trainer import Trainer, compile_model
 CHECK_EVERY = {"cpu": 1}
 
 
-def fit(cfg: TrainConfig, resume: bool = False, model=None) -> dict:
+def fit(cfg: TrainConfig, resume: bool = False, model=None, on_epoch=None) -> dict:
     """Train `cfg` end to end and write its run folder (locked for this process); returns the summary dict.
 
     resume: continue the run in cfg.out from checkpoints/last.pt, exactly where it stopped.
     model: the class, factory or nn.Module behind cfg.model when it is a Python object.
+    on_epoch: called with each epoch's metrics row (cifarlab tune prunes a trial from there, by raising).
     Under torchrun (WORLD_SIZE > 1) this is one rank of a DistributedDataParallel run."""
     dist = distributed.setup(distributed.from_environment(), resolve_device(cfg.device), cfg.batch_size)
     try:
         if not dist.is_main:   # only rank 0 prints and writes the run folder
             cfg = dataclasses.replace(cfg, quiet=True, tensorboard=False)
         trainer = setup(cfg, resume, dist, model)
+        trainer.on_epoch = on_epoch
         with trainer.stop:
             for epoch in range(trainer.state.epoch + 1, cfg.epochs + 1):
                 run_epoch(trainer, epoch)
@@ -90,7 +92,8 @@ def setup(cfg: TrainConfig, resume: bool, dist: Dist, supplied=None) -> Trainer:
     trainer = Trainer(
         cfg, run, dist, device, precision, model, optimizer, build_scheduler(optimizer, cfg, steps),
         scaler=torch.amp.GradScaler(device.type) if precision.name == "fp16" else None,
-        train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, state=RunState(),
+        train_loader=train_loader, val_loader=val_loader, test_loader=test_loader if cfg.test else None,
+        state=RunState(),
         progress=Progress(cfg.quiet, cfg.epochs), stop=StopSignals(), params=params, load_time=load_time,
         uncompiled=uncompiled, lookahead=Lookahead(bare_model, cfg.epochs * steps) if cfg.lookahead else None)
     trainer.state.partial["seconds"] = init_time   # the data-dependent init counts as training time
@@ -104,7 +107,7 @@ def setup(cfg: TrainConfig, resume: bool, dist: Dist, supplied=None) -> Trainer:
         run.write_config(run_config(trainer, data, channels_last, spec.origin))
     trainer.writer = tensorboard_writer(run.path, cfg.tensorboard)
     if not cfg.quiet:
-        announce(trainer, data, resume)
+        trainer.announce(data, resume)
     return trainer
 
 
@@ -145,6 +148,8 @@ def run_epoch(trainer: Trainer, epoch: int) -> None:
         trainer.run.append_metrics(row)
     trainer.progress.end_epoch(row)
     log_tensorboard(trainer.writer, row)
+    if trainer.on_epoch is not None:
+        trainer.on_epoch(row)
     # best.pt is chosen by val accuracy when there is a val split (among the epochs scored), else it is the last.
     improved = trainer.val_loader is None or (
         val is not None and (state.best is None or val.accuracy > state.best["val_acc"]))
@@ -211,7 +216,8 @@ def summarize(trainer: Trainer) -> dict:
     """summary.json and summary.txt (on rank 0), printed unless quiet; returns the summary."""
     cfg, state, rows = trainer.cfg, trainer.state, trainer.state.rows
     final = rows[-1]
-    best_test = max((r for r in rows if r["test_acc"] is not None), key=lambda r: r["test_acc"])
+    best_test = max((r for r in rows if r["test_acc"] is not None), key=lambda r: r["test_acc"],
+                    default={"test_acc": None, "epoch": None})     # --no-test: never scored
     with_val = [r for r in rows if r["val_acc"] is not None]
     best_val = max(with_val, key=lambda r: r["val_acc"]) if with_val else None
     summary = {
@@ -221,7 +227,7 @@ def summarize(trainer: Trainer) -> dict:
         "best_val_acc": best_val["val_acc"] if best_val else None,
         "best_val_epoch": best_val["epoch"] if best_val else None,
         "test_acc_at_best_val": best_val["test_acc"] if best_val else None,
-        "overfit_gap": final["train_acc"] - final["test_acc"],
+        "overfit_gap": None if final["test_acc"] is None else final["train_acc"] - final["test_acc"],
         "train_time_s": state.train_and_eval_time, "train_only_time_s": state.train_phase,
         "load_time_s": trainer.load_time,
         "images_per_s": state.images / max(state.train_phase, 1e-9),
@@ -288,12 +294,3 @@ def run_config(trainer: Trainer, data: Data, channels_last: bool, model_origin: 
                           "std": list(info.std)},
             "versions": {"cifarlab": cifarlab.__version__, "torch": str(torch.__version__),
                          "python": platform.python_version()}}
-
-
-def announce(trainer: Trainer, data: Data, resume: bool) -> None:
-    cfg, state = trainer.cfg, trainer.state
-    where = f"; resuming after epoch {state.epoch}, step {state.step}" if resume else ""
-    print(f"cifarlab: {cfg.model} on {cfg.dataset} ({len(data.train):,} train"
-          f"{f', {len(data.val):,} val' if data.val else ''}, {len(data.test):,} test), {trainer.params:,} "
-          f"parameters, {trainer.device} {trainer.precision.name}; run folder {trainer.run.path}{where}", flush=True)
-

@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -39,7 +40,7 @@ class Trainer:
     scaler: torch.amp.GradScaler | None      # fp16 only
     train_loader: DeviceLoader
     val_loader: DeviceLoader | None
-    test_loader: DeviceLoader
+    test_loader: DeviceLoader | None        # None with --no-test
     state: RunState
     progress: Progress
     stop: StopSignals                        # Ctrl-C / SIGTERM: save at the end of the step, then stop
@@ -48,11 +49,20 @@ class Trainer:
     writer: object | None = None             # TensorBoard's SummaryWriter, when on and installed
     uncompiled: torch.nn.Module | None = None    # the model before torch.compile: the fallback if it fails
     lookahead: Lookahead | None = None
+    on_epoch: Callable[[dict], None] | None = None    # fit()'s hook, called with each epoch's metrics row
 
     @property
     def bare_model(self) -> torch.nn.Module:
         """The model itself, without the DDP and torch.compile wrappers (for evaluation and state dicts)."""
         return distributed.bare_model(self.model)
+
+    def announce(self, data, resume: bool) -> None:
+        """The line a run starts with: what trains on what, where, and into which folder."""
+        cfg, state = self.cfg, self.state
+        where = f"; resuming after epoch {state.epoch}, step {state.step}" if resume else ""
+        print(f"cifarlab: {cfg.model} on {cfg.dataset} ({len(data.train):,} train"
+              f"{f', {len(data.val):,} val' if data.val else ''}, {len(data.test):,} test), {self.params:,} "
+              f"parameters, {self.device} {self.precision.name}; run folder {self.run.path}{where}", flush=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The training forward; a compiled model that cannot compile here falls back to uncompiled, once."""

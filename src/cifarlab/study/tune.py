@@ -1,0 +1,260 @@
+"""cifarlab tune: search a recipe with Optuna on a validation split; the test split is touched once, at the end.
+
+Each trial is an ordinary run folder under OUT/trials/ trained with `--no-test`: it is scored on the
+validation split alone, and pruned (Optuna's median pruner) when its per-epoch validation accuracy falls
+behind the other trials' at the same epoch. The sampler is TPE with --seed. Trials live in an Optuna
+storage: a SQLite file in OUT by default (no server), or `--storage postgresql://...` shared by several
+processes or machines; the same command again continues the study up to --trials.
+
+At the end: OUT/best-recipe.toml (usable as --recipe; it records the trial it came from), tune.json, a
+report (md + html: optimisation history, parameter importances, parallel coordinates, the best trial's
+curves) and, with --confirm-seeds K, the best recipe retrained on the whole train split over K seeds with
+its test accuracy as mean ± std and 95% interval: the only time the test split is scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib
+
+from cifarlab.config import FIELD_TYPES, TrainConfig, load_recipe, validate
+from cifarlab.errors import UsageError
+from cifarlab.run import atomic_write_json, atomic_write_text, load_run
+from cifarlab.study.runs import default_out
+
+# The default search space: the knobs that matter for a small CNN, and augmentation strength.
+DEFAULT_SPACE = {
+    "lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},
+    "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+    "label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
+    "batch_size": {"type": "categorical", "choices": [64, 128, 256]},
+    "schedule": {"type": "categorical", "choices": ["onecycle", "cosine"]},
+    "warmup_epochs": {"type": "float", "low": 0.0, "high": 2.0},
+    "augment": {"type": "categorical", "choices": ["none", "flip", "crop,flip", "crop,flip,cutout"]},
+}
+# What a trial may not vary: the question itself, and where things are.
+FIXED = {"model", "dataset", "model_args", "recipe", "val_size", "seed", "out", "data_dir", "device", "quiet",
+         "overwrite", "test", "download", "tensorboard", "checkpoint_every", "image_size", "channels", "limit_train"}
+
+
+def load_space(path: str | Path | None) -> dict:
+    """The search space: DEFAULT_SPACE, or a TOML file of tables `[setting] type = "float" | "int" |
+    "categorical"`, with low / high (and log = true) or choices; checked here, one line per mistake."""
+    if path is None:
+        return DEFAULT_SPACE
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--space {path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"--space {path}: not valid TOML ({e})") from None
+    if not data:
+        raise UsageError(f"--space {path}: no settings to search")
+    for name, spec in data.items():
+        _check_dimension(path, name, spec)
+    return data
+
+
+def _check_dimension(path: Path, name: str, spec) -> None:
+    where = f"--space {path}: [{name}]"
+    if name not in FIELD_TYPES or name in FIXED:
+        raise UsageError(f"{where} is not a setting a trial may vary")
+    if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
+        raise UsageError(f'{where} needs type = "float", "int" or "categorical"')
+    if spec["type"] == "categorical":
+        if not isinstance(spec.get("choices"), list) or not spec["choices"]:
+            raise UsageError(f"{where} needs a non-empty list of choices")
+        return
+    low, high = spec.get("low"), spec.get("high")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)) \
+            or low >= high:
+        raise UsageError(f"{where} needs numbers low < high, got low={low!r}, high={high!r}")
+    if spec.get("log") and low <= 0:
+        raise UsageError(f"{where}: a log scale needs low > 0, got {low}")
+
+
+def sample(trial, space: dict) -> dict:
+    """One trial's settings from the space (augment choices are comma strings, 'none' = no augmentation)."""
+    values = {}
+    for name, spec in space.items():
+        if spec["type"] == "categorical":
+            value = trial.suggest_categorical(name, spec["choices"])
+        elif spec["type"] == "int":
+            value = trial.suggest_int(name, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
+        else:
+            value = trial.suggest_float(name, spec["low"], spec["high"], log=bool(spec.get("log")))
+        values[name] = _as_setting(name, value)
+    return values
+
+
+def _as_setting(name: str, value):
+    if name == "augment" and isinstance(value, str):
+        return [] if value == "none" else [op.strip() for op in value.split(",") if op.strip()]
+    return value
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise UsageError('cifarlab tune needs Optuna: pip install "cifarlab[tune]"') from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None, study_name: str | None = None,
+         confirm_seeds: int = 0, jobs: int = 1) -> dict:
+    """Run the study up to `trials` trials (continuing the trials already in its storage); returns tune.json."""
+    optuna = _optuna()
+    if cfg.val_size <= 0:
+        raise UsageError("tune selects on a validation split: --val-size must be > 0 (for example 5000)")
+    if trials < 1:
+        raise UsageError(f"--trials must be >= 1, got {trials}")
+    out = Path(cfg.out) if cfg.out else default_out(f"tune-{cfg.model}-{cfg.dataset}")
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{(out / 'tune.db').resolve()}"
+    study = optuna.create_study(study_name=study_name or f"{cfg.model}-{cfg.dataset}", storage=storage,
+                                direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    remaining = trials - len([t for t in study.trials if t.state in finished])
+    if remaining > 0:
+        study.optimize(lambda trial: objective(trial, cfg, space, out, optuna), n_trials=remaining)
+    result = summarize(study, cfg, storage, out, optuna)
+    write_best_recipe(out / "best-recipe.toml", cfg, result)
+    if confirm_seeds:
+        result["confirm"] = confirm(cfg, result["best"]["params"], out, confirm_seeds, jobs)
+    atomic_write_json(out / "tune.json", result)
+    write_report(out, result, study)
+    return result
+
+
+def objective(trial, cfg: TrainConfig, space: dict, out: Path, optuna) -> float:
+    """Train one trial on the train split minus val, never scoring test; its best val accuracy."""
+    from cifarlab.training.engine import fit
+
+    settings = sample(trial, space)
+    folder = out / "trials" / f"trial-{trial.number:04d}"
+    trial_cfg = dataclasses.replace(cfg, **settings, out=str(folder), quiet=True, overwrite=True, test=False,
+                                    eval_every=1, tensorboard=False)
+    validate(trial_cfg)
+    trial.set_user_attr("run", str(folder))
+
+    def report(row: dict) -> None:
+        trial.report(row["val_acc"], row["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    if not cfg.quiet:
+        print(f"cifarlab tune: trial {trial.number}: {settings}", flush=True)
+    summary = fit(trial_cfg, on_epoch=report)
+    return summary["best_val_acc"]
+
+
+def summarize(study, cfg: TrainConfig, storage: str, out: Path, optuna) -> dict:
+    trials = [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
+               "run": t.user_attrs.get("run"), "epochs_trained": len(t.intermediate_values)} for t in study.trials]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise UsageError(f"no trial of study {study.study_name} completed (all pruned or failed); see {out / 'trials'}")
+    best = study.best_trial
+    return {"study": study.study_name, "storage": storage, "model": cfg.model, "dataset": cfg.dataset,
+            "recipe": cfg.recipe, "epochs": cfg.epochs, "val_size": cfg.val_size, "seed": cfg.seed,
+            "best": {"number": best.number, "val_acc": best.value,
+                     "params": {k: _as_setting(k, v) for k, v in best.params.items()}, "run": best.user_attrs["run"]},
+            "trials": trials}
+
+
+def write_best_recipe(path: Path, cfg: TrainConfig, result: dict) -> None:
+    """The base recipe with the best trial's settings: a TOML file `--recipe` accepts."""
+    best = result["best"]
+    settings = {**(load_recipe(cfg.recipe) if cfg.recipe else {}), "epochs": cfg.epochs, **best["params"]}
+    lines = [f"# cifarlab tune: trial {best['number']} of study {result['study']} ({result['storage']})",
+             f"# {best['val_acc']:.2f}% validation accuracy on {cfg.val_size:,} held-out train images; "
+             f"{cfg.model} on {cfg.dataset}, from recipe {cfg.recipe or '(defaults)'}",
+             f'description = "tuned by cifarlab tune: trial {best["number"]} of {result["study"]}"',
+             f'models = ["{cfg.model}"]']
+    lines += [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def confirm(cfg: TrainConfig, params: dict, out: Path, seeds: int, jobs: int) -> dict:
+    """The best settings on the whole train split (no val held out), K seeds, scored on test: once."""
+    from cifarlab.study.seeds import train_seeds
+
+    final = dataclasses.replace(cfg, **params, val_size=0, test=True, out=str(out / "confirm"))
+    summary = train_seeds(final, seeds, jobs=jobs) if seeds > 1 else _one(final)
+    return {"seeds": summary.get("seeds", [cfg.seed]), "folder": str(out / "confirm"),
+            "final_test_acc_mean": summary.get("final_test_acc_mean", summary["final_test_acc"]),
+            "final_test_acc_std": summary.get("final_test_acc_std", 0.0),
+            "final_test_acc_ci95": summary.get("final_test_acc_ci95")}
+
+
+def _one(cfg: TrainConfig) -> dict:
+    from cifarlab.study.runs import run_or_reuse
+
+    return run_or_reuse(cfg).summary
+
+
+def write_report(out: Path, result: dict, study) -> None:
+    from cifarlab.report import plots
+    from cifarlab.report.document import Report
+    from cifarlab.report.plots import history_figure, importance_figure, parallel_figure
+
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    best = result["best"]
+    report = Report(f"Recipe search: {result['model']} on {result['dataset']}")
+    report.section("Search").text(
+        f"{len(result['trials'])} trials of study {result['study']}, each {result['epochs']} epochs, selected on "
+        f"{result['val_size']:,} validation images; the test split was not scored by any trial. Best: trial "
+        f"{best['number']}, {best['val_acc']:.2f}% validation accuracy, settings {best['params']}.")
+    rows = [[t["number"], t["state"], "-" if t["value"] is None else f"{t['value']:.2f}", t["epochs_trained"],
+             json.dumps(t["params"])] for t in result["trials"]]
+    report.section("Trials").table(["trial", "state", "best val %", "epochs", "settings"], rows)
+    report.section("Optimisation history").image(plots.save(history_figure(result["trials"]), figures /
+                                                             "history.png"), "Validation accuracy per trial")
+    importances = _importances(study)
+    if importances:
+        report.section("Parameter importances").image(plots.save(importance_figure(importances), figures /
+                                                                 "importances.png"),
+                                                      "How much each setting explains the validation accuracy")
+    report.section("Parallel coordinates").image(plots.save(parallel_figure(result["trials"]), figures /
+                                                            "parallel.png"), "Each line a trial, coloured by accuracy")
+    best_rows = load_run(best["run"]).metrics
+    report.section("The best trial").image(plots.curves({f"trial {best['number']}": best_rows},
+                                                        figures / "best_curves.png", "Best trial"), "Its curves")
+    if "confirm" in result:
+        c = result["confirm"]
+        report.section("Confirmation on test").text(
+            f"The best settings retrained on the whole train split over {len(c['seeds'])} seed(s): "
+            f"{c['final_test_acc_mean']:.2f}% ± {c['final_test_acc_std']:.2f} test accuracy.")
+    report.write(out)
+
+
+def _importances(study) -> dict[str, float]:
+    """Optuna's parameter importances, or {} where it cannot tell (fewer than 2 complete trials)."""
+    optuna = _optuna()
+    try:
+        return optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):
+        return {}
