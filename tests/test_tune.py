@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,116 @@ def test_a_study_selects_on_val_writes_a_recipe_and_continues(cifar_mini, tmp_pa
     again = run_cli(*common, "--trials", "5", "--confirm-seeds", "0")         # the same study, one more trial
     assert again.returncode == 0, again.stderr
     assert [t["number"] for t in json.loads((out / "tune.json").read_text())["trials"]] == [0, 1, 2, 3, 4]
+
+
+def start_worker(cifar_mini, out, *extra):
+    """One `cifarlab tune` process of a shared study (no confirmation: the study's last command does that)."""
+    import subprocess
+    import sys
+    return subprocess.Popen([sys.executable, "-m", "cifarlab", "tune", "--model", "basic-cnn", "--dataset", "cifar10",
+                             "--data-dir", str(cifar_mini), "--epochs", "1", "--limit-train", "600", "--val-size",
+                             "200", "--precision", "fp32", "--trials", "4", "--confirm-seeds", "0", "--quiet",
+                             "--out", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def assert_shared_study(storage: str, study: str, trials: int, workers: int):
+    """No trial lost or duplicated: distinct numbers and run folders, each finished with its own summary."""
+    optuna = pytest.importorskip("optuna")
+    done = [t for t in optuna.load_study(study_name=study, storage=storage).trials
+            if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    numbers = [t.number for t in done]
+    folders = [t.user_attrs["run"] for t in done]
+    assert len(set(numbers)) == len(numbers) and len(set(folders)) == len(folders)
+    assert trials <= len(done) <= trials + workers - 1        # a worker may start one more near the end
+    for t in done:
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            summary = json.loads((Path(t.user_attrs["run"]) / "summary.json").read_text())
+            assert summary["best_val_acc"] == pytest.approx(t.value)
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_sqlite_study(cifar_mini, tmp_path):
+    pytest.importorskip("optuna")
+    out = tmp_path / "shared"
+    workers = [start_worker(cifar_mini, out), start_worker(cifar_mini, out)]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err
+    assert_shared_study(f"sqlite:///{(out / 'tune.db').resolve()}", "basic-cnn-cifar10", 4, 2)
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL server from the system's packages, in a temporary folder on a loopback port, run as the
+    `postgres` user when the tests run as root (it refuses root); skipped where the binaries are absent."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    psycopg = pytest.importorskip("psycopg")
+    bins = [Path(p) for p in ["/usr/lib/postgresql"] if Path(p).is_dir()]
+    initdb = shutil.which("initdb") or next((str(b) for d in bins for b in sorted(d.glob("*/bin/initdb"))), None)
+    if initdb is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    import tempfile
+    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+    # Not under pytest's tmp_path: its parents are private to root, and the server runs as another user.
+    data = Path(tempfile.mkdtemp(prefix="cifarlab-pg-"))
+    as_user = []
+    if os.geteuid() == 0:
+        import pwd
+        user = pwd.getpwnam("postgres")
+        os.chown(data, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(data / "log"), "-w", "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                             autocommit=True) as connection:
+            connection.execute("CREATE DATABASE tune")
+        yield f"postgresql://postgres@127.0.0.1:{port}/tune"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_postgresql_study(cifar_mini, tmp_path, postgres):
+    pytest.importorskip("optuna")
+    workers = [start_worker(cifar_mini, tmp_path / f"machine-{i}", "--storage", postgres, "--study", "shared")
+               for i in (1, 2)]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err
+    assert_shared_study(postgres, "shared", 4, 2)
+
+
+@pytest.mark.slow
+def test_an_interrupted_study_keeps_its_finished_trials(cifar_mini, tmp_path):
+    import signal
+    import time
+    optuna = pytest.importorskip("optuna")
+    out = tmp_path / "stopped"
+    storage = f"sqlite:///{(out / 'tune.db').resolve()}"
+    worker = start_worker(cifar_mini, out)
+    deadline = time.time() + 300
+    while not (out / "trials" / "trial-0001" / "summary.json").is_file():
+        assert worker.poll() is None and time.time() < deadline, worker.communicate()
+        time.sleep(0.1)
+    worker.send_signal(signal.SIGINT)
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 130, err
+    before = {t.number: t.value for t in optuna.load_study(study_name="basic-cnn-cifar10", storage=storage).trials
+              if t.state == optuna.trial.TrialState.COMPLETE}
+    assert {0, 1} <= set(before)
+    again = start_worker(cifar_mini, out)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    after = {t.number: t.value for t in optuna.load_study(study_name="basic-cnn-cifar10", storage=storage).trials}
+    assert all(after[n] == v for n, v in before.items())                       # kept, not rerun
+    assert_shared_study(storage, "basic-cnn-cifar10", 4, 1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 
 try:
@@ -121,14 +122,14 @@ def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None,
     out = Path(cfg.out) if cfg.out else default_out(f"tune-{cfg.model}-{cfg.dataset}")
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'tune.db').resolve()}"
-    study = optuna.create_study(study_name=study_name or f"{cfg.model}-{cfg.dataset}", storage=storage,
-                                direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    remaining = trials - len([t for t in study.trials if t.state in finished])
-    if remaining > 0:
-        study.optimize(lambda trial: objective(trial, cfg, space, out, optuna), n_trials=remaining)
+    study = open_study(optuna, study_name or f"{cfg.model}-{cfg.dataset}", storage, cfg.seed)
+    # Stop at `trials` in the whole study, counting the ones other workers are running: several processes
+    # (or machines, on one --storage) share the count, and a trial interrupted earlier (failed) is replaced.
+    state = optuna.trial.TrialState
+    counted = (state.COMPLETE, state.PRUNED, state.RUNNING)
+    if len(study.get_trials(deepcopy=False, states=counted)) < trials:
+        study.optimize(lambda trial: objective(trial, cfg, space, out, optuna),
+                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=counted)])
     result = summarize(study, cfg, storage, out, optuna)
     write_best_recipe(out / "best-recipe.toml", cfg, result)
     if confirm_seeds:
@@ -136,6 +137,22 @@ def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None,
     atomic_write_json(out / "tune.json", result)
     write_report(out, result, study)
     return result
+
+
+def open_study(optuna, name: str, storage: str, seed: int):
+    """Create the study, or join it: workers starting together may race to create the storage's tables or the
+    study itself, and the loser of such a race simply tries again."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(5):
+        try:
+            return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                       sampler=optuna.samplers.TPESampler(seed=seed),
+                                       pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+        except SQLAlchemyError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + attempt)
 
 
 def objective(trial, cfg: TrainConfig, space: dict, out: Path, optuna) -> float:
@@ -240,9 +257,12 @@ def write_report(out: Path, result: dict, study) -> None:
                                                       "How much each setting explains the validation accuracy")
     report.section("Parallel coordinates").image(plots.save(parallel_figure(result["trials"]), figures /
                                                             "parallel.png"), "Each line a trial, coloured by accuracy")
-    best_rows = load_run(best["run"]).metrics
-    report.section("The best trial").image(plots.curves({f"trial {best['number']}": best_rows},
-                                                        figures / "best_curves.png", "Best trial"), "Its curves")
+    if (Path(best["run"]) / "metrics.jsonl").is_file():
+        best_rows = load_run(best["run"]).metrics
+        report.section("The best trial").image(plots.curves({f"trial {best['number']}": best_rows},
+                                                            figures / "best_curves.png", "Best trial"), "Its curves")
+    else:     # trained by another machine of a shared study
+        report.section("The best trial").text(f"Its run folder, {best['run']}, is on the machine that trained it.")
     if "confirm" in result:
         c = result["confirm"]
         report.section("Confirmation on test").text(
