@@ -8,6 +8,7 @@ set -u
 usage() {
   cat <<'EOF'
 usage: OUT=DIR bash benchmarks/gpu_proof.sh --pack PACK_DIR [--budget-s 555] [--airbench CHECKOUT] [--snap DIR]
+                                            [--parts LIST]
        bash benchmarks/gpu_proof.sh --dry-run --data-dir CIFAR_ROOT [--out DIR] [--airbench CHECKOUT]
 
 Writes under OUT: run.log, parts.tsv (a line per part: name, state, exit status, seconds, limit), one
@@ -23,6 +24,8 @@ part that fails or times out does not stop the next. Exit status 0 when no part 
   --budget-s S     wall seconds for everything (default 555; dry run 95)
   --airbench DIR   a checkout of KellerJordan/cifar10-airbench: its airbench94.py (else
                    airbench94_muon.py; AIRBENCH_SCRIPT=NAME picks another) runs on the same data
+  --parts LIST     run only these of correctness,throughput,fast94,airbench,reproduce (env and data
+                   always run), e.g. `--parts reproduce` to go on with the study on a warm machine
   --snap DIR       run the code in DIR (DIR/src, DIR/benchmarks; default SNAP, else this script's tree)
   --out DIR        where the results go (default OUT)
   --dry-run        the same parts on the CPU with tiny budgets (1 epoch, a few hundred images, 2 seeds,
@@ -38,17 +41,18 @@ EOF
 
 bad() { echo "gpu_proof.sh: $*" >&2; exit 2; }
 
-DRY=0 PACK="" DATA_IN="" BUDGET="" AIRBENCH="" OUT=${OUT:-}
+OPTIONAL=correctness,throughput,fast94,airbench,reproduce   # the parts --parts chooses from
+DRY=0 PACK="" DATA_IN="" BUDGET="" AIRBENCH="" OUT=${OUT:-} WANTED=$OPTIONAL
 CODE=${SNAP:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 while (( $# )); do
   case $1 in
     --dry-run) DRY=1 ;;
     -h|--help) usage; exit 0 ;;
-    --pack|--data-dir|--budget-s|--airbench|--snap|--out)
+    --pack|--data-dir|--budget-s|--airbench|--snap|--out|--parts)
       [[ $# -ge 2 && -n $2 && $2 != --* ]] || bad "$1 needs a value"
       case $1 in
         --pack) PACK=$2 ;; --data-dir) DATA_IN=$2 ;; --budget-s) BUDGET=$2 ;;
-        --airbench) AIRBENCH=$2 ;; --snap) CODE=$2 ;; --out) OUT=$2 ;;
+        --airbench) AIRBENCH=$2 ;; --snap) CODE=$2 ;; --out) OUT=$2 ;; --parts) WANTED=$2 ;;
       esac
       shift ;;
     *) bad "unknown argument '$1' (see --help)" ;;
@@ -61,6 +65,9 @@ done
 [[ -z $AIRBENCH || -d $AIRBENCH ]] || bad "--airbench: no folder '$AIRBENCH'"
 [[ -z $PACK || -d $PACK ]] || bad "--pack: no folder '$PACK'"
 [[ -z $DATA_IN || -d $DATA_IN/cifar-10-batches-py ]] || bad "--data-dir: no cifar-10-batches-py/ in '$DATA_IN'"
+for name in ${WANTED//,/ }; do
+  [[ ,$OPTIONAL, == *,$name,* ]] || bad "--parts: no part '$name' (choose from $OPTIONAL)"
+done
 if (( DRY )); then
   [[ -n $DATA_IN && -z $PACK ]] || bad "--dry-run takes --data-dir DIR (and no --pack)"
 else
@@ -100,6 +107,7 @@ P=$CODE/benchmarks/gpu_proof.py
 export PYTHONPATH=$CODE/src PYTHONUNBUFFERED=1
 T0=$(date +%s)
 
+wanted() { [[ $1 == env || $1 == data || ,$WANTED, == *,$1,* ]]; }
 left() { echo $(( BUDGET - ($(date +%s) - T0) - MARGIN )); }
 log() { echo "== [t=$(( $(date +%s) - T0 )) s] $*"; }
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$OUT/parts.tsv"; }   # name state rc seconds limit
@@ -116,6 +124,7 @@ skip() {
 part() {
   local name=$1 limit=${LIMIT[$1]} spare start rc state
   shift
+  if ! wanted "$name"; then skip "$name" "not in --parts $WANTED"; return 0; fi
   spare=$(left)
   (( spare < limit )) && limit=$spare
   if (( limit < MIN_PART_S )); then skip "$name" "budget spent: $spare s left"; return 1; fi
