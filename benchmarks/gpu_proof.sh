@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# The GPU proof in one call: environment, data, correctness, throughput, fast94's time to 94%, the
+# airbench anchor and `cifarlab reproduce --tuned`, each a part of benchmarks/gpu_proof.py in its own
+# process under its own time limit, all inside one wall-clock budget; then report.html and summary.txt.
+# How a lent device runs it: benchmarks/GPU.md. `--help` for the flags.
+set -u
+
+usage() {
+  cat <<'EOF'
+usage: OUT=DIR bash benchmarks/gpu_proof.sh --pack PACK_DIR [--budget-s 555] [--airbench CHECKOUT] [--snap DIR]
+                                            [--parts LIST]
+       bash benchmarks/gpu_proof.sh --dry-run --data-dir CIFAR_ROOT [--out DIR] [--airbench CHECKOUT]
+
+Writes under OUT: run.log, parts.tsv (a line per part: name, state, exit status, seconds, limit), one
+JSON per part (env, data, correctness, throughput, fast94, airbench, reproduce; each rewritten as
+the part goes), report.html (self-contained) and summary.txt. Parts run in that order; each gets
+min(its own limit, budget left - MARGIN) seconds and is skipped when under MIN_PART_S are left; a
+part that fails or times out does not stop the next. Exit status 0 when no part failed or timed out.
+
+  --pack DIR       chunk folders c1..cN of `pack_data.py pack`: gathered into GATHER (default /tmp/pack,
+                   where earlier calls on the same machine left theirs), unpacked into DATA (/tmp/cifar)
+  --data-dir DIR   a CIFAR root in the official layout (cifar-10-batches-py/, cifar-100-python/): the
+                   dry run copies 50 images of every file from it; a device run uses it as it is
+  --budget-s S     wall seconds for everything (default 555; dry run 95)
+  --airbench DIR   a checkout of KellerJordan/cifar10-airbench: its airbench94.py (else
+                   airbench94_muon.py; AIRBENCH_SCRIPT=NAME picks another) runs on the same data
+  --parts LIST     run only these of correctness,throughput,fast94,airbench,reproduce (env and data
+                   always run), e.g. `--parts reproduce` to go on with the study on a warm machine
+  --snap DIR       run the code in DIR (DIR/src, DIR/benchmarks; default SNAP, else this script's tree)
+  --out DIR        where the results go (default OUT)
+  --dry-run        the same parts on the CPU with tiny budgets (1 epoch, a few hundred images, 2 seeds,
+                   2 small models, reproduce at scale 0.01): checks the plumbing, the JSON and the report
+  -h, --help       this text
+
+Environment: OUT, SNAP, COMPILE=1 (fast94 compiled; default eager), MARGIN (seconds kept for the
+report; 15, dry run 2), WORK (scratch that later calls reuse: the study runs, airbench's data;
+/tmp/gpu_proof, dry run OUT/work), GATHER, DATA, CAP_<PART> (a part's own limit, e.g.
+CAP_THROUGHPUT=200), PYTHON (default python3).
+EOF
+}
+
+bad() { echo "gpu_proof.sh: $*" >&2; exit 2; }
+
+OPTIONAL=correctness,throughput,fast94,airbench,reproduce   # the parts --parts chooses from
+DRY=0 PACK="" DATA_IN="" BUDGET="" AIRBENCH="" OUT=${OUT:-} WANTED=$OPTIONAL
+CODE=${SNAP:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+while (( $# )); do
+  case $1 in
+    --dry-run) DRY=1 ;;
+    -h|--help) usage; exit 0 ;;
+    --pack|--data-dir|--budget-s|--airbench|--snap|--out|--parts)
+      [[ $# -ge 2 && -n $2 && $2 != --* ]] || bad "$1 needs a value"
+      case $1 in
+        --pack) PACK=$2 ;; --data-dir) DATA_IN=$2 ;; --budget-s) BUDGET=$2 ;;
+        --airbench) AIRBENCH=$2 ;; --snap) CODE=$2 ;; --out) OUT=$2 ;; --parts) WANTED=$2 ;;
+      esac
+      shift ;;
+    *) bad "unknown argument '$1' (see --help)" ;;
+  esac
+  shift
+done
+[[ -n $OUT ]] || bad "set OUT or --out: the folder for the results"
+[[ -z $BUDGET || $BUDGET =~ ^[0-9]+$ ]] || bad "--budget-s takes whole seconds, got '$BUDGET'"
+[[ -f $CODE/src/cifarlab/__init__.py && -f $CODE/benchmarks/gpu_proof.py ]] || bad "no cifarlab code in '$CODE'"
+[[ -z $AIRBENCH || -d $AIRBENCH ]] || bad "--airbench: no folder '$AIRBENCH'"
+[[ -z $PACK || -d $PACK ]] || bad "--pack: no folder '$PACK'"
+[[ -z $DATA_IN || -d $DATA_IN/cifar-10-batches-py ]] || bad "--data-dir: no cifar-10-batches-py/ in '$DATA_IN'"
+for name in ${WANTED//,/ }; do
+  [[ ,$OPTIONAL, == *,$name,* ]] || bad "--parts: no part '$name' (choose from $OPTIONAL)"
+done
+if (( DRY )); then
+  [[ -n $DATA_IN && -z $PACK ]] || bad "--dry-run takes --data-dir DIR (and no --pack)"
+else
+  [[ -n $PACK || -n $DATA_IN ]] || bad "give --pack PACK_DIR (or --data-dir DIR, or --dry-run)"
+fi
+
+# Each mode's settings; a part's own limit (seconds) may be changed with CAP_<PART>.
+declare -A LIMIT
+if (( DRY )); then
+  DEVICE=cpu BUDGET=${BUDGET:-95} MARGIN=${MARGIN:-2} MIN_PART_S=5 RESERVE=3
+  WORK=${WORK:-$OUT/work}
+  DATA=$WORK/data DATA_ARGS=(--copy-from "$DATA_IN" --images 50)
+  # inductor's C++ builds take minutes on 2 cores, and fp16 autocast runs resnet18 7x slower than fp32 there
+  CORRECTNESS_ARGS=(--images 8 --compile-backend eager --autocast bf16)
+  THROUGHPUT_ARGS=(--precision fp32 --models basic-cnn,fast94 --no-compile --epochs 2 --limit-train 64
+                   --batch-size 32)
+  FAST94_ARGS=(--seeds 2 --epochs 1 --limit-train 64)
+  REPRODUCE_ARGS=(--scale 0.01 --grace-s 5)
+  LIMIT=([env]=30 [data]=30 [correctness]=40 [throughput]=30 [fast94]=40 [airbench]=30 [reproduce]=22)
+else
+  DEVICE=cuda BUDGET=${BUDGET:-555} MARGIN=${MARGIN:-15} MIN_PART_S=20 RESERVE=10
+  WORK=${WORK:-/tmp/gpu_proof} GATHER=${GATHER:-/tmp/pack}
+  if [[ -n $PACK ]]; then DATA=${DATA:-/tmp/cifar} DATA_ARGS=(--pack "$GATHER"); else DATA=$DATA_IN DATA_ARGS=(); fi
+  CORRECTNESS_ARGS=(--images 64 --compile-backend inductor)
+  THROUGHPUT_ARGS=(--precision bf16 --epochs 3 --limit-train 10000 --batch-size 256)
+  FAST94_ARGS=(--seeds 5)
+  REPRODUCE_ARGS=(--scale 1 --grace-s 20)
+  LIMIT=([env]=60 [data]=120 [correctness]=150 [throughput]=150 [fast94]=120 [airbench]=90 [reproduce]=600)
+fi
+for name in "${!LIMIT[@]}"; do
+  var=CAP_${name^^}
+  [[ -z ${!var:-} ]] || LIMIT[$name]=${!var}
+done
+(( ${COMPILE:-0} )) && FAST94_ARGS+=(--compile)
+PY=${PYTHON:-python3}
+P=$CODE/benchmarks/gpu_proof.py
+export PYTHONPATH=$CODE/src PYTHONUNBUFFERED=1
+T0=$(date +%s)
+
+wanted() { [[ $1 == env || $1 == data || ,$WANTED, == *,$1,* ]]; }
+left() { echo $(( BUDGET - ($(date +%s) - T0) - MARGIN )); }
+log() { echo "== [t=$(( $(date +%s) - T0 )) s] $*"; }
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$OUT/parts.tsv"; }   # name state rc seconds limit
+
+# skip NAME REASON: the part does not run; its JSON and parts.tsv say why
+skip() {
+  printf '{"part": "%s", "status": "skipped", "reason": "%s"}\n' "$1" "$2" > "$OUT/$1.json.tmp"
+  mv "$OUT/$1.json.tmp" "$OUT/$1.json"
+  record "$1" skipped - 0 0
+  log "$1: skipped ($2)"
+}
+
+# part NAME ARGS...: gpu_proof.py NAME under `timeout min(its limit, budget left)`; status 0 when it went well
+part() {
+  local name=$1 limit=${LIMIT[$1]} spare start rc state
+  shift
+  if ! wanted "$name"; then skip "$name" "not in --parts $WANTED"; return 0; fi
+  spare=$(left)
+  (( spare < limit )) && limit=$spare
+  if (( limit < MIN_PART_S )); then skip "$name" "budget spent: $spare s left"; return 1; fi
+  log "$name: start, limit $limit s"
+  start=$(date +%s)
+  timeout -k 10 "$limit" "$PY" "$P" "$name" --json "$OUT/$name.json" --budget-s $(( limit - RESERVE )) "$@"
+  rc=$?
+  case $rc in 0) state=ok ;; 124|137) state="timed out" ;; *) state=failed ;; esac
+  record "$name" "$state" "$rc" $(( $(date +%s) - start )) "$limit"
+  log "$name: $state (exit status $rc) in $(( $(date +%s) - start )) s"
+  return $rc
+}
+
+# The chunk folders of this call and of earlier calls on the same machine, in one place.
+gather() {
+  mkdir -p "$GATHER"
+  cp -rn "$PACK"/c[0-9]* "$GATHER"/ 2>/dev/null || log "no chunk folder c1..cN in $PACK"
+  ls -la "$GATHER"/*
+}
+
+main() {
+  log "gpu_proof.sh: $( (( DRY )) && echo "dry run on the CPU" || echo "device run" ), budget $BUDGET s," \
+      "code $CODE, results $OUT, scratch $WORK"
+  part env --device "$DEVICE"
+  [[ -z $PACK ]] || gather
+  if part data --data-dir "$DATA" "${DATA_ARGS[@]}"; then
+    part correctness --data-dir "$DATA" --device "$DEVICE" "${CORRECTNESS_ARGS[@]}"
+    part throughput --data-dir "$DATA" --device "$DEVICE" "${THROUGHPUT_ARGS[@]}"
+    part fast94 --data-dir "$DATA" --device "$DEVICE" "${FAST94_ARGS[@]}"
+    if [[ -n $AIRBENCH ]]; then
+      part airbench --data-dir "$DATA" --device "$DEVICE" --airbench "$AIRBENCH" --work "$WORK/airbench" \
+        --log "$OUT/airbench.log" ${AIRBENCH_SCRIPT:+--script "$AIRBENCH_SCRIPT"}
+    else
+      skip airbench "no --airbench CHECKOUT given"
+    fi
+    part reproduce --data-dir "$DATA" --device "$DEVICE" --study "$WORK/reproduce" --log "$OUT/reproduce.log" \
+      "${REPRODUCE_ARGS[@]}"
+  else
+    for name in correctness throughput fast94 airbench reproduce; do skip "$name" "no data: the data part failed"; done
+  fi
+  log "report"
+  local report=0
+  timeout 120 "$PY" "$P" report --out "$OUT" || report=$?
+  (( report )) || cat "$OUT/summary.txt"
+  log "gpu_proof.sh: done (report: exit status $report)"
+  (( ! report )) && ! cut -f2 "$OUT/parts.tsv" | grep -qE '^(failed|timed out)$'
+}
+
+mkdir -p "$OUT" "$WORK"
+OUT=$(cd "$OUT" && pwd) CODE=$(cd "$CODE" && pwd)   # absolute: the parts run some programs in other folders
+: > "$OUT/parts.tsv"
+main 2>&1 | tee -a "$OUT/run.log"
+exit "${PIPESTATUS[0]}"

@@ -1,0 +1,176 @@
+"""benchmarks/gpu_proof.sh and gpu_proof.py: the whole device proof rehearsed on the CPU (--dry-run), its
+flags, the airbench output it reads and the report of a run whose parts did not all end well."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_proof.sh"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu_proof  # noqa: E402
+
+PARTS = ("env", "data", "correctness", "throughput", "fast94", "airbench", "reproduce")
+
+# Stands in for a checkout of KellerJordan/cifar10-airbench: reads the data where airbench94.py reads it
+# and prints its table (columns and layout as airbench94.py prints them) for two runs.
+FAKE_AIRBENCH = '''
+import torch
+train, test = torch.load("cifar10/train.pt"), torch.load("cifar10/test.pt")
+assert train["images"].dtype == torch.uint8 and train["images"].shape[1:] == (32, 32, 3)
+assert len(train["labels"]) == len(train["images"]) and len(train["classes"]) == 10
+print("|  run     |  epoch  |  train_loss  |  val_loss  |  train_acc  |  val_acc  |  tta_val_acc  |  total_time_seconds  |")
+for run in range(2):
+    print(f"|  {run:>6}  |      0  |      2.0000  |    1.9000  |     0.3000  |   0.3100  |               |              0.4000  |")
+    print(f"|          |   eval  |      1.0000  |    1.1000  |     0.6000  |   0.6100  |       0.{6200 + run}  |"
+          f"              {len(test['labels'])}.2500  |")
+print("Mean: 0.6201    Std: 0.0001")
+'''
+
+
+# The driver's settings from the environment: none of them may leak in from the shell running the tests.
+SETTINGS = ("OUT", "SNAP", "WORK", "DATA", "GATHER", "COMPILE", "MARGIN", "AIRBENCH_SCRIPT")
+
+
+def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in SETTINGS and not k.startswith("CAP_")}
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**clean, "PYTHON": sys.executable, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def dry_run(cifar_mini, tmp_path_factory):
+    """One whole dry run (~85 s on 2 cores), with the fake airbench: (OUT, the script's result)."""
+    base = tmp_path_factory.mktemp("proof")
+    (base / "airbench").mkdir()
+    (base / "airbench" / "airbench94.py").write_text(FAKE_AIRBENCH)
+    out = base / "out"
+    result = run_script("--dry-run", "--data-dir", str(cifar_mini), "--airbench", str(base / "airbench"),
+                        env={"OUT": str(out)})
+    return out, result
+
+
+def part(out: Path, name: str) -> dict:
+    return json.loads((out / f"{name}.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_dry_run_runs_every_part_and_each_writes_what_it_measured(dry_run):
+    out, result = dry_run
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    states = dict(line.split("\t")[:2] for line in (out / "parts.tsv").read_text().splitlines())
+    assert states == {name: "ok" for name in PARTS}
+    assert {part(out, name)["status"] for name in PARTS} == {"done"}
+    env = part(out, "env")
+    assert env["device"] == "cpu" and env["gpu"] == "none" and env["nvidia_smi"] == "none" and env["torch"]
+    assert part(out, "data")["datasets"]["cifar10"] == {"train": 250, "test": 50, "classes": 10}
+
+
+@pytest.mark.slow
+def test_the_dry_run_checks_each_model_on_both_sides_of_the_same_cpu(dry_run):
+    out, _ = dry_run
+    correctness = part(out, "correctness")
+    assert correctness["images"] == 8
+    for name, row in correctness["models"].items():
+        assert math.isfinite(row["cpu_loss"]) and row["fp32"]["loss"] == row["cpu_loss"], name  # the same device
+        assert row["fp32"]["grad_rel_err"] == 0.0 and row["ok"], name
+        assert row["bf16"]["loss_rel_diff"] < 0.02 and "left out" in row["fp16"]["skipped"]
+        assert row["compiled"]["backend"] == "eager" and row["compiled"]["loss_rel_diff"] < 1e-5
+    assert "basic-cnn" in correctness["models"]
+
+
+@pytest.mark.slow
+def test_the_dry_run_times_two_models_and_two_fast94_seeds(dry_run):
+    out, _ = dry_run
+    throughput = part(out, "throughput")
+    assert set(throughput["models"]) == {"basic-cnn", "fast94"}
+    for row in throughput["models"].values():
+        assert row["epochs"] == 2 and row["warm_images_per_s"] > 0 and row["cold_epoch_s"] > 0
+        assert row["precision"] == "fp32" and not row["compiled"]
+    fast94 = part(out, "fast94")
+    assert fast94["epochs"] == 1 and [r["seed"] for r in fast94["runs"]] == [0, 1]
+    for run in fast94["runs"]:
+        assert 0 <= run["final_test_acc"] <= 100 and run["curve"][-1]["epoch"] == fast94["epochs"]
+        assert 0 < run["train_only_time_s"] <= run["train_time_s"] <= run["wall_time_s"]
+    assert fast94["warm_seeds"] == 1 and fast94["warm_train_only_time_mean_s"] == fast94["runs"][1]["train_only_time_s"]
+
+
+@pytest.mark.slow
+def test_the_dry_run_reads_airbench_output_and_runs_reproduce_until_its_deadline(dry_run):
+    out, _ = dry_run
+    airbench = part(out, "airbench")
+    assert airbench["runs_done"] == 2 and airbench["tta_acc_mean"] == pytest.approx(62.005)
+    assert airbench["runs"][0]["time_s"] == 50.25                      # the fake prints the test-set size
+    assert "Mean: 0.6201" in (out / "airbench.log").read_text()
+    reproduce = part(out, "reproduce")
+    assert reproduce["runs"] and reproduce["runs"][0]["key"] == "basic-cnn-cifar10"
+    assert reproduce["process"]["stopped_at_deadline"] or reproduce["process"]["rc"] == 0
+    for run in reproduce["runs"]:
+        assert not run["finished"] or 0 <= run["final_test_acc"] <= 100
+
+
+@pytest.mark.slow
+def test_the_dry_run_report_shows_every_part_with_its_numbers(dry_run):
+    out, _ = dry_run
+    page, summary = (out / "report.html").read_text(), (out / "summary.txt").read_text()
+    assert "<img" not in page and "http" not in page.replace("http-equiv", "")   # nothing to fetch
+    numbers = {"env": part(out, "env")["torch"], "data": "250",
+               "correctness": f"{part(out, 'correctness')['models']['basic-cnn']['cpu_loss']:.6f}",
+               "throughput": f"{part(out, 'throughput')['models']['basic-cnn']['warm_images_per_s']:,.0f}",
+               "fast94": f"{part(out, 'fast94')['runs'][0]['final_test_acc']:.2f}", "airbench": "62.01",
+               "reproduce": f"{part(out, 'reproduce')['runs'][0]['article_test_acc']:.2f}"}
+    for name, number in numbers.items():
+        assert html.escape(gpu_proof.TITLES[name]) in page and number in page, name
+        assert gpu_proof.TITLES[name] in summary and number in summary, name
+
+
+def test_a_bad_flag_is_one_line_on_stderr_and_exit_status_2(tmp_path):
+    for args in (["--bogus"], ["--dry-run"], ["--budget-s", "soon", "--dry-run", "--data-dir", str(tmp_path)],
+                 ["--pack", str(tmp_path), "--parts", "fast94,bogus"], ["--pack"]):
+        result = run_script(*args, env={"OUT": str(tmp_path / "out")})
+        assert result.returncode == 2 and result.stdout == "", args
+        assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("gpu_proof.sh: "), args
+    assert not (tmp_path / "out").exists()
+    help_text = run_script("--help")
+    assert help_text.returncode == 0 and "--dry-run" in help_text.stdout and "--airbench" in help_text.stdout
+
+
+def test_airbench_muon_output_gives_each_run_but_the_warmup():
+    """The table as airbench94_muon.py prints it: a compile warm-up run on dummy labels, then the runs."""
+    header = "|  run     |  epoch  |  train_acc  |  val_acc  |  tta_val_acc  |  time_seconds  |"
+    lines = ["-" * len(header), header, "-" * len(header),
+             "|  warmup  |      0  |     0.1000  |   0.1000  |               |        9.0000  |",
+             "|          |   eval  |     0.1000  |   0.1000  |       0.1000  |        9.5000  |", "-" * len(header),
+             "|       0  |      0  |     0.5000  |   0.6000  |               |        0.3000  |",
+             "|          |   eval  |     0.9000  |   0.9390  |       0.9412  |        2.6100  |", "-" * len(header),
+             "|       1  |      0  |     0.5000  |   0.6000  |               |        0.3000  |"]   # cut off here
+    assert gpu_proof.parse_airbench("\n".join(lines)) == [{"run": "0", "tta_val_acc": 0.9412, "time_s": 2.61}]
+    assert gpu_proof.parse_airbench("Traceback (most recent call last):\n  ...") == []
+
+
+def test_the_report_says_which_parts_did_not_run_timed_out_or_failed(tmp_path):
+    (tmp_path / "parts.tsv").write_text("env\tok\t0\t4\t60\nfast94\ttimed out\t124\t120\t120\n"
+                                        "correctness\tfailed\t1\t9\t150\n")
+    (tmp_path / "env.json").write_text(json.dumps({"part": "env", "status": "done", "gpu": "NVIDIA H100"}))
+    (tmp_path / "fast94.json").write_text(json.dumps({"part": "fast94", "status": "running", "runs": []}))
+    (tmp_path / "correctness.json").write_text(json.dumps({"part": "correctness", "status": "failed",
+                                                           "reason": "no CUDA device"}))
+    (tmp_path / "airbench.json").write_text(json.dumps({"part": "airbench", "status": "skipped",
+                                                        "reason": "no --airbench CHECKOUT given"}))
+    assert gpu_proof.main(["report", "--out", str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "cifarlab GPU proof: NVIDIA H100" in summary
+    outcomes = dict(line.split(None, 1) for line in summary.split("\n\n")[1].splitlines()[4:])
+    assert outcomes == {"env": "done in 4 s (limit 60 s)", "data": "not run",
+                        "correctness": "failed (exit status 1) after 9 s (limit 150 s): no CUDA device",
+                        "throughput": "not run", "fast94": "timed out after 120 s (limit 120 s); what it finished is below",
+                        "airbench": "skipped: no --airbench CHECKOUT given", "reproduce": "not run"}
+    assert "timed out after 120 s" in (tmp_path / "report.html").read_text()
