@@ -60,22 +60,23 @@ def _config(model, dataset, recipe, out, settings, default_recipe=False):
 
 
 def train(model, dataset, *, recipe: str | None = None, out: str | Path | None = None, seeds: int = 1,
-          jobs: int = 1, **settings):
+          jobs: int = 1, ray: str | None = None, ray_cpus: int = 1, **settings):
     """Train `model` on `dataset` and write a run folder; returns its `Run` (with seeds > 1, a `Seeds`).
 
     model: a registered name ("resnet18"), "module:factory", a class or factory (called with the
     keywords it accepts among num_classes, in_channels, image_size, batchnorm, dropout), or an
     nn.Module (a copy is trained; your object keeps its weights).
     dataset: a registered name, "folder:PATH" (ImageFolder layout), "npz:FILE", or arrays.
-    jobs: with seeds > 1, train up to `jobs` seeds at once, each in a process of its own.
+    jobs, ray, ray_cpus: with seeds > 1, train up to `jobs` seeds at once, each in a process of its own, or each
+    as a task on the Ray cluster `ray` ("auto" or an address) with `ray_cpus` CPUs.
     """
     from cifarlab.study.seeds import train_seeds
     from cifarlab.training.engine import fit
 
-    _check_counts(seeds, jobs)
+    launch = _launch(seeds, jobs, ray, ray_cpus)
     cfg, obj = _config(model, dataset, recipe, out, settings)
     if seeds > 1:
-        return train_seeds(cfg, seeds, obj, jobs)
+        return train_seeds(cfg, seeds, obj, launch)
     from torch import nn
     summary = fit(cfg, model=copy.deepcopy(obj) if isinstance(obj, nn.Module) else obj)
     return load_run(summary["run_dir"], obj)
@@ -102,36 +103,39 @@ def compare(runs: list, plot: str | Path | None = None):
 
 
 def ablate(model, dataset, *, without: str | list[str] | None = None, seeds: int = 2, recipe: str | None = None,
-           out: str | Path | None = None, jobs: int = 1, **settings):
+           out: str | Path | None = None, jobs: int = 1, ray: str | None = None, ray_cpus: int = 1, **settings):
     """The full recipe against each technique removed (batchnorm, kaiming, dropout, augment), over seeds.
 
     without: a list or comma string of techniques, or "all" (each, and all at once).
-    jobs: up to this many runs at once, each in a process of its own.
+    jobs, ray, ray_cpus: as for train().
     """
     from cifarlab.study.ablate import ablate as run_ablation, parse_without
 
-    _check_counts(seeds, jobs)
+    launch = _launch(seeds, jobs, ray, ray_cpus)
     techniques, remove_all = parse_without(",".join(without) if isinstance(without, list) else without)
     cfg, obj = _config(model, dataset, recipe, out, settings, default_recipe=True)
-    return run_ablation(cfg, techniques, remove_all, seeds, obj, jobs)
+    return run_ablation(cfg, techniques, remove_all, seeds, obj, launch)
 
 
-def _check_counts(seeds, jobs) -> None:
-    for name, value in (("seeds", seeds), ("jobs", jobs)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UsageError(f"--{name} must be >= 1, got {value}")
+def _launch(seeds, jobs, ray, ray_cpus):
+    from cifarlab.study.runs import Launch
+
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {seeds}")
+    return Launch(jobs, ray, ray_cpus).check()
 
 
 def reproduce(data_dir: str | Path | None = None, *, scale: float = 1.0, tuned: bool = False,
-              out: str | Path | None = None, jobs: int = 1, **settings):
-    """The article's six runs with its recipes (and our tuned ones), its figures beside ours; jobs: up to this
-    many runs at once, each in a process of its own."""
+              out: str | Path | None = None, jobs: int = 1, ray: str | None = None, ray_cpus: int = 1,
+              **settings):
+    """The article's six runs with its recipes (and our tuned ones), its figures beside ours; jobs, ray,
+    ray_cpus: as for train()."""
     from cifarlab.study.reproduce import reproduce as run_study
 
-    _check_counts(1, jobs)
+    launch = _launch(1, jobs, ray, ray_cpus)
 
     allowed = {"device", "download", "quiet"}
     unknown = sorted(set(settings) - allowed)
     if unknown:
         raise UsageError(f"reproduce takes no setting '{unknown[0]}' (it takes: {', '.join(sorted(allowed))})")
-    return run_study(str(data_dir) if data_dir else None, scale, tuned, str(out) if out else None, settings, jobs)
+    return run_study(str(data_dir) if data_dir else None, scale, tuned, str(out) if out else None, settings, launch)

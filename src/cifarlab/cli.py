@@ -100,6 +100,17 @@ JOBS_HELP = ("run up to N runs at once, each in a process of its own: one GPU ea
 
 def _add_jobs(parser) -> None:
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help=JOBS_HELP)
+    parser.add_argument("--ray", metavar="ADDRESS", help="run each run as a task on a Ray cluster: auto (the one "
+                        "this machine belongs to) or HOST:PORT; --out must be on a filesystem every node sees "
+                        '(pip install "cifarlab[ray]")')
+    parser.add_argument("--ray-cpus", type=int, default=1, metavar="N", help="CPUs per Ray task (default 1; on a "
+                        "GPU cluster each task also takes one GPU)")
+
+
+def _launch(args):
+    from cifarlab.study.runs import Launch
+
+    return Launch(args.jobs, args.ray, args.ray_cpus).check()
 
 
 def _add_tune_command(sub) -> None:
@@ -233,11 +244,9 @@ def _train_config(args, default_recipe: bool = False):
     return train_config(overrides, args.recipe, default_recipe, note=lambda m: print(m, file=sys.stderr))
 
 
-def _check_seeds(seeds: int, jobs: int = 1) -> None:
+def _check_seeds(seeds: int) -> None:
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
-    if jobs < 1:
-        raise UsageError(f"--jobs must be >= 1, got {jobs}")
 
 
 def _resume(args) -> None:
@@ -257,10 +266,11 @@ def cmd_train(args) -> int:
     if args.resume:
         _resume(args)
         return 0
-    _check_seeds(args.seeds, args.jobs)
+    _check_seeds(args.seeds)
+    launch = _launch(args)
     cfg = _train_config(args)
     if args.seeds > 1:
-        train_seeds(cfg, args.seeds, jobs=args.jobs)
+        train_seeds(cfg, args.seeds, launch=launch)
     else:
         fit(cfg)
     return 0
@@ -282,9 +292,10 @@ def cmd_compare(args) -> int:
 def cmd_ablate(args) -> int:
     from cifarlab.study.ablate import ablate, parse_without
 
-    _check_seeds(args.seeds, args.jobs)
+    _check_seeds(args.seeds)
+    launch = _launch(args)
     techniques, remove_all = parse_without(args.without)
-    result = ablate(_train_config(args, default_recipe=True), techniques, remove_all, args.seeds, jobs=args.jobs)
+    result = ablate(_train_config(args, default_recipe=True), techniques, remove_all, args.seeds, launch=launch)
     print(result, end="")
     print(f"ablation.json, ablation.md, ablation.png, report.html in {result['folder']}")
     return 0
@@ -294,8 +305,7 @@ def cmd_reproduce(args) -> int:
     from cifarlab.study.reproduce import reproduce
 
     overrides = {k: getattr(args, k) for k in ("device", "download", "quiet") if getattr(args, k) is not None}
-    _check_seeds(1, args.jobs)
-    result = reproduce(args.data_dir, args.scale, args.tuned, args.out, overrides, args.jobs)
+    result = reproduce(args.data_dir, args.scale, args.tuned, args.out, overrides, _launch(args))
     print(result, end="")
     print(f"report: {Path(result['folder']) / 'report.html'} (and report.md)")
     return 0

@@ -20,7 +20,7 @@ from cifarlab.report.document import Report, markdown_table, text_table
 from cifarlab.report.stats import confidence_interval, interval_text, mean_rows, mean_std, plus_minus
 from cifarlab.report.summary import model_title
 from cifarlab.run import atomic_write_json, atomic_write_text
-from cifarlab.study.runs import default_out, run_all
+from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_all
 
 # The article's deeper CNN, whose ablation claims these are: 15 epochs of the 50,000 CIFAR-10 train images.
 ARTICLE_BUDGET = (15, 50_000)
@@ -92,7 +92,7 @@ class Ablation(dict):
 
 
 def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int, model=None,
-           jobs: int = 1) -> Ablation:
+           launch: Launch = SEQUENTIAL) -> Ablation:
     base = Path(cfg.out) if cfg.out else default_out(f"ablate-{cfg.model}-{cfg.dataset}")
     plan, skipped = variants(cfg, techniques, remove_all, model)
     if len(plan) == 1:
@@ -101,8 +101,8 @@ def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int
     configs = {name: [dataclasses.replace(cfg, **overrides, seed=cfg.seed + i,
                                           out=str(base / name / f"seed-{cfg.seed + i}")) for i in range(seeds)]
                for name, overrides in plan.items()}
-    if jobs > 1:         # every run of the study at once, then grouped again by variant
-        runs = iter(run_all([c for group in configs.values() for c in group], jobs, model))
+    if launch.parallel:         # every run of the study at once, then grouped again by variant
+        runs = iter(run_all([c for group in configs.values() for c in group], launch, model))
         results = {name: [next(runs) for _ in group] for name, group in configs.items()}
     else:
         results = {name: [_announced(c, name, model) for c in group] for name, group in configs.items()}
@@ -116,7 +116,7 @@ def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int
 def _announced(cfg: TrainConfig, variant: str, model):
     if not cfg.quiet:
         print(f"cifarlab ablate: {variant}, seed {cfg.seed}", flush=True)
-    return run_all([cfg], 1, model)[0]
+    return run_all([cfg], SEQUENTIAL, model)[0]
 
 
 def summarize(cfg, plan, results, skipped, seeds) -> dict:

@@ -16,7 +16,7 @@ from cifarlab.errors import UsageError
 from cifarlab.report.document import Report, text_table
 from cifarlab.report.summary import article_summary, comparison_block
 from cifarlab.run import Run, atomic_write_json
-from cifarlab.study.runs import run_all
+from cifarlab.study.runs import SEQUENTIAL, Launch, run_all
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class Reproduction(dict):
 
 
 def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str | None = None,
-              overrides: dict | None = None, workers: int = 1) -> Reproduction:
+              overrides: dict | None = None, launch: Launch = SEQUENTIAL) -> Reproduction:
     from cifarlab.evaluate import evaluate_run
 
     if not 0 < scale <= 1:
@@ -152,8 +152,8 @@ def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str |
     jobs = plan(data_dir, scale, tuned, out, overrides)
     start = time.perf_counter()
     runs, evaluations = {}, {}
-    if workers > 1:
-        runs = dict(zip([job.key for job in jobs], run_all([job.cfg for job in jobs], workers)))
+    if launch.parallel:
+        runs = dict(zip([job.key for job in jobs], run_all([job.cfg for job in jobs], launch)))
     for i, job in enumerate(jobs, 1):
         if job.key not in runs:
             if not job.cfg.quiet:

@@ -1,6 +1,11 @@
 """The run folders of a study: train each config once, reuse it when it is already there; with --jobs N,
 up to N runs at once, each in a process of its own (one GPU each, or an even share of the CPU cores).
 
+With --ray ADDRESS each run is a Ray task on a cluster instead (one GPU per task on a GPU cluster,
+--ray-cpus CPUs otherwise); the task starts the same worker on its node, so --out must be on a filesystem
+every node sees (a probe task checks it first). A task whose node is lost is retried, and the retry resumes
+the run from its last checkpoint.
+
 A worker is `python -m cifarlab.study.runs` reading one run's settings as JSON on stdin: it trains exactly
 what the sequential study would (the same seeds, the same code path), so the results are the same.
 """
@@ -26,6 +31,28 @@ from cifarlab.errors import CifarlabError, Interrupted, UsageError
 from cifarlab.run import LAST, Run, load_run
 
 LOG = "train.log"      # a parallel run's output, in its own folder
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How a study's runs are spread: one after another (the default), `jobs` at once on this machine, or as
+    tasks on the Ray cluster at `ray` ("auto" or an address) with `ray_cpus` CPUs each."""
+    jobs: int = 1
+    ray: str | None = None
+    ray_cpus: int = 1
+
+    @property
+    def parallel(self) -> bool:
+        return self.jobs > 1 or bool(self.ray)
+
+    def check(self) -> "Launch":
+        for name, value in (("jobs", self.jobs), ("ray-cpus", self.ray_cpus)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(f"--{name} must be >= 1, got {value}")
+        return self
+
+
+SEQUENTIAL = Launch()
 
 
 def run_or_reuse(cfg: TrainConfig, model=None) -> Run:
@@ -59,18 +86,23 @@ def default_out(prefix: str) -> Path:
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{prefix}"
 
 
-def run_all(cfgs: list[TrainConfig], jobs: int = 1, model=None) -> list[Run]:
-    """Every config's run (reused where finished), in order; with jobs > 1, up to `jobs` at once in worker
-    processes, one line per run on the console and each run's output in RUN/train.log."""
-    if jobs <= 1:
+def run_all(cfgs: list[TrainConfig], launch: Launch = SEQUENTIAL, model=None) -> list[Run]:
+    """Every config's run (reused where finished), in order: one after another, or spread as `launch` says
+    (worker processes here, or Ray tasks), with one line per run on the console and its output in RUN/train.log."""
+    if not launch.parallel:
         return [run_or_reuse(cfg, model) for cfg in cfgs]
     if model is not None and not isinstance(model, str):
-        raise UsageError("--jobs runs each run in a process of its own: the model must be one Python can import "
-                         "there (a registered name or module:factory), not an object defined in this session")
+        raise UsageError(f"{'--ray' if launch.ray else '--jobs'} runs each run in a process of its own: the model must be "
+                         "one Python can import there (a registered name or module:factory), not an object defined "
+                         "in this session")
     todo = [cfg for cfg in cfgs if not Run(cfg.out).finished]
-    slots = _Slots(jobs)
-    with ThreadPoolExecutor(jobs) as pool:
-        codes = list(pool.map(lambda item: _work(item[1], item[0] + 1, len(todo), slots), enumerate(todo)))
+    if launch.ray:
+        from cifarlab.study.cluster import run_on_ray
+        codes = run_on_ray(todo, launch.ray, launch.ray_cpus)
+    else:
+        slots = _Slots(launch.jobs)
+        with ThreadPoolExecutor(launch.jobs) as pool:
+            codes = list(pool.map(lambda item: _work(item[1], item[0] + 1, len(todo), slots), enumerate(todo)))
     if any(code in (130, 143) for code in codes):
         raise Interrupted("study stopped by a signal; every run saved its state: run the same command again to "
                           "resume", signal.SIGINT)
@@ -105,21 +137,30 @@ class _Slots:
 def _work(cfg: TrainConfig, number: int, total: int, slots: _Slots) -> int:
     """Run one config in a worker process; returns its exit code."""
     slot = slots.take()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.quiet:
+        print(f"cifarlab: [{number}/{total}] {cfg.out} started (log: {Path(cfg.out) / LOG})", flush=True)
     try:
-        if not cfg.quiet:
-            print(f"cifarlab: [{number}/{total}] {out} started (log: {out / LOG})", flush=True)
-        with open(out / LOG, "a") as log:
-            code = subprocess.run([sys.executable, "-m", "cifarlab.study.runs"], input=json.dumps(cfg.to_dict()),
-                                  stdout=log, stderr=subprocess.STDOUT, text=True, env=slots.environment(slot)).returncode
+        code = start_worker(cfg, slots.environment(slot))
     finally:
         slots.give(slot)
     if not cfg.quiet:
-        done = Run(out)
-        result = f"{done.summary['final_test_acc']:.2f}% test" if done.finished else f"exit {code}"
-        print(f"cifarlab: [{number}/{total}] {out} {'finished' if code == 0 else 'stopped'}: {result}", flush=True)
+        print(finished_line(cfg, number, total, code), flush=True)
     return code
+
+
+def start_worker(cfg: TrainConfig, env: dict) -> int:
+    """`python -m cifarlab.study.runs` for one config, its output appended to RUN/train.log; its exit code."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOG, "a") as log:
+        return subprocess.run([sys.executable, "-m", "cifarlab.study.runs"], input=json.dumps(cfg.to_dict()),
+                              stdout=log, stderr=subprocess.STDOUT, text=True, env=env).returncode
+
+
+def finished_line(cfg: TrainConfig, number: int, total: int, code: int) -> str:
+    done = Run(cfg.out)
+    result = f"{done.summary['final_test_acc']:.2f}% test" if done.finished else f"exit {code}"
+    return f"cifarlab: [{number}/{total}] {cfg.out} {'finished' if code == 0 else 'stopped'}: {result}"
 
 
 def _worker() -> int:

@@ -9,7 +9,7 @@ from cifarlab.config import TrainConfig
 from cifarlab.report.stats import confidence_interval, interval_text, mean_std, plus_minus
 from cifarlab.report.summary import results_block, summary_title, write_summary
 from cifarlab.run import Run
-from cifarlab.study.runs import default_out, run_all
+from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_all
 
 # summary.json keys that get a mean and a std over seeds.
 SEED_KEYS = ("final_train_acc", "final_test_acc", "best_test_acc", "overfit_gap", "train_time_s", "images_per_s")
@@ -31,12 +31,12 @@ class Seeds(dict):
         return shown(curves_figure({r.name: r.metrics for r in self.runs}, f"{self['model']} over seeds"))
 
 
-def train_seeds(cfg: TrainConfig, seeds: int, model=None, jobs: int = 1) -> Seeds:
-    """Train seeds cfg.seed .. cfg.seed+K-1 into OUT/seed-S (up to `jobs` at once) and write OUT/summary.json
-    with mean +- std."""
+def train_seeds(cfg: TrainConfig, seeds: int, model=None, launch: Launch = SEQUENTIAL) -> Seeds:
+    """Train seeds cfg.seed .. cfg.seed+K-1 into OUT/seed-S (spread as `launch` says) and write
+    OUT/summary.json with mean +- std."""
     base = Path(cfg.out) if cfg.out else default_out(f"{cfg.model}-{cfg.dataset}".replace(":", "-").replace("/", "-"))
     runs = run_all([dataclasses.replace(cfg, seed=cfg.seed + i, out=str(base / f"seed-{cfg.seed + i}"))
-                    for i in range(seeds)], jobs, model)
+                    for i in range(seeds)], launch, model)
     summary = seeds_summary([r.summary for r in runs])
     summary["runs"] = [str(r.path) for r in runs]
     return Seeds(write_summary(base, summary, seeds_block(summary), cfg.quiet), runs)

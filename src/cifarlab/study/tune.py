@@ -112,7 +112,7 @@ def _optuna():
 
 
 def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None, study_name: str | None = None,
-         confirm_seeds: int = 0, jobs: int = 1) -> dict:
+         confirm_seeds: int = 0) -> dict:
     """Run the study up to `trials` trials (continuing the trials already in its storage); returns tune.json."""
     optuna = _optuna()
     if cfg.val_size <= 0:
@@ -133,7 +133,7 @@ def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None,
     result = summarize(study, cfg, storage, out, optuna)
     write_best_recipe(out / "best-recipe.toml", cfg, result)
     if confirm_seeds:
-        result["confirm"] = confirm(cfg, result["best"]["params"], out, confirm_seeds, jobs)
+        result["confirm"] = confirm(cfg, result["best"]["params"], out, confirm_seeds)
     atomic_write_json(out / "tune.json", result)
     write_report(out, result, study)
     return result
@@ -214,12 +214,12 @@ def _toml_value(value) -> str:
     return json.dumps(str(value))
 
 
-def confirm(cfg: TrainConfig, params: dict, out: Path, seeds: int, jobs: int) -> dict:
+def confirm(cfg: TrainConfig, params: dict, out: Path, seeds: int) -> dict:
     """The best settings on the whole train split (no val held out), K seeds, scored on test: once."""
     from cifarlab.study.seeds import train_seeds
 
     final = dataclasses.replace(cfg, **params, val_size=0, test=True, out=str(out / "confirm"))
-    summary = train_seeds(final, seeds, jobs=jobs) if seeds > 1 else _one(final)
+    summary = train_seeds(final, seeds) if seeds > 1 else _one(final)
     return {"seeds": summary.get("seeds", [cfg.seed]), "folder": str(out / "confirm"),
             "final_test_acc_mean": summary.get("final_test_acc_mean", summary["final_test_acc"]),
             "final_test_acc_std": summary.get("final_test_acc_std", 0.0),
