@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import signal
+import shutil
 import struct
 import subprocess
 import sys
@@ -150,3 +151,45 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
     """Run `python -m cifarlab ARGS` in a subprocess (real exit codes, real stderr)."""
     return subprocess.run([sys.executable, "-m", "cifarlab", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
+
+
+# Injected into a report page: after loading, it lists its images, the broken ones, its sections (h2) and
+# every script or console error into a <pre id="__check"> that --dump-dom prints.
+CHECK = """<script>
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(e.message || 'failed to load ' + (e.target.src || '')), true);
+const _error = console.error; console.error = (...a) => { window.__errors.push(a.join(' ')); _error(...a); };
+window.addEventListener('load', () => {
+  const images = Array.from(document.images);
+  const result = {images: images.length, broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).length,
+                  sections: Array.from(document.querySelectorAll('h2')).map(h => h.textContent),
+                  errors: window.__errors};
+  const pre = document.createElement('pre'); pre.id = '__check'; pre.textContent = JSON.stringify(result);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
+    return path
+
+
+def headless(*args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
+    return subprocess.run([chromium(), *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def render_in_chromium(page: Path, tmp_path: Path) -> dict:
+    """Open a self-contained report page in headless Chromium (skipped where it is absent); what it rendered:
+    {"images", "broken", "sections", "errors"}."""
+    import json
+    import re
+    html = page.read_text()
+    assert "http://" not in html and "https://" not in html and "<script" not in html   # self-contained
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("<head>", "<head>" + CHECK, 1))
+    dom = headless("--dump-dom", probe.as_uri())
+    return json.loads(re.search(r'<pre id="__check">(.*?)</pre>', dom.stdout).group(1))

@@ -2,12 +2,10 @@
 
 import json
 import re
-import shutil
-import subprocess
 
 import pytest
 
-from conftest import run_cli
+from conftest import headless, render_in_chromium, run_cli
 
 RUNS = ["basic-cnn-cifar10", "deeper-cnn-cifar10", "deeper-cnn-cifar100-20ep", "deeper-cnn-cifar100-35ep",
         "resnet18-cifar10", "resnet18-cifar100"]
@@ -15,19 +13,6 @@ ARTICLE_TEST = {"basic-cnn-cifar10": 74.75, "deeper-cnn-cifar10": 86.45, "deeper
                 "deeper-cnn-cifar100-35ep": 57.29, "resnet18-cifar10": 88.75, "resnet18-cifar100": 71.53}
 
 # Injected into a copy of the report: records load errors and console errors, then checks every image.
-CHECK = """<script>
-window.__errors = [];
-window.addEventListener('error', e => window.__errors.push(e.message || 'failed to load ' + (e.target.src || '')), true);
-const _error = console.error; console.error = (...a) => { window.__errors.push(a.join(' ')); _error(...a); };
-window.addEventListener('load', () => {
-  const images = Array.from(document.images);
-  const result = {images: images.length, broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).length,
-                  sections: Array.from(document.querySelectorAll('h2')).map(h => h.textContent),
-                  errors: window.__errors};
-  const pre = document.createElement('pre'); pre.id = '__check'; pre.textContent = JSON.stringify(result);
-  document.body.appendChild(pre);
-});
-</script>"""
 
 
 @pytest.fixture(scope="module")
@@ -96,27 +81,11 @@ def test_reproduce_rejects_a_scale_outside_zero_to_one(tmp_path):
     assert result.stderr.strip() == "cifarlab: error: --scale must be in (0, 1], got 0.0"
 
 
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
-    return path
-
-
-def headless(*args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
-    return subprocess.run([chromium(), *flags, *args], capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.slow
 def test_report_html_renders_every_section_and_image_in_chromium(study, tmp_path):
     out, _ = study
     page = (out / "report.html").read_text()
-    assert "http://" not in page and "https://" not in page and "<script" not in page   # self-contained
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("<head>", "<head>" + CHECK, 1))
-    dom = headless("--dump-dom", probe.as_uri())
-    check = json.loads(re.search(r'<pre id="__check">(.*?)</pre>', dom.stdout).group(1))
+    check = render_in_chromium(out / "report.html", tmp_path)
     assert check["errors"] == [] and check["broken"] == 0
     assert check["images"] == page.count("<img ") == 2 + 3 * len(RUNS)
     assert check["sections"][:3] == ["Setup", "Results beside the article", "Comparisons"]

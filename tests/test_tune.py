@@ -10,7 +10,7 @@ import pytest
 from cifarlab.config import build_config
 from cifarlab.errors import UsageError
 from cifarlab.study.tune import load_space
-from conftest import run_cli
+from conftest import render_in_chromium, run_cli
 
 
 @pytest.mark.parametrize("text, message", [
@@ -69,8 +69,14 @@ def test_a_study_selects_on_val_writes_a_recipe_and_continues(cifar_mini, tmp_pa
     confirm = json.loads((out / "confirm" / "summary.json").read_text())
     assert confirm["final_test_acc"] == result["confirm"]["final_test_acc_mean"] > 10.0
     assert json.loads((out / "confirm" / "config.json").read_text())["val_size"] == 0
-    html = (out / "report.html").read_text()
-    assert "Optimisation history" in html and "Parallel coordinates" in html and "The best trial" in html
+    check = render_in_chromium(out / "report.html", tmp_path)                 # as a browser shows it
+    assert check["errors"] == [] and check["broken"] == 0 and check["images"] == 4
+    assert check["sections"] == ["Search", "Trials", "Optimisation history", "Parameter importances",
+                                 "Parallel coordinates", "The best trial", "Confirmation on test"]
+    trained = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
+                      "--recipe", str(out / "best-recipe.toml"), "--epochs", "1", "--limit-train", "500",
+                      "--out", str(tmp_path / "with-best"), "--quiet")                # the recipe trains
+    assert trained.returncode == 0, trained.stderr
 
     again = run_cli(*common, "--trials", "5", "--confirm-seeds", "0")         # the same study, one more trial
     assert again.returncode == 0, again.stderr
