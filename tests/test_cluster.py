@@ -58,3 +58,39 @@ def test_without_ray_installed_the_flag_says_how_to_get_it(tmp_path, monkeypatch
     from cifarlab.study.cluster import connect
     with pytest.raises(cifarlab.UsageError, match=r'^--ray needs Ray: pip install "cifarlab\[ray\]"$'):
         connect("auto")
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A Ray head node on loopback, started as a user would (`ray start --head`), stopped after the test."""
+    import shutil
+    import socket
+    import subprocess
+    pytest.importorskip("ray")
+    ray_cli = shutil.which("ray")
+    if ray_cli is None:
+        pytest.skip("the `ray` command is not on PATH")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = subprocess.run([ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                             capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stderr
+    yield f"127.0.0.1:{port}"
+    subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_tune_workers_as_ray_tasks_share_the_study(cifar_mini, tmp_path, ray_head):
+    pytest.importorskip("optuna")
+    from test_tune import assert_shared_study
+    out = tmp_path / "tune-ray"
+    result = run_cli("tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
+                     "--epochs", "1", "--limit-train", "600", "--val-size", "200", "--precision", "fp32",
+                     "--trials", "3", "--confirm-seeds", "0", "--jobs", "2", "--ray", ray_head, "--out", str(out),
+                     "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (out / "workers").iterdir()) == ["ray-0.log", "ray-1.log"]
+    assert_shared_study(f"sqlite:///{(out / 'tune.db').resolve()}", "basic-cnn-cifar10", 3, 2)
+    trials = json.loads((out / "tune.json").read_text())["trials"]
+    assert len({t["worker"] for t in trials}) >= 1 and all(t["worker"] for t in trials)

@@ -194,3 +194,16 @@ def test_an_interrupted_study_keeps_its_finished_trials(cifar_mini, tmp_path):
     after = {t.number: t.value for t in optuna.load_study(study_name="basic-cnn-cifar10", storage=storage).trials}
     assert all(after[n] == v for n, v in before.items())                       # kept, not rerun
     assert_shared_study(storage, "basic-cnn-cifar10", 4, 1)
+
+
+@pytest.mark.slow
+def test_tune_jobs_runs_trials_in_parallel_processes_of_one_study(cifar_mini, tmp_path):
+    pytest.importorskip("optuna")
+    out = tmp_path / "jobs"
+    result = run_cli("tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
+                     "--epochs", "1", "--limit-train", "600", "--val-size", "200", "--precision", "fp32",
+                     "--trials", "6", "--confirm-seeds", "0", "--jobs", "2", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert_shared_study(f"sqlite:///{(out / 'tune.db').resolve()}", "basic-cnn-cifar10", 6, 2)
+    trials = json.loads((out / "tune.json").read_text())["trials"]              # the summary saw every worker's
+    assert len(trials) >= 6 and len({t["worker"] for t in trials}) == 2          # two processes trained them

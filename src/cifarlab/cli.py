@@ -98,11 +98,13 @@ JOBS_HELP = ("run up to N runs at once, each in a process of its own: one GPU ea
              "share of the CPU cores; each run's output goes to RUN/train.log (default 1: one after another)")
 
 
-def _add_jobs(parser) -> None:
-    parser.add_argument("--jobs", type=int, default=1, metavar="N", help=JOBS_HELP)
-    parser.add_argument("--ray", metavar="ADDRESS", help="run each run as a task on a Ray cluster: auto (the one "
-                        "this machine belongs to) or HOST:PORT; --out must be on a filesystem every node sees "
-                        '(pip install "cifarlab[ray]")')
+RAY_HELP = ("run each run as a task on a Ray cluster: auto (the one this machine belongs to) or HOST:PORT; --out "
+            'must be on a filesystem every node sees (pip install "cifarlab[ray]")')
+
+
+def _add_jobs(parser, jobs_help: str = JOBS_HELP, ray_help: str = RAY_HELP) -> None:
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help=jobs_help)
+    parser.add_argument("--ray", metavar="ADDRESS", help=ray_help)
     parser.add_argument("--ray-cpus", type=int, default=1, metavar="N", help="CPUs per Ray task (default 1; on a "
                         "GPU cluster each task also takes one GPU)")
 
@@ -135,6 +137,10 @@ def _add_tune_command(sub) -> None:
     tune.add_argument("--confirm-seeds", type=int, default=2, metavar="K",
                       help="retrain the best settings on the whole train split over K seeds and score test "
                       "(default 2; 0: skip)")
+    _add_jobs(tune, "run N trials at once: N tune processes share the study (the cores split evenly; the others "
+                    "log to OUT/workers/)", "run the N (--jobs) tune workers as tasks on a Ray cluster instead "
+                    "(auto or HOST:PORT); --out must be on a filesystem every node sees, and the storage reachable "
+                    "from every node (--storage postgresql://... across machines)")
 
 
 def _add_study_commands(sub) -> None:
@@ -404,6 +410,19 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _without_launch_flags(argv: list[str]) -> list[str]:
+    """The command's own arguments without --jobs / --ray / --ray-cpus: what each tune worker runs."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--jobs", "--ray", "--ray-cpus"):
+            skip = True
+        elif not arg.startswith(("--jobs=", "--ray=", "--ray-cpus=")):
+            out.append(arg)
+    return out
+
+
 def cmd_tune(args) -> int:
     from cifarlab.study.tune import load_space, tune
 
@@ -412,7 +431,7 @@ def cmd_tune(args) -> int:
     if args.val_size is None:
         args.val_size = 5000
     result = tune(_train_config(args), args.trials, load_space(args.space), args.storage, args.study,
-                  args.confirm_seeds)
+                  args.confirm_seeds, _launch(args), worker_args=_without_launch_flags(sys.argv[1:]))
     best = result["best"]
     print(f"best: trial {best['number']}, {best['val_acc']:.2f}% validation accuracy, {best['params']}")
     if "confirm" in result:

@@ -57,6 +57,25 @@ def check_shared_folder(ray, out: Path) -> None:
         probe.unlink(missing_ok=True)
 
 
+def run_commands_on_ray(commands: list[list[str]], address: str, cpus: int, out: Path):
+    """Each command as a Ray task (`cpus` CPUs, a GPU each on a GPU cluster), started now; returns a function that
+    waits for them and gives their exit codes. Their output goes to OUT/workers/ray-K.log on their node."""
+    ray = connect(address)
+    check_shared_folder(ray, out)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    (out / "workers").mkdir(parents=True, exist_ok=True)
+
+    @ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES)
+    def run(command: list[str], log: str, threads: int) -> int:
+        import subprocess
+        with open(log, "a") as sink:
+            return subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
+
+    tasks = [run.remote(command, str(out / "workers" / f"ray-{k}.log"), cpus) for k, command in enumerate(commands)]
+    return lambda: ray.get(tasks)
+
+
 def run_on_ray(cfgs: list[TrainConfig], address: str, cpus: int) -> list[int]:
     """Every config as a Ray task (one GPU each on a GPU cluster, `cpus` CPUs each); their exit codes, in order."""
     if not cfgs:

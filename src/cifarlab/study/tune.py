@@ -17,6 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,9 +29,9 @@ except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
 from cifarlab.config import FIELD_TYPES, TrainConfig, load_recipe, validate
-from cifarlab.errors import UsageError
+from cifarlab.errors import CifarlabError, UsageError
 from cifarlab.run import atomic_write_json, atomic_write_text, load_run
-from cifarlab.study.runs import default_out
+from cifarlab.study.runs import SEQUENTIAL, Launch, default_out
 
 # The default search space: the knobs that matter for a small CNN, and augmentation strength.
 DEFAULT_SPACE = {
@@ -112,8 +115,12 @@ def _optuna():
 
 
 def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None, study_name: str | None = None,
-         confirm_seeds: int = 0) -> dict:
-    """Run the study up to `trials` trials (continuing the trials already in its storage); returns tune.json."""
+         confirm_seeds: int = 0, launch: Launch = SEQUENTIAL, worker_args: list[str] | None = None) -> dict:
+    """Run the study up to `trials` trials (continuing the trials already in its storage); returns tune.json.
+
+    launch: with jobs N, N-1 more `cifarlab tune` processes (worker_args, the command's own arguments) share
+    the study with this one; with ray, N of them run as Ray tasks and this process only waits. Either way the
+    summary, the recipe, the report and the confirmation come from here, once every worker is done."""
     optuna = _optuna()
     if cfg.val_size <= 0:
         raise UsageError("tune selects on a validation split: --val-size must be > 0 (for example 5000)")
@@ -127,9 +134,12 @@ def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None,
     # (or machines, on one --storage) share the count, and a trial interrupted earlier (failed) is replaced.
     state = optuna.trial.TrialState
     counted = (state.COMPLETE, state.PRUNED, state.RUNNING)
-    if len(study.get_trials(deepcopy=False, states=counted)) < trials:
+    workers = start_workers(launch, [*(worker_args or []), "--storage", storage, "--study", study.study_name,
+                                     "--confirm-seeds", "0", "--quiet"], out)
+    if not launch.ray and len(study.get_trials(deepcopy=False, states=counted)) < trials:
         study.optimize(lambda trial: objective(trial, cfg, space, out, optuna),
                        callbacks=[optuna.study.MaxTrialsCallback(trials, states=counted)])
+    workers.wait()
     result = summarize(study, cfg, storage, out, optuna)
     write_best_recipe(out / "best-recipe.toml", cfg, result)
     if confirm_seeds:
@@ -137,6 +147,39 @@ def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None,
     atomic_write_json(out / "tune.json", result)
     write_report(out, result, study)
     return result
+
+
+class Workers:
+    """The other processes of a parallel study: started with it, waited for before the summary."""
+
+    def __init__(self, processes: list | None = None, ray_codes=None, logs: list[Path] | None = None):
+        self.processes, self.ray_codes, self.logs = processes or [], ray_codes, logs or []
+
+    def wait(self) -> None:
+        codes = [p.wait() for p in self.processes] + (self.ray_codes() if self.ray_codes else [])
+        failed = [i for i, code in enumerate(codes) if code != 0]
+        if failed:
+            where = f"; see {self.logs[failed[0]]}" if failed[0] < len(self.logs) else ""
+            raise CifarlabError(f"{len(failed)} of {len(codes)} tune workers failed{where}")
+
+
+def start_workers(launch: Launch, args: list[str], out: Path) -> Workers:
+    """`cifarlab ARGS` in jobs-1 more processes here (the cores shared evenly; this one keeps its share), or
+    in `jobs` Ray tasks; each worker's output goes to OUT/workers/worker-K.log."""
+    if not launch.parallel:
+        return Workers()
+    command = [sys.executable, "-m", "cifarlab", *args]
+    if launch.ray:
+        from cifarlab.study.cluster import run_commands_on_ray
+        return Workers(ray_codes=run_commands_on_ray([command] * launch.jobs, launch.ray, launch.ray_cpus, out))
+    threads = max(1, (os.cpu_count() or 1) // launch.jobs)
+    import torch
+    torch.set_num_threads(threads)
+    (out / "workers").mkdir(parents=True, exist_ok=True)
+    logs = [out / "workers" / f"worker-{k}.log" for k in range(1, launch.jobs)]
+    processes = [subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT,
+                                  env={**os.environ, "OMP_NUM_THREADS": str(threads)}) for log in logs]
+    return Workers(processes, logs=logs)
 
 
 def open_study(optuna, name: str, storage: str, seed: int):
@@ -165,6 +208,7 @@ def objective(trial, cfg: TrainConfig, space: dict, out: Path, optuna) -> float:
                                     eval_every=1, tensorboard=False)
     validate(trial_cfg)
     trial.set_user_attr("run", str(folder))
+    trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")     # who trained it
 
     def report(row: dict) -> None:
         trial.report(row["val_acc"], row["epoch"])
@@ -179,7 +223,8 @@ def objective(trial, cfg: TrainConfig, space: dict, out: Path, optuna) -> float:
 
 def summarize(study, cfg: TrainConfig, storage: str, out: Path, optuna) -> dict:
     trials = [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
-               "run": t.user_attrs.get("run"), "epochs_trained": len(t.intermediate_values)} for t in study.trials]
+               "run": t.user_attrs.get("run"), "worker": t.user_attrs.get("worker"),
+               "epochs_trained": len(t.intermediate_values)} for t in study.trials]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise UsageError(f"no trial of study {study.study_name} completed (all pruned or failed); see {out / 'trials'}")
