@@ -85,9 +85,9 @@ def test_a_bad_muon_lr_is_refused(value):
         build_config({"model": "basic-cnn", "dataset": "cifar10", "optimizer": "muon", "muon_lr": value})
 
 
-@pytest.mark.slow                  # three trainings of deeper-cnn on 2,000 images: ~30 s on 2 cores
+@pytest.mark.slow                  # three short trainings of basic-cnn on 2,000 images
 def test_muon_learns_real_images_and_resumes_exactly(cifar_mini, tmp_path, monkeypatch):
-    settings = {"model": "deeper-cnn", "dataset": "cifar10", "data_dir": str(cifar_mini), "epochs": 2,
+    settings = {"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(cifar_mini), "epochs": 2,
                 "limit_train": 2000, "batch_size": 100, "optimizer": "muon", "lr": 0.05, "muon_lr": 0.05,
                 "momentum": 0.9, "nesterov": True, "schedule": "onecycle", "label_smoothing": 0.1,
                 "precision": "fp32", "quiet": True, "download": False}

@@ -69,7 +69,7 @@ def wait_for_epochs(out, proc, n, extra_s=0.0):
 @pytest.mark.slow
 def test_a_second_writer_is_refused_with_the_holders_pid_and_a_killed_one_leaves_no_lock(cifar_mini, tmp_path):
     out = tmp_path / "busy"
-    proc = start(cifar_mini, out)
+    proc = start(cifar_mini, out, "--epochs", "60")      # long enough to be running through the whole test
     wait_for_epochs(out, proc, 1)                         # last.pt exists: a --resume would otherwise go ahead
     lines_before = (out / "metrics.jsonl").read_text()
     for args in (["--resume", str(out)], [*RUN, "--data-dir", str(cifar_mini), "--out", str(out), "--overwrite"]):
@@ -79,11 +79,12 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_a_killed_one_leaves
                                                 f"process (pid {proc.pid}, started ")
         assert len(result.stderr.strip().splitlines()) == 1
     assert (out / "metrics.jsonl").read_text().startswith(lines_before)     # --overwrite deleted nothing
+    assert proc.poll() is None                            # the writer ran through it all, undisturbed
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = run_cli("train", "--resume", str(out))      # the OS dropped the dead process's lock
-    assert resumed.returncode == 0, resumed.stderr
-    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    from cifarlab.run import lock_folder, release_folders
+    lock_folder(out)                                      # the OS dropped the dead process's lock: free now
+    release_folders()
 
 
 @pytest.mark.slow

@@ -200,8 +200,9 @@ def test_an_interrupted_study_keeps_its_finished_trials(cifar_mini, tmp_path):
 def test_tune_jobs_runs_trials_in_parallel_processes_of_one_study(cifar_mini, tmp_path):
     pytest.importorskip("optuna")
     out = tmp_path / "jobs"
+    # trials of a few seconds each, so that the second process (which imports torch first) gets some
     result = run_cli("tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
-                     "--epochs", "1", "--limit-train", "600", "--val-size", "200", "--precision", "fp32",
+                     "--epochs", "2", "--limit-train", "1500", "--val-size", "300", "--precision", "fp32",
                      "--trials", "6", "--confirm-seeds", "0", "--jobs", "2", "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     assert_shared_study(f"sqlite:///{(out / 'tune.db').resolve()}", "basic-cnn-cifar10", 6, 2)
