@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -27,10 +26,10 @@ def local_cluster():
 def test_a_seeds_study_on_ray_equals_the_same_seeds_one_after_another(cifar_mini, tmp_path, local_cluster):
     settings = {"data_dir": str(cifar_mini), "epochs": 1, "limit_train": 600, "precision": "fp32",
                 "recipe": "article-basic-cnn"}
-    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}          # each Ray task gets 1 CPU, so 1 thread
+    # each Ray task gets 1 CPU, so 1 thread: the sequential study is given the same
     sequential = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
                          "--epochs", "1", "--limit-train", "600", "--precision", "fp32", "--recipe",
-                         "article-basic-cnn", "--seeds", "2", "--out", str(tmp_path / "seq"), env=one_thread)
+                         "article-basic-cnn", "--seeds", "2", "--out", str(tmp_path / "seq"), "--threads", "1")
     assert sequential.returncode == 0, sequential.stderr
     seeds = cifarlab.train("basic-cnn", "cifar10", seeds=2, ray="auto", ray_cpus=1, out=tmp_path / "ray",
                            **{k: v for k, v in settings.items() if k != "recipe"}, recipe=settings["recipe"])

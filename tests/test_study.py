@@ -141,17 +141,16 @@ def test_train_seeds_writes_mean_and_std_of_the_seed_runs(cifar_mini, tmp_path):
 
 @pytest.mark.slow
 def test_seeds_run_in_parallel_jobs_equal_the_same_seeds_one_after_another(cifar_mini, tmp_path):
-    """--jobs 2 on 2 cores: each worker gets 1 thread; the sequential study, pinned to 1 thread too, must give
-    the same metrics and weights bit for bit (the same code path, the same seeds)."""
+    """--jobs 2 on 2 cores: each run gets 1 thread, recorded in its config; the sequential study with --threads 1
+    must give the same metrics and weights bit for bit (the same code path, the same seeds)."""
     import os
     from safetensors.torch import load_file
 
     from conftest import without_timing
 
     args = ["--recipe", "article-basic-cnn", "--epochs", "1", "--limit-train", "600", "--seeds", "2"]
-    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
     sequential = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
-                         "--out", str(tmp_path / "seq"), "--precision", "fp32", *args, env=one_thread)
+                         "--out", str(tmp_path / "seq"), "--precision", "fp32", *args, "--threads", "1")
     assert sequential.returncode == 0, sequential.stderr
     parallel = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
                        "--out", str(tmp_path / "par"), "--precision", "fp32", *args, "--jobs", "2")
@@ -162,6 +161,7 @@ def test_seeds_run_in_parallel_jobs_equal_the_same_seeds_one_after_another(cifar
         wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
         assert "cifarlab: basic-cnn on cifar10" in (b / "train.log").read_text()          # its output, in its folder
+        assert load_run(b).config["threads"] == max(1, (os.cpu_count() or 1) // 2)
     lines = [line for line in parallel.stdout.splitlines() if line.startswith("cifarlab: [")]
     assert len(lines) == 4 and sum("finished: " in line for line in lines) == 2            # started, finished x 2
     seq, par = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("seq", "par"))

@@ -120,6 +120,10 @@ class TrainConfig:
                          in_recipes=False)
     seed: int = setting(0)
     device: str = setting("auto", choices=DEVICES, in_recipes=False, on_resume=True)
+    threads: int | None = setting(
+        None, "CPU threads for this run (default: all; --jobs N gives each run cores/N). A CPU run's numbers depend "
+        "on it: give a sequential study the same count to get a parallel one's numbers", metavar="N",
+        in_recipes=False, on_resume=True)
     precision: str = setting(
         "auto", "auto = bf16 where the hardware runs it natively, fp16 on older GPUs, else fp32", choices=PRECISIONS)
     channels_last: bool = setting(True)
@@ -329,6 +333,8 @@ def _validate_numbers(cfg: TrainConfig) -> None:
            f"--backbone-lr-factor must be in (0, 1], got {cfg.backbone_lr_factor}")
     _check(isinstance(cfg.norm_lr_factor, (int, float)) and math.isfinite(cfg.norm_lr_factor)
            and cfg.norm_lr_factor > 0, f"--norm-lr-factor must be a finite number > 0, got {cfg.norm_lr_factor}")
+    _check(cfg.threads is None or (isinstance(cfg.threads, int) and not isinstance(cfg.threads, bool)
+                                   and cfg.threads >= 1), f"--threads must be an integer >= 1, got {cfg.threads}")
     _check(isinstance(cfg.eval_every, int) and not isinstance(cfg.eval_every, bool) and cfg.eval_every >= 0,
            f"--eval-every must be an integer >= 0, got {cfg.eval_every}")
     _check(isinstance(cfg.tta_shift, int) and 0 <= cfg.tta_shift <= 4,

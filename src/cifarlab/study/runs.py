@@ -95,7 +95,7 @@ def run_all(cfgs: list[TrainConfig], launch: Launch = SEQUENTIAL, model=None) ->
         raise UsageError(f"{'--ray' if launch.ray else '--jobs'} runs each run in a process of its own: the model must be "
                          "one Python can import there (a registered name or module:factory), not an object defined "
                          "in this session")
-    todo = [cfg for cfg in cfgs if not Run(cfg.out).finished]
+    todo = [with_threads(cfg, launch) for cfg in cfgs if not Run(cfg.out).finished]
     if launch.ray:
         from cifarlab.study.cluster import run_on_ray
         codes = run_on_ray(todo, launch.ray, launch.ray_cpus)
@@ -111,6 +111,15 @@ def run_all(cfgs: list[TrainConfig], launch: Launch = SEQUENTIAL, model=None) ->
         raise CifarlabError(f"{len(failed)} of {len(todo)} runs failed; the first: {failed[0].out} "
                             f"(see {Path(failed[0].out) / LOG})")
     return [load_run(cfg.out, model) for cfg in cfgs]
+
+
+def with_threads(cfg: TrainConfig, launch: Launch) -> TrainConfig:
+    """A parallel run's CPU threads, recorded in its config: --ray-cpus on Ray, cores/N with --jobs N (unless
+    --threads says otherwise). The same --threads gives a sequential study the same numbers."""
+    if cfg.threads or (cfg.device != "cpu" and torch.cuda.is_available()):
+        return cfg
+    threads = launch.ray_cpus if launch.ray else max(1, (os.cpu_count() or 1) // launch.jobs)
+    return dataclasses.replace(cfg, threads=threads)
 
 
 class _Slots:

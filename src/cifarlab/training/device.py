@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from cifarlab.errors import UsageError
+
+
+@contextmanager
+def cpu_threads(threads: int | None):
+    """torch's CPU threads set to `threads` for the block (None: leave them), then put back. A CPU run's numbers
+    depend on its thread count (a convolution's gradient is summed in another order), so a study that spreads
+    its runs gives each the same count it records."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def resolve_device(name: str) -> torch.device:

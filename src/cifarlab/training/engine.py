@@ -23,7 +23,7 @@ from cifarlab.models import build_model, count_params, model_spec
 from cifarlab.report.summary import article_summary
 from cifarlab.run import BEST, LAST, Run, release_folders
 from cifarlab.training import distributed
-from cifarlab.training.device import Precision, resolve_device
+from cifarlab.training.device import Precision, cpu_threads, resolve_device
 from cifarlab.training.distributed import Dist
 from cifarlab.training.evaluation import evaluate, global_sums
 from cifarlab.training.lookahead import Lookahead
@@ -50,14 +50,15 @@ def fit(cfg: TrainConfig, resume: bool = False, model=None, on_epoch=None) -> di
     try:
         if not dist.is_main:   # only rank 0 prints and writes the run folder
             cfg = dataclasses.replace(cfg, quiet=True, tensorboard=False)
-        trainer = setup(cfg, resume, dist, model)
-        trainer.on_epoch = on_epoch
-        with trainer.stop:
-            for epoch in range(trainer.state.epoch + 1, cfg.epochs + 1):
-                run_epoch(trainer, epoch)
-        if trainer.writer is not None:
-            trainer.writer.close()
-        return summarize(trainer)
+        with cpu_threads(cfg.threads):
+            trainer = setup(cfg, resume, dist, model)
+            trainer.on_epoch = on_epoch
+            with trainer.stop:
+                for epoch in range(trainer.state.epoch + 1, cfg.epochs + 1):
+                    run_epoch(trainer, epoch)
+            if trainer.writer is not None:
+                trainer.writer.close()
+            return summarize(trainer)
     finally:
         release_folders()
         distributed.teardown(dist)
