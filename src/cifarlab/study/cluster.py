@@ -85,15 +85,15 @@ def run_on_ray(cfgs: list[TrainConfig], address: str, cpus: int) -> list[int]:
     gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
 
     @ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES)
-    def train(settings: dict, threads: int) -> int:
+    def train(settings: dict) -> int:
         from cifarlab.config import TrainConfig as Config
         from cifarlab.study.runs import start_worker
 
-        return start_worker(Config(**settings), {**os.environ, "OMP_NUM_THREADS": str(threads)})
+        return start_worker(Config(**settings), dict(os.environ))      # threads: in the settings (with_threads)
 
     from cifarlab.study.runs import finished_line
 
-    pending = {train.remote(cfg.to_dict(), cpus): (i, cfg) for i, cfg in enumerate(cfgs)}
+    pending = {train.remote(cfg.to_dict()): (i, cfg) for i, cfg in enumerate(cfgs)}
     codes = [0] * len(cfgs)
     for i, cfg in enumerate(cfgs):
         if not cfg.quiet:

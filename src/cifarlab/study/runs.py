@@ -123,11 +123,12 @@ def with_threads(cfg: TrainConfig, launch: Launch) -> TrainConfig:
 
 
 class _Slots:
-    """Which worker slots are free: slot k runs on GPU k mod (GPUs), or on its share of the CPU cores."""
+    """Which worker slots are free: slot k runs on GPU k mod (GPUs); on a CPU, each run's share of the cores is
+    in its config (with_threads)."""
 
     def __init__(self, jobs: int):
         self.free, self.lock = list(range(jobs)), threading.Lock()
-        self.jobs, self.gpus = jobs, torch.cuda.device_count()
+        self.gpus = torch.cuda.device_count()
 
     def take(self) -> int:
         with self.lock:
@@ -140,7 +141,7 @@ class _Slots:
     def environment(self, slot: int) -> dict:
         if self.gpus:
             return {**os.environ, "CUDA_VISIBLE_DEVICES": str(slot % self.gpus)}
-        return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // self.jobs))}
+        return dict(os.environ)
 
 
 def _work(cfg: TrainConfig, number: int, total: int, slots: _Slots) -> int:
@@ -158,7 +159,10 @@ def _work(cfg: TrainConfig, number: int, total: int, slots: _Slots) -> int:
 
 
 def start_worker(cfg: TrainConfig, env: dict) -> int:
-    """`python -m cifarlab.study.runs` for one config, its output appended to RUN/train.log; its exit code."""
+    """`python -m cifarlab.study.runs` for one config, its output appended to RUN/train.log; its exit code.
+    The config's threads also cap OpenMP in the worker (torch itself is set from the config by fit)."""
+    if cfg.threads:
+        env = {**env, "OMP_NUM_THREADS": str(cfg.threads)}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / LOG, "a") as log:
