@@ -44,11 +44,11 @@ class Dist:
 
     def all_sum(self, values) -> list[float]:
         """The values added over every rank (read back as they are in a single process)."""
-        return self._all_reduce(values, dist.ReduceOp.SUM if self.enabled else None)
+        return self._all_reduce(values, dist.ReduceOp.SUM)
 
     def all_max(self, values) -> list[float]:
         """The largest of each value over every rank."""
-        return self._all_reduce(values, dist.ReduceOp.MAX if self.enabled else None)
+        return self._all_reduce(values, dist.ReduceOp.MAX)
 
     def agree(self, signum: int | None, due: bool, bad: torch.Tensor) -> tuple[int | None, bool, bool]:
         """(stop signal, checkpoint due, loss went bad) as the max over ranks, so that every rank takes the same
