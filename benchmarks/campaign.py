@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cifarlab.run import atomic_write_text
 from cifarlab.study.reproduce import ARTICLE_RUNS
 
 HERE = Path(__file__).resolve().parent
@@ -112,22 +113,18 @@ def run_seed(entry: Entry, seed: int, out: Path, data_dir: str | None, extra: li
 
 def machine() -> str:
     """The CPU model and whether it runs bf16 natively, or the GPU, for the figure's record."""
-    try:
-        import torch
-        if torch.cuda.is_available():
-            return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
-    except ImportError:
-        pass
-    model, flags = platform.processor() or platform.machine(), set()
+    import torch
+
+    from cifarlab.training.device import cpu_supports_bf16
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    native = "native bf16" if flags & {"avx512_bf16", "amx_bf16"} else "bf16 not native"
+        model = next((line.partition(":")[2].strip() for line in cpuinfo.read_text().splitlines()
+                      if line.partition(":")[0].strip() == "model name"), model)
+    native = "native bf16" if cpu_supports_bf16() else "bf16 not native"     # as --precision auto decides
     threads = os.environ.get("OMP_NUM_THREADS")
     return f"{model}, {os.cpu_count()} cores{f' ({threads} thread(s) used)' if threads else ''}, {native}"
 
@@ -155,15 +152,9 @@ def record(entry: Entry, out: Path, extra: list[str], benchmarks: Path) -> bool:
     text = benchmarks.read_text() if benchmarks.is_file() else ""
     if HEADING not in text:
         text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{TABLE_HEAD}"
-    _atomic_write(benchmarks, text + figure_row(entry, out, extra))
-    _atomic_write(ledger, json.dumps([*done, entry.name]) + "\n")
+    atomic_write_text(benchmarks, text + figure_row(entry, out, extra))
+    atomic_write_text(ledger, json.dumps([*done, entry.name]) + "\n")
     return True
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_campaign(entries: list[Entry], out: Path, data_dir: str | None, extra: list[str], benchmarks: Path) -> int:
