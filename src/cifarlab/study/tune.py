@@ -177,8 +177,11 @@ def start_workers(launch: Launch, args: list[str], out: Path) -> Workers:
     torch.set_num_threads(threads)
     (out / "workers").mkdir(parents=True, exist_ok=True)
     logs = [out / "workers" / f"worker-{k}.log" for k in range(1, launch.jobs)]
-    processes = [subprocess.Popen(command, stdout=open(log, "a"), stderr=subprocess.STDOUT,
-                                  env={**os.environ, "OMP_NUM_THREADS": str(threads)}) for log in logs]
+    processes = []
+    for log in logs:
+        with open(log, "a") as sink:       # the worker holds its own copy of the descriptor
+            processes.append(subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
+                                              env={**os.environ, "OMP_NUM_THREADS": str(threads)}))
     return Workers(processes, logs=logs)
 
 
