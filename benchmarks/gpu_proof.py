@@ -40,6 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))    # pack_data and time_to_accuracy, the benchmarks beside this file
 
+from cifarlab.report import stats  # noqa: E402  (no torch: cheap)
 from cifarlab.run import atomic_write_json, atomic_write_text  # noqa: E402  (no torch: cheap)
 
 START = time.perf_counter()      # budgets count from the start of the process
@@ -85,11 +86,9 @@ class Budget:
 
 
 def mean_std(values) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (0 for one value; None, None for none)."""
+    """cifarlab's mean and sample standard deviation (0 for one value) of the values present; None, None for none."""
     values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return stats.mean_std(values) if values else (None, None)
 
 
 def tail(text: str, chars: int = 3000) -> str:
