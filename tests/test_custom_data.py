@@ -90,6 +90,13 @@ def one_line_error(excinfo, *parts) -> str:
     return message
 
 
+def refused(spec: str, *parts) -> str:
+    """load_dataset(spec) stops with a DataError of one line naming every part; returns the message."""
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(spec)
+    return one_line_error(excinfo, *parts)
+
+
 # ---------------------------------------------------------------- folder:PATH
 
 def test_folder_decodes_exact_pixels_labels_and_stats(tmp_path, cifar):
@@ -268,14 +275,10 @@ def test_a_truncated_image_is_named(tmp_path, cifar, monkeypatch):
     write_folder(tmp_path / "d", cifar, train=20, test=10)
     bad = sorted((tmp_path / "d" / "train" / "horse").iterdir())[3]
     bad.write_bytes(bad.read_bytes()[:len(bad.read_bytes()) // 2])
-    with pytest.raises(DataError) as excinfo:
-        load_dataset(f"folder:{tmp_path / 'd'}")
-    one_line_error(excinfo, bad, "cannot read image")
+    refused(f"folder:{tmp_path / 'd'}", bad, "cannot read image")
     monkeypatch.setattr(imagedecode, "worker_count", lambda n: 2)      # the same report from a worker process
     monkeypatch.setattr(imagedecode, "CHUNK", 32)
-    with pytest.raises(DataError) as excinfo:
-        load_dataset(f"folder:{tmp_path / 'd'}")
-    one_line_error(excinfo, bad, "cannot read image")
+    refused(f"folder:{tmp_path / 'd'}", bad, "cannot read image")
     assert not (tmp_path / "cache" / "folders").exists()                # nothing cached from partial data
 
 
@@ -286,18 +289,14 @@ def test_mixed_sizes_name_two_files(tmp_path, cifar, monkeypatch):
     first = sorted((tmp_path / "d" / "train" / "airplane").iterdir())[0]
     for workers in (1, 2):
         monkeypatch.setattr(imagedecode, "worker_count", lambda n: workers)
-        with pytest.raises(DataError) as excinfo:
-            load_dataset(f"folder:{tmp_path / 'd'}")
-        one_line_error(excinfo, first, "32x32", odd, "40x30", "--image-size N")
+        refused(f"folder:{tmp_path / 'd'}", first, "32x32", odd, "40x30", "--image-size N")
 
 
 def test_a_non_square_first_image(tmp_path, cifar):
     write_folder(tmp_path / "d", cifar)
     first = sorted((tmp_path / "d" / "train" / "airplane").iterdir())[0]
     Image.new("RGB", (40, 30)).save(first)
-    with pytest.raises(DataError) as excinfo:
-        load_dataset(f"folder:{tmp_path / 'd'}")
-    one_line_error(excinfo, first, "40x30", "not square", "--image-size N")
+    refused(f"folder:{tmp_path / 'd'}", first, "40x30", "not square", "--image-size N")
 
 
 def break_layout(root: Path, case: str) -> Path:
@@ -339,19 +338,13 @@ def break_layout(root: Path, case: str) -> Path:
 def test_bad_layouts_are_named(tmp_path, cifar, case, words):
     write_folder(tmp_path / "d", cifar, train=2, test=1)
     named = break_layout(tmp_path / "d", case)
-    with pytest.raises(DataError) as excinfo:
-        load_dataset(f"folder:{tmp_path / 'd'}")
-    one_line_error(excinfo, named, words)
+    refused(f"folder:{tmp_path / 'd'}", named, words)
 
 
 def test_missing_paths_and_bad_options(tmp_path):
-    with pytest.raises(DataError) as excinfo:
-        load_dataset(f"folder:{tmp_path / 'nowhere'}")
-    one_line_error(excinfo, tmp_path / "nowhere", "no such folder")
+    refused(f"folder:{tmp_path / 'nowhere'}", tmp_path / "nowhere", "no such folder")
     (tmp_path / "file").write_text("")
-    with pytest.raises(DataError) as excinfo:
-        load_dataset(f"folder:{tmp_path / 'file'}")
-    one_line_error(excinfo, tmp_path / "file", "not a folder")
+    refused(f"folder:{tmp_path / 'file'}", tmp_path / "file", "not a folder")
     with pytest.raises(DataError, match="give a path"):
         load_dataset("folder:")
     with pytest.raises(UsageError, match="--channels must be 1 or 3"):
@@ -429,28 +422,19 @@ def npz_cases(data):
 def test_npz_errors(tmp_path, cifar, case):
     stored, words = npz_cases(arrays(cifar))[case]
     np.savez(tmp_path / "bad.npz", **stored)
-    with pytest.raises(DataError) as excinfo:
-        load_dataset(f"npz:{tmp_path / 'bad.npz'}")
-    one_line_error(excinfo, tmp_path / "bad.npz", words)
+    refused(f"npz:{tmp_path / 'bad.npz'}", tmp_path / "bad.npz", words)
 
 
 def test_npz_unreadable_files(tmp_path, cifar):
-    with pytest.raises(DataError) as excinfo:
-        load_dataset(f"npz:{tmp_path / 'absent.npz'}")
-    one_line_error(excinfo, tmp_path / "absent.npz", "no such file")
+    refused(f"npz:{tmp_path / 'absent.npz'}", tmp_path / "absent.npz", "no such file")
     (tmp_path / "text.npz").write_text("hello")
-    with pytest.raises(DataError) as excinfo:
-        load_dataset(f"npz:{tmp_path / 'text.npz'}")
-    one_line_error(excinfo, tmp_path / "text.npz", "not an .npz file")
+    refused(f"npz:{tmp_path / 'text.npz'}", tmp_path / "text.npz", "not an .npz file")
     np.savez(tmp_path / "objects.npz", **arrays(cifar), classes=np.array([object(), 1], dtype=object))
-    with pytest.raises(DataError) as excinfo:              # object arrays need pickle, which is never allowed
-        load_dataset(f"npz:{tmp_path / 'objects.npz'}")
-    one_line_error(excinfo, tmp_path / "objects.npz", "dtype=object")
+    # object arrays need pickle, which is never allowed
+    refused(f"npz:{tmp_path / 'objects.npz'}", tmp_path / "objects.npz", "dtype=object")
     data = arrays(cifar)
     np.savez(tmp_path / "wide.npz", **dict(data, x_train=data["x_train"][:, :, :28], x_test=data["x_test"][:, :, :28]))
-    with pytest.raises(DataError) as excinfo:
-        load_dataset(f"npz:{tmp_path / 'wide.npz'}")
-    one_line_error(excinfo, "28x32", "not square", "--image-size N")
+    refused(f"npz:{tmp_path / 'wide.npz'}", "28x32", "not square", "--image-size N")
     assert load_dataset(f"npz:{tmp_path / 'wide.npz'}", image_size=32).train.images.shape[2:] == (32, 32)
 
 
