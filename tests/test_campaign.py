@@ -34,6 +34,7 @@ def test_each_runs_state_decides_start_resume_or_skip(tmp_path):
     assert campaign.state(folder) == "finished"
 
 
+@pytest.mark.slow                  # trains twice in-process and resumes in a subprocess
 def test_an_interrupted_run_is_resumed_and_its_figure_recorded_once(cifar_mini, tmp_path, monkeypatch):
     out, bench = tmp_path / "campaign", tmp_path / "BENCHMARKS.md"
     bench.write_text("# Benchmarks\n\nearlier figures\n")
