@@ -94,8 +94,9 @@ def _add_train_and_ablate(sub) -> None:
                         "or all = each and everything removed at once")
 
 
-JOBS_HELP = ("run up to N runs at once, each in a process of its own: one GPU each (round robin), or an even "
-             "share of the CPU cores; each run's output goes to RUN/train.log (default 1: one after another)")
+JOBS_HELP = ("run up to N runs at once, each in a process of its own: one GPU each (round robin), and an even "
+             "share of the CPU cores each (pinned; the numbers equal --jobs 1's); each run's output goes to "
+             "RUN/train.log (default 1: one after another)")
 
 
 RAY_HELP = ("run each run as a task on a Ray cluster: auto (the one this machine belongs to) or HOST:PORT; --out "

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from cifarlab.errors import UsageError
@@ -25,6 +24,7 @@ WEIGHTS_URL = f"https://download.pytorch.org/models/{WEIGHTS_FILE}"
 
 def resnet18_imagenet(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """The architecture only (random init); `load_imagenet_weights` fills it."""
+    import torchvision   # here, not at the top: importing torchvision.models costs every command ~2 s
     model = torchvision.models.resnet18(weights=None)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
@@ -43,6 +43,7 @@ def fetch_imagenet_state(download: bool) -> dict:
         if not download:
             raise UsageError(f"ImageNet weights for resnet18-imagenet not found and --no-download given: put "
                              f"{WEIGHTS_FILE} (from {WEIGHTS_URL}) in {path.parent}")
+        import torchvision
         try:
             torchvision.models.ResNet18_Weights.DEFAULT.get_state_dict(progress=True, check_hash=True)
         except Exception as e:  # noqa: BLE001 - offline, proxy, bad hash: all end in the same advice

@@ -1,6 +1,11 @@
 """The run folders of a study: train each config once, reuse it when it is already there; with --jobs N,
 up to N runs at once, each in a process of its own (one GPU each, or an even share of the CPU cores).
 
+On a CPU a run's numbers depend on its thread count (a convolution's gradient is summed in another order),
+so a parallel run keeps the count the sequential study uses (torch's, all cores unless --threads says) and
+the cores are split by pinning each worker to its own share of them. Two threads time-sharing one core cost
+~5% against one thread (BENCHMARKS.md); in exchange, --jobs N gives exactly --jobs 1's numbers.
+
 With --ray ADDRESS each run is a Ray task on a cluster instead (one GPU per task on a GPU cluster,
 --ray-cpus CPUs otherwise); the task starts the same worker on its node, so --out must be on a filesystem
 every node sees (a probe task checks it first). A task whose node is lost is retried, and the retry resumes
@@ -114,21 +119,41 @@ def run_all(cfgs: list[TrainConfig], launch: Launch = SEQUENTIAL, model=None) ->
 
 
 def with_threads(cfg: TrainConfig, launch: Launch) -> TrainConfig:
-    """A parallel run's CPU threads, recorded in its config: --ray-cpus on Ray, cores/N with --jobs N (unless
-    --threads says otherwise). The same --threads gives a sequential study the same numbers."""
+    """A parallel run's CPU threads, recorded in its config: --ray-cpus on Ray; with --jobs N here, the count a
+    sequential study uses (its numbers depend on it), the cores being split by pinning (core_shares). Where
+    the system cannot pin a process, cores/N. --threads, when given, is kept."""
     if cfg.threads or (cfg.device != "cpu" and torch.cuda.is_available()):
         return cfg
-    threads = launch.ray_cpus if launch.ray else max(1, (os.cpu_count() or 1) // launch.jobs)
+    if launch.ray:
+        threads = launch.ray_cpus
+    elif hasattr(os, "sched_setaffinity"):
+        threads = torch.get_num_threads()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // launch.jobs)
     return dataclasses.replace(cfg, threads=threads)
 
 
+def core_shares(jobs: int) -> list[list[int]] | None:
+    """This process's CPUs in `jobs` even, disjoint shares (one CPU each, round robin, when there are more
+    jobs than CPUs); None where the system cannot pin a process (macOS, Windows)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if jobs >= len(cpus):
+        return [[cpus[k % len(cpus)]] for k in range(jobs)]
+    return [cpus[k * len(cpus) // jobs:(k + 1) * len(cpus) // jobs] for k in range(jobs)]
+
+
+CPUS = "CIFARLAB_WORKER_CPUS"      # the CPUs a worker pins itself to, e.g. "0,1"
+
+
 class _Slots:
-    """Which worker slots are free: slot k runs on GPU k mod (GPUs); on a CPU, each run's share of the cores is
-    in its config (with_threads)."""
+    """Which worker slots are free: slot k runs on GPU k mod (GPUs), on its own share of the CPU cores."""
 
     def __init__(self, jobs: int):
         self.free, self.lock = list(range(jobs)), threading.Lock()
         self.gpus = torch.cuda.device_count()
+        self.shares = core_shares(jobs)
 
     def take(self) -> int:
         with self.lock:
@@ -139,23 +164,38 @@ class _Slots:
             self.free.append(slot)
 
     def environment(self, slot: int) -> dict:
+        env = dict(os.environ)
         if self.gpus:
-            return {**os.environ, "CUDA_VISIBLE_DEVICES": str(slot % self.gpus)}
-        return dict(os.environ)
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
+        if self.shares:
+            env[CPUS] = ",".join(map(str, self.shares[slot]))
+            # more threads than cores: a waiting thread sleeps instead of spinning on its sibling's core
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        return env
 
 
 def _work(cfg: TrainConfig, number: int, total: int, slots: _Slots) -> int:
     """Run one config in a worker process; returns its exit code."""
     slot = slots.take()
     if not cfg.quiet:
-        print(f"cifarlab: [{number}/{total}] {cfg.out} started (log: {Path(cfg.out) / LOG})", flush=True)
+        say(f"cifarlab: [{number}/{total}] {cfg.out} started (log: {Path(cfg.out) / LOG})")
     try:
         code = start_worker(cfg, slots.environment(slot))
     finally:
         slots.give(slot)
     if not cfg.quiet:
-        print(finished_line(cfg, number, total, code), flush=True)
+        say(finished_line(cfg, number, total, code))
     return code
+
+
+_console = threading.Lock()
+
+
+def say(line: str) -> None:
+    """One whole line on the console, never interleaved with another job's."""
+    with _console:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def start_worker(cfg: TrainConfig, env: dict) -> int:
@@ -176,10 +216,27 @@ def finished_line(cfg: TrainConfig, number: int, total: int, code: int) -> str:
     return f"cifarlab: [{number}/{total}] {cfg.out} {'finished' if code == 0 else 'stopped'}: {result}"
 
 
+def pin(cfg: TrainConfig) -> None:
+    """Keep this worker (and the threads it starts from now on) on the CPUs its slot was given; a GPU run, which
+    has no recorded thread count, uses one thread per CPU of its share."""
+    if not os.environ.get(CPUS):
+        return
+    cpus = [int(c) for c in os.environ[CPUS].split(",")]
+    threads = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [0]
+    for thread in threads:       # those torch's import started too, not only this one
+        os.sched_setaffinity(int(thread), cpus)
+    if not cfg.threads:
+        torch.set_num_threads(len(cpus))
+    if not cfg.quiet:
+        print(f"cifarlab: worker {os.getpid()} on CPU{'s' if len(cpus) > 1 else ''} {os.environ[CPUS]}, "
+              f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}", flush=True)
+
+
 def _worker() -> int:
     """One run of a study, its settings as JSON on stdin (what run_all starts)."""
     cfg = TrainConfig(**json.loads(sys.stdin.read()))
     validate(cfg)
+    pin(cfg)
     try:
         run_or_reuse(cfg)
     except Interrupted as e:
