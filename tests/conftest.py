@@ -32,6 +32,23 @@ def cifar_mini() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cifar_mini_short_test(cifar_mini, tmp_path_factory) -> Path:
+    """cifar-mini with its test files cut to their first 200 real images (train files whole): for studies of
+    big models, whose test-set evaluation on a CPU otherwise costs more than their training."""
+    root = tmp_path_factory.mktemp("cifar-mini-short-test")
+    for folder, test in (("cifar-10-batches-py", "test_batch"), ("cifar-100-python", "test")):
+        shutil.copytree(cifar_mini / folder, root / folder)
+        with open(cifar_mini / folder / test, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        for key, value in batch.items():
+            if key in (b"data", b"labels", b"fine_labels", b"coarse_labels", b"filenames"):
+                batch[key] = value[:200]
+        with open(root / folder / test, "wb") as f:
+            pickle.dump(batch, f)
+    return root
+
+
+@pytest.fixture(scope="session")
 def cifar10_mini(cifar_mini):
     """cifar-mini's CIFAR-10 as cifarlab loads it (uint8 images, labels, classes, info), read once per session."""
     from cifarlab.data.sources import load_dataset

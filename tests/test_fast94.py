@@ -193,8 +193,9 @@ def mini_fast94(data_dir, tmp_path, name, **extra):
     return build_config(values, "fast94")
 
 
-@pytest.mark.slow                                       # three fast94 trainings on 2 CPU cores: ~40 s
-def test_fast94_recipe_learns_real_images_and_resumes_bit_exactly(cifar_mini, tmp_path, monkeypatch):
+@pytest.mark.slow                                       # three fast94 trainings on 2 CPU cores: ~20 s
+def test_fast94_recipe_learns_real_images_and_resumes_bit_exactly(cifar_mini_short_test, tmp_path, monkeypatch):
+    cifar_mini = cifar_mini_short_test                  # scored with flip-shift TTA on 200 real test images
     summary = fit(mini_fast94(cifar_mini, tmp_path, "whole"))
     # 16 steps on 512 real images: well above the 10% of chance, with every part of the recipe on
     assert summary["final_test_acc"] > 20.0 and summary["params"] == 1_972_792

@@ -16,10 +16,11 @@ ARTICLE_TEST = {"basic-cnn-cifar10": 74.75, "deeper-cnn-cifar10": 86.45, "deeper
 
 
 @pytest.fixture(scope="module")
-def study(cifar_mini, tmp_path_factory):
-    """`cifarlab reproduce` at 2% scale: six trainings, ~2 minutes on 2 cores (the tests taking it are marked slow)."""
+def study(cifar_mini_short_test, tmp_path_factory):
+    """`cifarlab reproduce` at 2% scale, each run scored on 200 real test images: six trainings, ~30 s on 2 cores
+    (the tests taking it are marked slow)."""
     out = tmp_path_factory.mktemp("study") / "reproduce"
-    result = run_cli("reproduce", "--data-dir", str(cifar_mini), "--scale", "0.02", "--out", str(out), "--quiet")
+    result = run_cli("reproduce", "--data-dir", str(cifar_mini_short_test), "--scale", "0.02", "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     return out, result.stdout
 
@@ -62,11 +63,11 @@ def test_reproduce_report_blocks_hold_the_run_folders_numbers(study):
 
 
 @pytest.mark.slow
-def test_reproduce_again_reuses_finished_runs(cifar_mini, study):
+def test_reproduce_again_reuses_finished_runs(cifar_mini_short_test, study):
     out, _ = study
     before = json.loads((out / "reproduce.json").read_text())
     evaluated = {key: (out / key / "evaluation-test" / "evaluation.json").stat().st_mtime_ns for key in RUNS}
-    result = run_cli("reproduce", "--data-dir", str(cifar_mini), "--scale", "0.02", "--out", str(out))
+    result = run_cli("reproduce", "--data-dir", str(cifar_mini_short_test), "--scale", "0.02", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("already finished, reusing it") == 6
     after = json.loads((out / "reproduce.json").read_text())
