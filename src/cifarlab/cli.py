@@ -267,15 +267,15 @@ def _resume(args) -> None:
 
 
 def cmd_train(args) -> int:
-    from cifarlab.study.seeds import train_seeds
-    from cifarlab.training.engine import fit
-
     if args.resume:
         _resume(args)
         return 0
     _check_seeds(args.seeds)
+    cfg = _train_config(args)      # a bad number is refused here, before torch is imported
     launch = _launch(args)
-    cfg = _train_config(args)
+
+    from cifarlab.study.seeds import train_seeds
+    from cifarlab.training.engine import fit
     if args.seeds > 1:
         train_seeds(cfg, args.seeds, launch=launch)
     else:

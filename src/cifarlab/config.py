@@ -283,8 +283,8 @@ def validate(cfg: TrainConfig, model=None) -> None:
 
     model: the Python object behind cfg.model when the caller has it (a notebook's class).
     """
+    _validate_numbers(cfg)          # first: it needs no torch, so `cifarlab train --lr 0` answers at once
     spec = _validate_model_and_data(cfg, model)
-    _validate_numbers(cfg)
     _validate_names(cfg, spec)
 
 
