@@ -7,11 +7,11 @@ the numbers are the same (they must be).
 It runs `cifarlab ablate --model M --dataset cifar10 --epochs E --seeds S` with --jobs 1, then with
 --jobs N, and prints each wall time, the ratio, and the ablation table's numbers side by side.
 
---placement also times two runs at once under the ways one could place them on the cores, each against
-the same two runs one after another in one process (a seeds study, --jobs 1), with the test accuracies
-that show which placements keep the sequential numbers:
-  threads=cores/N, unpinned   each worker 1/N of the threads (numbers differ from --jobs 1)
-  all threads, unpinned       oversubscribed: N x cores threads share all cores
+--placement also times two runs at once (whatever --jobs says) under the ways one could place them on
+the cores, each against the same two runs one after another in one process (a seeds study, --jobs 1),
+with the test accuracies that show which placements keep the sequential numbers:
+  threads/2, unpinned         each worker half the threads (numbers differ from --jobs 1)
+  all threads, unpinned       oversubscribed: 2 x the threads share all cores
   all threads, pinned         what --jobs does: each worker's threads on its own share of the cores
 """
 
@@ -69,9 +69,13 @@ def ablate(args, out: Path) -> None:
 
 
 def placement(args, out: Path) -> None:
+    import torch
+
     cores = sorted(os.sched_getaffinity(0))
-    threads = len(cores)
-    half = [cores[: threads // 2], cores[threads // 2:]]
+    if len(cores) < 2:
+        sys.exit("parallel_study: --placement needs 2 CPUs or more")
+    threads = torch.get_num_threads()       # what a sequential run uses (torch's default)
+    half = [cores[: len(cores) // 2], cores[len(cores) // 2:]]
     run = ["train", "--model", args.model, "--dataset", "cifar10", "--data-dir", args.data_dir, "--epochs",
            str(args.epochs), "--quiet", "--no-tensorboard", "--overwrite"]
 
@@ -82,7 +86,7 @@ def placement(args, out: Path) -> None:
     reference = [accuracy(out / "seq" / f"seed-{s}") for s in (0, 1)]
     print(f"2 runs of {args.model}, {args.epochs} epoch(s), one after another in one process "
           f"({threads} threads): {base:.1f} s, test {reference[0]:.2f} / {reference[1]:.2f}%")
-    cases = [("threads=cores/N, unpinned", max(1, threads // 2), [None, None], {}),
+    cases = [("threads/2, unpinned", max(1, threads // 2), [None, None], {}),
              ("all threads, unpinned", threads, [None, None], {}),
              ("all threads, pinned", threads, half, {"OMP_WAIT_POLICY": "PASSIVE"})]
     for name, count, pins, env in cases:

@@ -43,7 +43,7 @@ def test_throughput_profile_compares_epoch_one_with_epoch_three(cifar_mini):
     growth = [float(row[-5]) for row in table]
     assert growth == sorted(growth, reverse=True)
     for row, grew in zip(table, growth):
-        assert grew == pytest.approx(float(row[-4]) - float(row[-3]), abs=0.11)   # each printed to 0.05
+        assert grew == pytest.approx(float(row[-4]) - float(row[-3]), abs=0.151)  # three figures, each rounded by up to 0.05
     assert all(int(row[-2]) >= 0 and int(row[-1]) >= 0 for row in table)
 
 

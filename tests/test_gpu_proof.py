@@ -48,7 +48,7 @@ def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def dry_run(cifar_mini, tmp_path_factory):
-    """One whole dry run (~45 s on 2 cores), with the fake airbench: (OUT, the script's result)."""
+    """One whole dry run (~50 s on 2 cores), with the fake airbench: (OUT, the script's result)."""
     base = tmp_path_factory.mktemp("proof")
     (base / "airbench").mkdir()
     (base / "airbench" / "airbench94.py").write_text(FAKE_AIRBENCH)

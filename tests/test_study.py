@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import re
 import statistics
 
@@ -142,10 +143,10 @@ def test_train_seeds_writes_mean_and_std_of_the_seed_runs(cifar_mini, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="pinning is Linux's")
 def test_seeds_run_in_parallel_jobs_equal_the_same_seeds_one_after_another(cifar_mini, tmp_path):
     """--jobs 2 gives each worker its own share of the cores (pinned) and the thread count the sequential study
     uses, so the metrics and weights equal the sequential study's bit for bit (the same code path, the same seeds)."""
-    import os
     from safetensors.torch import load_file
 
     from conftest import without_timing
@@ -181,9 +182,8 @@ def test_seeds_run_in_parallel_jobs_equal_the_same_seeds_one_after_another(cifar
         in compared.stdout
 
 
-def test_jobs_get_even_disjoint_shares_of_the_cores_and_keep_the_sequential_thread_count(monkeypatch):
-    import os
-
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="pinning is Linux's")
+def test_jobs_get_disjoint_shares_of_the_cores_and_keep_the_sequential_thread_count(monkeypatch):
     from cifarlab.config import TrainConfig
     from cifarlab.study.runs import Launch, core_shares, with_threads
 

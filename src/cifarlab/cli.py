@@ -95,7 +95,7 @@ def _add_train_and_ablate(sub) -> None:
 
 
 JOBS_HELP = ("run up to N runs at once, each in a process of its own: one GPU each (round robin), and an even "
-             "share of the CPU cores each (pinned; the numbers equal --jobs 1's); each run's output goes to "
+             "share of the CPU cores each (pinned on Linux; the numbers equal --jobs 1's); each run's output goes to "
              "RUN/train.log (default 1: one after another)")
 
 

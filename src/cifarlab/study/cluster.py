@@ -87,9 +87,10 @@ def run_on_ray(cfgs: list[TrainConfig], address: str, cpus: int) -> list[int]:
     @ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES)
     def train(settings: dict) -> int:
         from cifarlab.config import TrainConfig as Config
-        from cifarlab.study.runs import start_worker
+        from cifarlab.study.runs import CPUS, start_worker
 
-        return start_worker(Config(**settings), dict(os.environ))      # threads: in the settings (with_threads)
+        env = {k: v for k, v in os.environ.items() if k != CPUS}     # Ray places the task; no local pinning
+        return start_worker(Config(**settings), env)      # threads: in the settings (with_threads)
 
     from cifarlab.study.runs import finished_line
 

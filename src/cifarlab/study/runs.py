@@ -2,9 +2,11 @@
 up to N runs at once, each in a process of its own (one GPU each, or an even share of the CPU cores).
 
 On a CPU a run's numbers depend on its thread count (a convolution's gradient is summed in another order),
-so a parallel run keeps the count the sequential study uses (torch's, all cores unless --threads says) and
-the cores are split by pinning each worker to its own share of them. Two threads time-sharing one core cost
-~5% against one thread (BENCHMARKS.md); in exchange, --jobs N gives exactly --jobs 1's numbers.
+so a parallel run keeps the count the sequential study uses (torch's default, or --threads) and the cores
+are split by pinning each worker to its own share of them (Linux; elsewhere each run gets cores/N threads
+and the numbers differ). Two threads time-sharing one core cost ~5% against one thread (BENCHMARKS.md, the
+only oversubscription measured); in exchange, --jobs N gives exactly --jobs 1's numbers. --threads cores/N
+avoids the oversubscription, and its numbers equal --jobs 1 --threads cores/N.
 
 With --ray ADDRESS each run is a Ray task on a cluster instead (one GPU per task on a GPU cluster,
 --ray-cpus CPUs otherwise); the task starts the same worker on its node, so --out must be on a filesystem
@@ -134,8 +136,9 @@ def with_threads(cfg: TrainConfig, launch: Launch) -> TrainConfig:
 
 
 def core_shares(jobs: int) -> list[list[int]] | None:
-    """This process's CPUs in `jobs` even, disjoint shares (one CPU each, round robin, when there are more
-    jobs than CPUs); None where the system cannot pin a process (macOS, Windows)."""
+    """This process's CPUs in `jobs` disjoint shares, as even as the count allows (sizes differ by one at
+    most); one CPU each, round robin, when there are more jobs than CPUs; None where the system cannot pin
+    a process (macOS, Windows)."""
     if not hasattr(os, "sched_getaffinity"):
         return None
     cpus = sorted(os.sched_getaffinity(0))
@@ -169,8 +172,6 @@ class _Slots:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
         if self.shares:
             env[CPUS] = ",".join(map(str, self.shares[slot]))
-            # more threads than cores: a waiting thread sleeps instead of spinning on its sibling's core
-            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         return env
 
 
@@ -203,6 +204,10 @@ def start_worker(cfg: TrainConfig, env: dict) -> int:
     The config's threads also cap OpenMP in the worker (torch itself is set from the config by fit)."""
     if cfg.threads:
         env = {**env, "OMP_NUM_THREADS": str(cfg.threads)}
+        share = env.get(CPUS, "").split(",")
+        if env.get(CPUS) and cfg.threads > len(share):
+            # more threads than cores: a waiting thread sleeps instead of spinning on its sibling's core
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / LOG, "a") as log:
@@ -218,13 +223,22 @@ def finished_line(cfg: TrainConfig, number: int, total: int, code: int) -> str:
 
 def pin(cfg: TrainConfig) -> None:
     """Keep this worker (and the threads it starts from now on) on the CPUs its slot was given; a GPU run, which
-    has no recorded thread count, uses one thread per CPU of its share."""
+    has no recorded thread count, uses one thread per CPU of its share. Where the system refuses (a container's
+    seccomp, a changed cpuset), the worker says so and runs unpinned: slower, the numbers the same."""
     if not os.environ.get(CPUS):
         return
     cpus = [int(c) for c in os.environ[CPUS].split(",")]
-    threads = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [0]
-    for thread in threads:       # those torch's import started too, not only this one
-        os.sched_setaffinity(int(thread), cpus)
+    threads = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]
+    try:
+        for thread in threads:       # those torch's import started too, not only this one
+            try:
+                os.sched_setaffinity(int(thread), cpus)
+            except ProcessLookupError:
+                pass                 # a thread that has ended since the listing
+    except OSError as e:
+        print(f"cifarlab: warning: could not pin worker {os.getpid()} to CPUs {os.environ[CPUS]} ({e}); "
+              "it runs unpinned", flush=True)
+        return
     if not cfg.threads:
         torch.set_num_threads(len(cpus))
     if not cfg.quiet:
