@@ -170,6 +170,30 @@ def test_two_workers_share_one_postgresql_study(cifar_mini, tmp_path, postgres):
     assert_shared_study(postgres, "shared", 4, 2)
 
 
+def test_a_signal_between_trials_stops_the_study_and_leaves_no_trial_running():
+    import os
+    import signal
+
+    optuna = pytest.importorskip("optuna")
+    from cifarlab.errors import Interrupted
+    from cifarlab.study.tune import optimize
+
+    study = optuna.create_study(direction="maximize")
+    before = signal.getsignal(signal.SIGINT)
+
+    def objective(trial):            # stands in for a trial; the signal lands outside any training
+        if trial.number == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return float(trial.number)
+
+    with pytest.raises(Interrupted) as stopped:
+        optimize(study, objective, optuna.study.MaxTrialsCallback(10))
+    assert stopped.value.exit_code == 130
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 2            # the trial in hand finished; none after
+    assert signal.getsignal(signal.SIGINT) is before                     # the handler is put back
+
+
 @pytest.mark.slow
 def test_an_interrupted_study_keeps_its_finished_trials(cifar_mini, tmp_path):
     import signal

@@ -29,7 +29,7 @@ except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
 from cifarlab.config import FIELD_TYPES, TrainConfig, load_recipe, validate
-from cifarlab.errors import CifarlabError, UsageError
+from cifarlab.errors import CifarlabError, Interrupted, UsageError
 from cifarlab.run import atomic_write_json, atomic_write_text, load_run
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out
 
@@ -137,8 +137,8 @@ def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None,
     workers = start_workers(launch, [*(worker_args or []), "--storage", storage, "--study", study.study_name,
                                      "--confirm-seeds", "0", "--quiet"], out)
     if not launch.ray and len(study.get_trials(deepcopy=False, states=counted)) < trials:
-        study.optimize(lambda trial: objective(trial, cfg, space, out, optuna),
-                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=counted)])
+        optimize(study, lambda trial: objective(trial, cfg, space, out, optuna),
+                 optuna.study.MaxTrialsCallback(trials, states=counted))
     workers.wait()
     result = summarize(study, cfg, storage, out, optuna)
     write_best_recipe(out / "best-recipe.toml", cfg, result)
@@ -147,6 +147,32 @@ def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None,
     atomic_write_json(out / "tune.json", result)
     write_report(out, result, study)
     return result
+
+
+def optimize(study, objective, enough) -> None:
+    """study.optimize until `enough` says so, stopping cleanly on SIGINT/SIGTERM. A signal during a trial's
+    training is fit's: it saves, and the trial ends as failed. One anywhere else only sets a flag: the trial
+    in hand ends as failed before it trains, and the study stops. (Left to Python, the KeyboardInterrupt
+    could land between Optuna creating a trial and running it, leaving that trial 'running' for ever, and a
+    rerun would count it among the trials.)"""
+    from cifarlab.training.state import StopSignals
+
+    def checked(trial):
+        if stop.signum is not None:
+            raise Interrupted("tune stopped by a signal; finished trials are kept: run the same command again "
+                              "to continue", stop.signum)
+        return objective(trial)
+
+    def stopping(study, trial):
+        enough(study, trial)
+        if stop.signum is not None:
+            study.stop()
+
+    with StopSignals() as stop:
+        study.optimize(checked, callbacks=[stopping])
+    if stop.signum is not None:
+        raise Interrupted("tune stopped by a signal; finished trials are kept: run the same command again to "
+                          "continue", stop.signum)
 
 
 class Workers:
