@@ -57,12 +57,18 @@ def check_shared_folder(ray, out: Path) -> None:
         probe.unlink(missing_ok=True)
 
 
+def prepare(address: str, out: Path):
+    """Ray joined at `address`, `out` checked as shared with every node, and the GPUs a task takes (1 on a GPU
+    cluster, else 0)."""
+    ray = connect(address)
+    check_shared_folder(ray, out)
+    return ray, 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+
+
 def run_commands_on_ray(commands: list[list[str]], address: str, cpus: int, out: Path):
     """Each command as a Ray task (`cpus` CPUs, a GPU each on a GPU cluster), started now; returns a function that
     waits for them and gives their exit codes. Their output goes to OUT/workers/ray-K.log on their node."""
-    ray = connect(address)
-    check_shared_folder(ray, out)
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    ray, gpus = prepare(address, out)
     (out / "workers").mkdir(parents=True, exist_ok=True)
 
     @ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES)
@@ -80,9 +86,7 @@ def run_on_ray(cfgs: list[TrainConfig], address: str, cpus: int) -> list[int]:
     """Every config as a Ray task (one GPU each on a GPU cluster, `cpus` CPUs each); their exit codes, in order."""
     if not cfgs:
         return []
-    ray = connect(address)
-    check_shared_folder(ray, Path(cfgs[0].out).parent)
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    ray, gpus = prepare(address, Path(cfgs[0].out).parent)
 
     @ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES)
     def train(settings: dict) -> int:
@@ -92,13 +96,13 @@ def run_on_ray(cfgs: list[TrainConfig], address: str, cpus: int) -> list[int]:
         env = {k: v for k, v in os.environ.items() if k != CPUS}     # Ray places the task; no local pinning
         return start_worker(Config(**settings), env)      # threads: in the settings (with_threads)
 
-    from cifarlab.study.runs import finished_line
+    from cifarlab.study.runs import LOG, finished_line
 
     pending = {train.remote(cfg.to_dict()): (i, cfg) for i, cfg in enumerate(cfgs)}
     codes = [0] * len(cfgs)
     for i, cfg in enumerate(cfgs):
         if not cfg.quiet:
-            print(f"cifarlab: [{i + 1}/{len(cfgs)}] {cfg.out} submitted to Ray (log: {Path(cfg.out) / 'train.log'})",
+            print(f"cifarlab: [{i + 1}/{len(cfgs)}] {cfg.out} submitted to Ray (log: {Path(cfg.out) / LOG})",
                   flush=True)
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)

@@ -204,8 +204,8 @@ def start_worker(cfg: TrainConfig, env: dict) -> int:
     The config's threads also cap OpenMP in the worker (torch itself is set from the config by fit)."""
     if cfg.threads:
         env = {**env, "OMP_NUM_THREADS": str(cfg.threads)}
-        share = env.get(CPUS, "").split(",")
-        if env.get(CPUS) and cfg.threads > len(share):
+        share = env.get(CPUS)
+        if share and cfg.threads > len(share.split(",")):
             # more threads than cores: a waiting thread sleeps instead of spinning on its sibling's core
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = Path(cfg.out)

@@ -157,10 +157,13 @@ def optimize(study, objective, enough) -> None:
     rerun would count it among the trials.)"""
     from cifarlab.training.state import StopSignals
 
+    def stopped() -> Interrupted:
+        return Interrupted("tune stopped by a signal; finished trials are kept: run the same command again to "
+                           "continue", stop.signum)
+
     def checked(trial):
         if stop.signum is not None:
-            raise Interrupted("tune stopped by a signal; finished trials are kept: run the same command again "
-                              "to continue", stop.signum)
+            raise stopped()
         return objective(trial)
 
     def stopping(study, trial):
@@ -171,8 +174,7 @@ def optimize(study, objective, enough) -> None:
     with StopSignals() as stop:
         study.optimize(checked, callbacks=[stopping])
     if stop.signum is not None:
-        raise Interrupted("tune stopped by a signal; finished trials are kept: run the same command again to "
-                          "continue", stop.signum)
+        raise stopped()
 
 
 class Workers:
