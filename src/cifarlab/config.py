@@ -373,8 +373,10 @@ def _validate_names(cfg: TrainConfig, spec) -> None:
 
 
 def config_from_dict(values: dict, model=None) -> TrainConfig:
-    """A TrainConfig from a saved config.json / checkpoint (extra keys such as `resolved` are ignored)."""
-    cfg = TrainConfig(**{k: v for k, v in values.items() if k in FIELD_TYPES})
+    """A TrainConfig from a saved config.json / checkpoint (extra keys such as `resolved` are ignored; a switch
+    recorded as null, one the model does not have, takes its default)."""
+    cfg = TrainConfig(**{k: v for k, v in values.items()
+                         if k in FIELD_TYPES and not (v is None and k in ("batchnorm", "dropout", "init"))})
     validate(cfg, model)
     return cfg
 

@@ -12,18 +12,17 @@ from the user's own Python path, not from the run folder).
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickletools
-import shlex
-import sys
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cifarlab.errors import CifarlabError, UsageError
+# The storage layer, re-exported: the run folder's users import these from here.
+from cifarlab.storage import (LOCK, atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: F401
+                              load_checkpoint, load_weights, lock_folder, new_temp_file, release_folders,
+                              replace_folder, save_checkpoint, strip_prefixes)
 
 if TYPE_CHECKING:
     import torch
@@ -31,150 +30,9 @@ if TYPE_CHECKING:
 CONFIG, METRICS, SUMMARY, SUMMARY_TEXT, WEIGHTS = (
     "config.json", "metrics.jsonl", "summary.json", "summary.txt", "model.safetensors")
 CHECKPOINTS, LAST, BEST = "checkpoints", "last.pt", "best.pt"
-LOCK = ".lock"     # held by the one process writing the folder (see lock_folder)
+STUDY_LOG = "train.log"   # a study's parallel run appends its output here; the parent holds it open
 # `cifarlab export` formats and the file each writes in the run folder by default.
 EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.export.safetensors"}
-
-
-# ---------------------------------------------------------------- one writer per folder
-
-_held: dict[Path, int] = {}     # folder -> descriptor of its lock file, for the locks this process holds
-
-
-def lock_folder(folder: Path) -> None:
-    """Take the advisory lock on a run folder (flock on FOLDER/.lock), or stop with one line naming the process
-    that holds it. The OS drops the lock when that process ends, however it ends (a SIGKILL leaves no stale
-    lock); a second train, --resume or study job on the folder is refused while it runs. No-op without fcntl."""
-    try:
-        import fcntl
-    except ImportError:       # Windows: no advisory locks here
-        return
-    folder = Path(folder).resolve()
-    if folder in _held:
-        return
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 4096).decode(errors="replace")
-        os.close(fd)
-        raise UsageError(f"{folder} is being written by another process ({_describe(holder)}); wait for it to "
-                         "finish or stop it first") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "command": shlex.join(sys.argv),
-                             "started": datetime.now().isoformat(timespec="seconds")}).encode())
-    _held[folder] = fd
-
-
-def _describe(holder: str) -> str:
-    try:
-        info = json.loads(holder)
-        return f"pid {info['pid']}, started {info['started']}: {info['command']}"
-    except (ValueError, KeyError, TypeError):
-        return "its pid is not recorded yet"
-
-
-def release_folders() -> None:
-    """Drop every run-folder lock this process holds (the end of fit(), however it ends)."""
-    while _held:
-        _, fd = _held.popitem()
-        os.close(fd)
-
-
-# ---------------------------------------------------------------- atomic writes
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it.
-
-    A crash or a full disk mid-write leaves the previous file untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise CifarlabError(f"{path}: could not write ({e.strerror or e}); the previous file is kept") from None
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-# ---------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _holds_objects(path: Path) -> bool:
-    """Whether a plain pickle would import globals (classes, functions) when loaded: read, not run."""
-    try:
-        with open(path, "rb") as f:
-            return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ") for op, _, _ in pickletools.genops(f))
-    except Exception:  # noqa: BLE001 - not even a well-formed pickle
-        return False
-
-
-def load_checkpoint(path: Path) -> dict:
-    """torch.load with weights_only=True onto the CPU; each way a file can be wrong gets its own line."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such checkpoint")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):   # torch's zip format, or a legacy pickle
-        raise UsageError(f"{path}: not a PyTorch checkpoint, or damaged")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - never pass torch's hint on: it suggests turning the safety off
-        if "GLOBAL" in str(e) or (head[:1] == b"\x80" and _holds_objects(path)):
-            raise UsageError(f"{path}: refused: it holds objects that could run code when loaded; "
-                             "cifarlab loads weights only") from None
-        raise UsageError(f"{path}: not a PyTorch checkpoint, or damaged") from None
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
-        raise UsageError(f"{path}: not a cifarlab checkpoint (no model/config entries)")
-    return checkpoint
-
-
-def strip_prefixes(state: dict) -> dict:
-    """Weights saved from torch.compile or DDP wrappers carry `_orig_mod.` / `module.`; drop them."""
-    return {k.replace("_orig_mod.", "").removeprefix("module."): v for k, v in state.items()}
-
-
-def load_weights(model: torch.nn.Module, state: dict, source: Path) -> None:
-    """Load `state` into `model`; a checkpoint of another model or version names the keys that differ."""
-    state = strip_prefixes(state)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
-        parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", shapes))
-                 if keys]
-        raise UsageError(f"{source}: a checkpoint of another model or version: {'; '.join(parts)}")
-    model.load_state_dict(state)
 
 
 # ---------------------------------------------------------------- the run folder
@@ -224,18 +82,25 @@ class Run:
 
     @classmethod
     def create(cls, out: str | Path | None, overwrite: bool, default_name: str) -> "Run":
-        """A new run folder: `out`, or runs/<time>-<default_name>; refuses to replace a run silently."""
-        if out:
-            out = Path(out)
-            if (out / CONFIG).exists() and not overwrite:
-                raise UsageError(f"--out {out} already holds a run; continue it with `cifarlab train --resume {out}`, "
-                                 f"replace it with --overwrite, or choose another folder")
-        else:
+        """A new run folder: `out`, or runs/<time>-<default_name>; refuses to replace a run silently.
+
+        overwrite: a run already in `out` is moved aside and deleted, so the new run starts from an empty folder
+        (no checkpoint of the old one is left for a --resume to continue under the new settings)."""
+        if not out:
             out = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{default_name}"
-        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        out = Path(out)
+        held = [name for name in (CONFIG, CHECKPOINTS, WEIGHTS, METRICS, SUMMARY) if (out / name).exists()]
+        if (out / CONFIG).exists() and not overwrite:
+            raise UsageError(f"--out {out} already holds a run; continue it with `cifarlab train --resume {out}`, "
+                             f"replace it with --overwrite, or choose another folder")
+        if held and not overwrite:
+            raise UsageError(f"--out {out} holds files of a run ({', '.join(held)}); replace them with --overwrite, "
+                             "or choose another folder")
+        out.mkdir(parents=True, exist_ok=True)
         lock_folder(out)            # before anything in it is replaced
-        for stale in (METRICS, SUMMARY, SUMMARY_TEXT):
-            (out / stale).unlink(missing_ok=True)
+        if held:
+            replace_folder(out, keep=(STUDY_LOG,))
+        (out / CHECKPOINTS).mkdir(exist_ok=True)
         return cls(out)
 
     @classmethod
@@ -264,13 +129,21 @@ class Run:
         save_checkpoint(self.checkpoint_path(name), state)
 
     def save_weights(self, state_dict: dict) -> None:
+        """model.safetensors, written to a temporary file and renamed over; a failed write leaves no temporary."""
         from safetensors.torch import save_file
 
         buffer = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{WEIGHTS}.", suffix=".tmp")
+        fd, tmp = new_temp_file(self.weights_path)
         os.close(fd)
-        save_file(buffer, tmp)
-        os.replace(tmp, self.weights_path)
+        try:
+            save_file(buffer, tmp)
+            os.replace(tmp, self.weights_path)
+        except BaseException as e:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise CifarlabError(f"{self.weights_path}: could not write ({e.strerror or e}); the previous file "
+                                    "is kept") from None
+            raise
 
     # ---- reading
     @property

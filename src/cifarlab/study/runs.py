@@ -35,7 +35,8 @@ import torch
 
 from cifarlab.config import TrainConfig, validate
 from cifarlab.errors import CifarlabError, Interrupted, UsageError
-from cifarlab.run import LAST, Run, load_run
+from cifarlab.fingerprint import reuse_state
+from cifarlab.run import Run, load_run
 
 LOG = "train.log"      # a parallel run's output, in its own folder
 
@@ -63,29 +64,25 @@ SEQUENTIAL = Launch()
 
 
 def run_or_reuse(cfg: TrainConfig, model=None) -> Run:
-    """Train `cfg` into cfg.out unless a finished run is already there (studies resume by skipping).
+    """Train `cfg` into cfg.out, reuse the finished run of exactly these settings already there, or resume the
+    unfinished one (studies resume by skipping); a run of other settings there is refused (fingerprint.py).
 
     model: the Python class or factory behind cfg.model, when it is one.
     """
     from cifarlab.training.engine import fit
 
-    out = Path(cfg.out)
-    if Run(out).finished:
-        run = load_run(out, model)
-        if run.config.get("model") == cfg.model and run.config.get("dataset") == cfg.dataset \
-                and run.config.get("epochs") == cfg.epochs:
-            if not cfg.quiet:
-                print(f"cifarlab: {out} already finished, reusing it", flush=True)
-            return run
-        raise UsageError(f"{out} holds a different run ({run.config.get('model')} on {run.config.get('dataset')}, "
-                         f"{run.config.get('epochs')} epochs); choose another --out")
+    state = reuse_state(cfg, model)
+    if state == "finished":
+        if not cfg.quiet:
+            print(f"cifarlab: {cfg.out} already finished, reusing it", flush=True)
+        return load_run(cfg.out, model)
     # A module instance is copied: every run of a study starts from the same weights.
     fresh = copy.deepcopy(model) if isinstance(model, torch.nn.Module) else model
-    if Run(out).checkpoint_path(LAST).is_file() and Run(out).config_path.is_file():
-        fit(cfg, resume=True, model=fresh)  # an unfinished run: continue it exactly where it stopped
-    else:
+    if state == "resume":
+        fit(cfg, resume=True, model=fresh)  # an unfinished run of these settings: continue it where it stopped
+    else:   # nothing trained there; a run that died before its first save leaves its config.json to replace
         fit(dataclasses.replace(cfg, overwrite=True), model=fresh)
-    return load_run(out, model)
+    return load_run(cfg.out, model)
 
 
 def default_out(prefix: str) -> Path:

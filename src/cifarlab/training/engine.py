@@ -19,6 +19,7 @@ import cifarlab
 from cifarlab.config import TrainConfig
 from cifarlab.data.augment import normalize
 from cifarlab.errors import UsageError
+from cifarlab.fingerprint import SWITCHES, fingerprint, recorded_switches
 from cifarlab.models import build_model, count_params, model_spec
 from cifarlab.report.summary import article_summary
 from cifarlab.run import BEST, LAST, Run, release_folders
@@ -47,6 +48,7 @@ def fit(cfg: TrainConfig, resume: bool = False, model=None, on_epoch=None) -> di
     on_epoch: called with each epoch's metrics row (cifarlab tune prunes a trial from there, by raising).
     Under torchrun (WORLD_SIZE > 1) this is one rank of a DistributedDataParallel run."""
     dist = distributed.setup(distributed.from_environment(), resolve_device(cfg.device), cfg.batch_size)
+    trainer = None
     try:
         if not dist.is_main:   # only rank 0 prints and writes the run folder
             cfg = dataclasses.replace(cfg, quiet=True, tensorboard=False)
@@ -56,10 +58,10 @@ def fit(cfg: TrainConfig, resume: bool = False, model=None, on_epoch=None) -> di
             with trainer.stop:
                 for epoch in range(trainer.state.epoch + 1, cfg.epochs + 1):
                     run_epoch(trainer, epoch)
-            if trainer.writer is not None:
-                trainer.writer.close()
             return summarize(trainer)
     finally:
+        if trainer is not None and trainer.writer is not None:
+            trainer.writer.close()   # however the run ends: its events are flushed and the file handle freed
         release_folders()
         distributed.teardown(dist)
 
@@ -105,7 +107,7 @@ def setup(cfg: TrainConfig, resume: bool, dist: Dist, supplied=None) -> Trainer:
         if dist.is_main:  # metrics.jsonl continues from the checkpoint: no duplicate or lost epochs.
             run.write_metrics(trainer.state.rows)
     elif dist.is_main:
-        run.write_config(run_config(trainer, data, channels_last, spec.origin))
+        run.write_config(run_config(trainer, data, channels_last, spec.origin, supplied))
     trainer.writer = tensorboard_writer(run.path, cfg.tensorboard)
     if not cfg.quiet:
         trainer.announce(data, resume)
@@ -281,10 +283,15 @@ def build_run_model(cfg: TrainConfig, data: Data, device: torch.device, channels
     return model, spec, init_time
 
 
-def run_config(trainer: Trainer, data: Data, channels_last: bool, model_origin: str) -> dict:
-    """config.json: every setting, what auto resolved to, the model's size and the data's shape."""
+def run_config(trainer: Trainer, data: Data, channels_last: bool, model_origin: str, supplied=None) -> dict:
+    """config.json: every setting, what auto resolved to, the model's size, the data's shape, and the run's
+    fingerprint (what a study compares before it reuses or resumes the folder). A switch the model does not
+    have (basic-cnn's batchnorm) is recorded as null."""
     info = data.info
-    return {**trainer.cfg.to_dict(),
+    cfg = trainer.cfg
+    return {**cfg.to_dict(),
+            **recorded_switches(cfg.model, {name: getattr(cfg, name) for name in SWITCHES}, supplied),
+            "fingerprint": fingerprint(cfg, supplied),
             "resolved": {"device": str(trainer.device), "precision": trainer.precision.name,
                          "channels_last": channels_last},
             "params": trainer.params, "train_size": len(data.train),
