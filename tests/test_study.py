@@ -220,7 +220,7 @@ def test_ablate_measures_each_removed_technique_as_a_paired_difference(cifar_min
     half = 12.706 * statistics.stdev(diffs) / 2 ** 0.5                  # Student's t, 1 degree of freedom
     assert row["effect_ci95"] == pytest.approx([statistics.mean(diffs) - half, statistics.mean(diffs) + half])
     assert "Removing augment: test accuracy" in result.stdout and "Removing everything" in result.stdout
-    assert "1 epochs x 1,000 train images = 1,000 image-epochs" in result.stdout
+    assert "1 epoch x 1,000 train images = 1,000 image-epochs" in result.stdout
     assert "Warning: below a tenth of the article's budget" in result.stdout
     md = (out / "ablation.md").read_text()
     low, high = row["effect_ci95"]

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 from cifarlab.errors import CifarlabError, UsageError
 # The storage layer, re-exported: the run folder's users import these from here.
 from cifarlab.storage import (LOCK, atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: F401
-                              load_checkpoint, load_weights, lock_folder, new_temp_file, release_folders,
-                              replace_folder, save_checkpoint, strip_prefixes)
+                              current_umask, load_checkpoint, load_weights, lock_folder, new_temp_file,
+                              release_folders, replace_folder, save_checkpoint, strip_prefixes)
 
 if TYPE_CHECKING:
     import torch
@@ -137,6 +137,7 @@ class Run:
         os.close(fd)
         try:
             save_file(buffer, tmp)
+            os.chmod(tmp, 0o666 & ~current_umask())     # safetensors writes a file of its own, 0600
             os.replace(tmp, self.weights_path)
         except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
@@ -271,8 +272,10 @@ class Run:
     def __repr__(self) -> str:
         if self.finished:
             s = self.summary
-            return (f"Run('{self.path}': {s['model']} on {s['dataset']}, {s['epochs']} epochs, "
-                    f"final test {s['final_test_acc']:.2f}%)")
+            split = "test" if s.get("final_test_acc") is not None else "val"
+            score = "not scored" if s.get(f"final_{split}_acc") is None else f"{s[f'final_{split}_acc']:.2f}%"
+            return (f"Run('{self.path}': {s['model']} on {s['dataset']}, {s['epochs']} "
+                    f"epoch{'s' if s['epochs'] != 1 else ''}, final {split} {score})")
         return f"Run('{self.path}', not finished)"
 
 

@@ -103,20 +103,21 @@ def bars_figure(labels: list[str], groups: dict[str, list[float | None]],
     return fig
 
 
-def comparison_figure(runs: list):
-    """Runs side by side (`cifarlab compare --plot`): final test accuracy bars on the left, test-accuracy
-    curves on the right. runs: finished `Run`s (cifarlab.run)."""
+def comparison_figure(runs: list, split: str = "test"):
+    """Runs side by side (`cifarlab compare --plot`): final accuracy bars on the left, accuracy curves on the
+    right, on test (or on val, where test was never scored). runs: finished `Run`s (cifarlab.run)."""
     fig, (bars, lines) = plt.subplots(1, 2, figsize=(12, 4.2))
     names = [r.name for r in runs]
-    values = [r.summary["final_test_acc"] for r in runs]
+    values = [r.summary[f"final_{split}_acc"] for r in runs]
+    what = "test" if split == "test" else f"{split} (test not scored)"
     drawn = bars.bar(range(len(runs)), values, color=[f"C{i % 10}" for i in range(len(runs))])
     for bar, v in zip(drawn, values):
         bars.annotate(f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
     bars.set_xticks(range(len(runs)), names, rotation=20, ha="right", fontsize=8)
-    bars.set(ylabel="final test accuracy (%)", ylim=(0, 105), title="Final test accuracy")
+    bars.set(ylabel=f"final {split} accuracy (%)", ylim=(0, 105), title=f"Final {what} accuracy")
     for i, r in enumerate(runs):
-        lines.plot(*scored(r.rows, "test_acc"), color=f"C{i % 10}", marker="o", ms=3, label=r.name)
-    lines.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy per epoch")
+        lines.plot(*scored(r.rows, f"{split}_acc"), color=f"C{i % 10}", marker="o", ms=3, label=r.name)
+    lines.set(xlabel="epoch", ylabel=f"{split} accuracy (%)", title=f"{what.capitalize()} accuracy per epoch")
     lines.grid(alpha=0.3)
     lines.legend(fontsize=7)
     return fig

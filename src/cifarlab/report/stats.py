@@ -84,3 +84,22 @@ def mean_rows(runs: list[list[dict]]) -> list[dict]:
             row[key] = sum(values) / len(values) if len(values) == len(runs) else None
         out.append(row)
     return out
+
+
+def scored_split(summaries: list[dict]) -> str | None:
+    """The split every summary has a final accuracy on: "test"; "val" where test was never scored (--no-test
+    with --val-size); None where neither was (--no-test alone)."""
+    for split in ("test", "val"):
+        if all(s.get(f"final_{split}_acc") is not None for s in summaries):
+            return split
+    return None
+
+
+def mean_std_or_none(values: list) -> tuple[float | None, float | None]:
+    """mean_std, or (None, None) where a value is missing (a split that was never scored)."""
+    return (None, None) if any(v is None for v in values) else mean_std([float(v) for v in values])
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 epoch', '2 epochs'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

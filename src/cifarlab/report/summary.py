@@ -80,19 +80,23 @@ def comparison_labels(a: dict, b: dict, name_a: str, name_b: str) -> tuple[str, 
     return la, lb
 
 
-def comparison_block(a: dict, b: dict, name_a: str = "A", name_b: str = "B", title: str | None = None) -> str:
-    """The article's COMPARISON block: test accuracies, improvement (points), parameters and their ratio."""
+def comparison_block(a: dict, b: dict, name_a: str = "A", name_b: str = "B", title: str | None = None,
+                     split: str = "test") -> str:
+    """The article's COMPARISON block: final accuracies (test's; val's, said so, where test was never scored),
+    improvement (points), parameters and their ratio."""
     la, lb = comparison_labels(a, b, name_a, name_b)
     dataset_note = ""
     if a["dataset"] == b["dataset"]:
         from cifarlab.data.sources import DATASETS
         info = DATASETS.get(a["dataset"])
         dataset_note = f" on {info.title if info else a['dataset']}"
+    key = f"final_{split}_acc"
+    name = "Test Accuracy" if split == "test" else f"{split.capitalize()} Accuracy (test not scored)"
     lines = [
         RULE, title or f"COMPARISON: {la} vs {lb}{dataset_note}", RULE,
-        f"{la} Test Accuracy: {a['final_test_acc']:.2f}%",
-        f"{lb} Test Accuracy: {b['final_test_acc']:.2f}%",
-        f"Improvement: {b['final_test_acc'] - a['final_test_acc']:+.2f}%",
+        f"{la} {name}: {a[key]:.2f}%",
+        f"{lb} {name}: {b[key]:.2f}%",
+        f"Improvement: {b[key] - a[key]:+.2f}%",
         f"{la} Parameters: {a['params']:,}",
         f"{lb} Parameters: {b['params']:,}",
         f"Parameter Increase: {_ratio(b['params'] / a['params'])}\u00d7",

@@ -17,7 +17,8 @@ from cifarlab.config import TrainConfig
 from cifarlab.errors import UsageError
 from cifarlab.models import model_spec
 from cifarlab.report.document import Report, markdown_table, text_table
-from cifarlab.report.stats import confidence_interval, interval_text, mean_rows, mean_std, plus_minus
+from cifarlab.report.stats import (confidence_interval, interval_text, mean_rows, mean_std, plural, plus_minus,
+                                   scored_split)
 from cifarlab.report.summary import model_title
 from cifarlab.run import atomic_write_json, atomic_write_text
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_all
@@ -84,11 +85,11 @@ class Ablation(dict):
     def plot(self):
         from cifarlab.report.plots import bars_figure, shown
 
-        names = [r["variant"] for r in self["variants"]]
-        return shown(bars_figure(names, {"final test": [r["final_test_acc_mean"] for r in self["variants"]]},
-                                 errors={"final test": [half_width(r["final_test_acc_per_seed"])
-                                                        for r in self["variants"]]},
-                                 title=f"Ablation of {self['model']}: final test accuracy, mean and 95% interval"))
+        names, key, what = [r["variant"] for r in self["variants"]], score_key(self), scored_text(self)
+        return shown(bars_figure(names, {f"final {what}": [r[f"{key}_mean"] for r in self["variants"]]},
+                                 errors={f"final {what}": [half_width(r[f"{key}_per_seed"])
+                                                           for r in self["variants"]]},
+                                 title=f"Ablation of {self['model']}: final {what} accuracy, mean and 95% interval"))
 
 
 def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int, model=None,
@@ -120,23 +121,31 @@ def _announced(cfg: TrainConfig, variant: str, model):
 
 
 def summarize(cfg, plan, results, skipped, seeds) -> dict:
-    rows = []
-    full = [r.summary["final_test_acc"] for r in results["full"]]
+    """ablation.json: per variant, the mean and spread of its final accuracy and of its paired effect. The
+    accuracy is test's, or val's where test was never scored (--no-test), as `scored_on` says."""
+    split = scored_split([r.summary for runs in results.values() for r in runs])
+    if split is None:
+        raise UsageError("the runs scored neither test nor val (--no-test without --val-size): nothing to compare; "
+                         "pass --val-size N")
+    score, rows = f"final_{split}_acc", []
+    full = [r.summary[score] for r in results["full"]]
     for name, runs in results.items():
         s = [r.summary for r in runs]
         row = {"variant": name, "removed": sorted(plan[name]), "seeds": [x["seed"] for x in s],
                "runs": [str(r.path) for r in runs]}
-        for key in ("final_train_acc", "final_test_acc", "overfit_gap", "best_test_epoch", "train_time_s"):
+        for key in ("final_train_acc", score, f"best_{split}_epoch", "train_time_s"):
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std([float(x[key]) for x in s])
-        row["final_test_acc_per_seed"] = [x["final_test_acc"] for x in s]
-        diffs = [x["final_test_acc"] - f for x, f in zip(s, full)]
+        row["overfit_gap_mean"], row["overfit_gap_std"] = mean_std([x["final_train_acc"] - x[score] for x in s])
+        row[f"{score}_per_seed"] = [x[score] for x in s]
+        diffs = [x[score] - f for x, f in zip(s, full)]
         row["effect_mean"], row["effect_std"] = mean_std(diffs)
         row["effect_ci95"] = confidence_interval(diffs)
         rows.append(row)
     train_images = results["full"][0].config.get("train_size")
     result = {"model": cfg.model, "dataset": cfg.dataset, "recipe": cfg.recipe, "epochs": cfg.epochs,
               "limit_train": cfg.limit_train, "train_images": train_images, "seeds": seeds, "skipped": skipped,
-              "variants": rows, "findings": findings(rows, seeds)}
+              "scored_on": split, "variants": rows}
+    result["findings"] = findings(rows, seeds, split)
     result["budget"] = budget_note(cfg.epochs, train_images)
     return result
 
@@ -152,13 +161,14 @@ def verdict(interval: tuple[float, float] | None) -> str:
     return "no clear effect at this budget"
 
 
-def findings(rows: list[dict], seeds: int) -> list[str]:
-    """One sentence per removed technique: the measured effect on test accuracy, its interval, the verdict."""
-    out = []
+def findings(rows: list[dict], seeds: int, split: str = "test") -> list[str]:
+    """One sentence per removed technique: the measured effect on test (or val) accuracy, its interval, the
+    verdict."""
+    out, key = [], f"final_{split}_acc_mean"
+    label = "test" if split == "test" else f"{split} (test not scored)"
     for row in rows[1:]:
         what = "everything" if row["variant"] == "none" else row["variant"].removeprefix("no-")
-        out.append(f"Removing {what}: test accuracy {row['final_test_acc_mean']:.2f}% vs "
-                   f"{rows[0]['final_test_acc_mean']:.2f}% with it, change {row['effect_mean']:+.2f} pt, "
+        out.append(f"Removing {what}: {label} accuracy {row[key]:.2f}% vs {rows[0][key]:.2f}% with it, change {row['effect_mean']:+.2f} pt, "
                    f"{interval_text(row['effect_ci95'], signed=True)} (paired over {seeds} "
                    f"seed{'s' if seeds > 1 else ''}); {verdict(row['effect_ci95'])}.")
     return out
@@ -169,9 +179,10 @@ def budget_note(epochs: int, train_images: int | None) -> str:
     article_epochs, article_images = ARTICLE_BUDGET
     article = article_epochs * article_images
     if train_images is None:
-        return f"Budget: {epochs} epochs; the article's deeper CNN: {article_epochs} epochs x {article_images:,} images."
+        return (f"Budget: {plural(epochs, 'epoch')}; the article's deeper CNN: {article_epochs} epochs x "
+                f"{article_images:,} images.")
     ours = epochs * train_images
-    note = (f"Budget: {epochs} epochs x {train_images:,} train images = {ours:,} image-epochs; the article's deeper "
+    note = (f"Budget: {plural(epochs, 'epoch')} x {train_images:,} train images = {ours:,} image-epochs; the article's deeper "
             f"CNN: {article_epochs} x {article_images:,} = {article:,} ({ours / article:.1%} of it).")
     if ours < article / 10:
         note += (" Warning: below a tenth of the article's budget, so the article's question cannot be answered "
@@ -179,11 +190,23 @@ def budget_note(epochs: int, train_images: int | None) -> str:
     return note
 
 
+def score_key(result: dict) -> str:
+    """The summary key the ablation compares: final_test_acc, or final_val_acc where test was never scored."""
+    return f"final_{result.get('scored_on', 'test')}_acc"
+
+
+def scored_text(result: dict) -> str:
+    split = result.get("scored_on", "test")
+    return "test" if split == "test" else f"{split} (test not scored)"
+
+
 def table(result: dict) -> tuple[list[str], list[list]]:
-    headers = ["variant", "train %", "test %", "change pt [95% CI]", "gap pt", "best epoch", "time s"]
-    rows = [[r["variant"], plus_minus(r, "final_train_acc"), plus_minus(r, "final_test_acc"),
+    split = result.get("scored_on", "test")
+    headers = ["variant", "train %", f"{scored_text(result)} %", "change pt [95% CI]", "gap pt", "best epoch",
+               "time s"]
+    rows = [[r["variant"], plus_minus(r, "final_train_acc"), plus_minus(r, score_key(result)),
              "-" if r["variant"] == "full" else effect_text(r),
-             plus_minus(r, "overfit_gap"), plus_minus(r, "best_test_epoch", 1), plus_minus(r, "train_time_s", 0)]
+             plus_minus(r, "overfit_gap"), plus_minus(r, f"best_{split}_epoch", 1), plus_minus(r, "train_time_s", 0)]
             for r in result["variants"]]
     return headers, rows
 
@@ -198,8 +221,12 @@ def effect_text(row: dict) -> str:
 
 def text_report(result: dict) -> str:
     headers, rows = table(result)
-    head = (f"Ablation: {result['model']} on {result['dataset']}, recipe {result['recipe']}, {result['epochs']} epochs, "
-            f"{result['seeds']} seed(s)" + (f", {result['limit_train']:,} train images" if result["limit_train"] else ""))
+    recipe = f"recipe {result['recipe']}" if result["recipe"] else "no recipe (the defaults)"
+    head = (f"Ablation: {result['model']} on {result['dataset']}, {recipe}, {plural(result['epochs'], 'epoch')}, "
+            f"{plural(result['seeds'], 'seed')}" + (f", {result['limit_train']:,} train images"
+                                                    if result["limit_train"] else "")
+            + ("" if result.get("scored_on", "test") == "test" else
+               f"; scored on {scored_text(result)} accuracy"))
     notes = ([f"Skipped (the model has no such switch, or the recipe does not use it): "
               f"{', '.join(result['skipped'])}"] if result["skipped"] else [])
     budget = [result["budget"]] if result.get("budget") else []
@@ -223,11 +250,12 @@ def write_outputs(base: Path, result: dict, results: dict) -> None:
     series = {name: mean_rows([r.rows for r in runs]) for name, runs in results.items()}
     curves = plots.curves(series, base / "ablation.png", "Ablation (mean over seeds)")
     names = [r["variant"] for r in result["variants"]]
-    bars = plots.accuracy_bars(names, {"final test": [r["final_test_acc_mean"] for r in result["variants"]]},
+    key, what = score_key(result), scored_text(result)
+    bars = plots.accuracy_bars(names, {f"final {what}": [r[f"{key}_mean"] for r in result["variants"]]},
                                base / "ablation_bars.png",
-                               errors={"final test": [half_width(r["final_test_acc_per_seed"])
-                                                      for r in result["variants"]]},
-                               title="Final test accuracy, mean and 95% confidence interval over seeds")
+                               errors={f"final {what}": [half_width(r[f"{key}_per_seed"])
+                                                         for r in result["variants"]]},
+                               title=f"Final {what} accuracy, mean and 95% confidence interval over seeds")
     report = Report(f"Ablation: {result['model']} on {result['dataset']}")
     report.section("Question").text(f"Would {model_title(result['model'])} degrade without BatchNorm, Kaiming "
                                     "initialisation, dropout or data augmentation, as the article claims for its "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cifarlab.errors import UsageError
 from cifarlab.report.document import text_table
-from cifarlab.report.stats import confidence_interval, difference_interval, interval_text, mean_rows
+from cifarlab.report.stats import confidence_interval, difference_interval, interval_text, mean_rows, scored_split
 from cifarlab.report.summary import comparison_block
 from cifarlab.run import SUMMARY, Run, load_run
 
@@ -23,7 +23,6 @@ class SeedsFolder:
 
     def __init__(self, path: Path, summary: dict):
         self.path, self.summary, self.name = path, summary, path.name
-        self.per_seed = summary["final_test_acc_per_seed"]
 
     @property
     def rows(self) -> list[dict]:
@@ -43,17 +42,19 @@ def open_result(source) -> Run | SeedsFolder:
     return load_run(path)
 
 
-def per_seed(result) -> list[float]:
-    return result.per_seed if isinstance(result, SeedsFolder) else [result.summary["final_test_acc"]]
+def per_seed(result, split: str = "test") -> list[float]:
+    """The final accuracy on `split` of each seed of a seeds folder, or of the one run."""
+    key = f"final_{split}_acc"
+    return result.summary[f"{key}_per_seed"] if isinstance(result, SeedsFolder) else [result.summary[key]]
 
 
-def difference_line(a, b) -> str:
-    """The 95% interval of B's test accuracy minus A's, and whether it is clear."""
+def difference_line(a, b, split: str = "test") -> str:
+    """The 95% interval of B's final accuracy minus A's, and whether it is clear."""
     paired = isinstance(a, SeedsFolder) and isinstance(b, SeedsFolder) and a.summary["seeds"] == b.summary["seeds"]
-    interval = difference_interval(per_seed(a), per_seed(b), paired)
+    interval = difference_interval(per_seed(a, split), per_seed(b, split), paired)
     if interval is None:
         return "Difference: no interval (a single run on one side); run --seeds 2 or more on both sides"
-    how = f"paired over {len(per_seed(a))} seeds" if paired else "Welch, independent seeds"
+    how = f"paired over {len(per_seed(a, split))} seeds" if paired else "Welch, independent seeds"
     clear = "clear" if interval[0] > 0 or interval[1] < 0 else "no clear difference at this budget"
     return f"Difference: {interval_text(interval, signed=True)} ({how}): {clear}"
 
@@ -61,14 +62,14 @@ def difference_line(a, b) -> str:
 class Comparison:
     """Finished runs side by side; str() is what `cifarlab compare` prints, plot() its figure."""
 
-    def __init__(self, runs: list):
-        self.runs = runs
+    def __init__(self, runs: list, split: str = "test"):
+        self.runs, self.split = runs, split
         text = ""
         if len(runs) == 2:
-            text = comparison_block(runs[0].summary, runs[1].summary, runs[0].name, runs[1].name)
+            text = comparison_block(runs[0].summary, runs[1].summary, runs[0].name, runs[1].name, split=split)
             if any(isinstance(r, SeedsFolder) for r in runs):
-                text += difference_line(*runs) + "\n"
-        self.text = text + "\n" + comparison_table(runs)
+                text += difference_line(*runs, split) + "\n"
+        self.text = text + "\n" + comparison_table(runs, split)
 
     def __str__(self) -> str:
         return self.text
@@ -79,34 +80,50 @@ class Comparison:
     def plot(self):
         from cifarlab.report.plots import comparison_figure, shown
 
-        return shown(comparison_figure(self.runs))
+        return shown(comparison_figure(self.runs, self.split))
 
 
 def compare(runs: list, plot: str | Path | None = None) -> Comparison:
-    """The article's COMPARISON block for two runs, a table for more; `plot` also writes the figure there."""
+    """The article's COMPARISON block for two runs, a table for more; `plot` also writes the figure there.
+
+    Runs on different datasets are refused (their accuracies measure different tasks). They are compared on
+    test accuracy, or on val accuracy, said so, where any of them never scored test (--no-test)."""
     if len(runs) < 2:
         raise UsageError("compare needs at least two run folders")
-    result = Comparison([open_result(r) for r in runs])
-    for r in result.runs:
-        r.summary  # noqa: B018 - an unfinished run is refused here, in one line
+    results = [open_result(r) for r in runs]
+    summaries = [r.summary for r in results]     # an unfinished run is refused here, in one line
+    other = next((r for r in results if r.summary["dataset"] != summaries[0]["dataset"]), None)
+    if other is not None:
+        raise UsageError(f"{results[0].path} was trained on {summaries[0]['dataset']} and {other.path} on "
+                         f"{other.summary['dataset']}: their accuracies are not comparable; compare runs on one "
+                         "dataset")
+    split = scored_split(summaries)
+    if split is None:
+        unscored = next(r for r in results if scored_split([r.summary]) is None)
+        raise UsageError(f"{unscored.path} scored neither test nor val (--no-test without --val-size): nothing to "
+                         "compare")
+    result = Comparison(results, split)
     if plot:
         from cifarlab.report.plots import comparison_figure, save
 
-        save(comparison_figure(result.runs), Path(plot))
+        save(comparison_figure(result.runs, split), Path(plot))
     return result
 
 
-def comparison_table(runs: list[Run]) -> str:
-    """One row per run: its accuracies, parameters, time, and the test accuracy change from the first run."""
-    first = runs[0].summary["final_test_acc"]
-    headers = ["run", "model", "dataset", "epochs", "train %", "test %", "test 95% CI", "best test %", "params",
-               "time s", "vs first"]
+def comparison_table(runs: list[Run], split: str = "test") -> str:
+    """One row per run: its accuracies, parameters, time, and the final accuracy's change from the first run
+    (on test; on val, said in the header, where test was never scored)."""
+    key = f"final_{split}_acc"
+    first = runs[0].summary[key]
+    name = "test" if split == "test" else f"{split} (test not scored)"
+    headers = ["run", "model", "dataset", "epochs", "train %", f"{name} %", f"{split} 95% CI", "best test %",
+               "params", "time s", "vs first"]
     rows = [[r.name, r.summary["model"], r.summary["dataset"], r.summary["epochs"], r.summary["final_train_acc"],
-             r.summary["final_test_acc"], _interval_cell(r), r.summary["best_test_acc"], f"{r.summary['params']:,}",
-             r.summary["train_time_s"], f"{r.summary['final_test_acc'] - first:+.2f}"] for r in runs]
+             r.summary[key], _interval_cell(r, split), r.summary["best_test_acc"], f"{r.summary['params']:,}",
+             r.summary["train_time_s"], f"{r.summary[key] - first:+.2f}"] for r in runs]
     return text_table(headers, rows)
 
 
-def _interval_cell(result) -> str:
-    interval = confidence_interval(per_seed(result))
+def _interval_cell(result, split: str = "test") -> str:
+    interval = confidence_interval(per_seed(result, split))
     return "-" if interval is None else f"[{interval[0]:.2f}, {interval[1]:.2f}]"

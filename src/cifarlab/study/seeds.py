@@ -6,13 +6,14 @@ import dataclasses
 from pathlib import Path
 
 from cifarlab.config import TrainConfig
-from cifarlab.report.stats import confidence_interval, interval_text, mean_std, plus_minus
+from cifarlab.report.stats import confidence_interval, interval_text, mean_std_or_none, plus_minus, scored_split
 from cifarlab.report.summary import results_block, summary_title, write_summary
 from cifarlab.run import Run
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_all
 
 # summary.json keys that get a mean and a std over seeds.
-SEED_KEYS = ("final_train_acc", "final_test_acc", "best_test_acc", "overfit_gap", "train_time_s", "images_per_s")
+SEED_KEYS = ("final_train_acc", "final_test_acc", "final_val_acc", "best_test_acc", "overfit_gap", "train_time_s",
+             "images_per_s")
 
 
 class Seeds(dict):
@@ -43,27 +44,41 @@ def train_seeds(cfg: TrainConfig, seeds: int, model=None, launch: Launch = SEQUE
 
 
 def seeds_summary(summaries: list[dict]) -> dict:
-    """The contract's summary keys (means over seeds) plus KEY_mean / KEY_std and the per-seed values."""
+    """The contract's summary keys (means over seeds) plus KEY_mean / KEY_std and the per-seed values.
+
+    scored_on: the split the seeds are compared on, "test", or "val" where test was never scored (--no-test);
+    its final accuracy gets the 95% interval (None: neither was scored)."""
     first = summaries[0]
     out = {k: first[k] for k in ("model", "dataset", "recipe", "params", "epochs", "device", "precision")}
     out["seeds"] = [s["seed"] for s in summaries]
     for key in SEED_KEYS:
-        mean, std = mean_std([s[key] for s in summaries])
+        values = [s.get(key) for s in summaries]
+        mean, std = mean_std_or_none(values)
         out[key], out[f"{key}_mean"], out[f"{key}_std"] = mean, mean, std
-        out[f"{key}_per_seed"] = [s[key] for s in summaries]
-    out["final_test_acc_ci95"] = confidence_interval(out["final_test_acc_per_seed"])
-    best_epochs = [s["best_test_epoch"] for s in summaries]
-    out["best_test_epoch"] = round(sum(best_epochs) / len(best_epochs))
+        out[f"{key}_per_seed"] = values
+    split = out["scored_on"] = scored_split(summaries)
+    if split is not None:
+        out[f"final_{split}_acc_ci95"] = confidence_interval(out[f"final_{split}_acc_per_seed"])
+    best_epochs = [s.get(f"best_{split or 'test'}_epoch") for s in summaries]
+    out["best_test_epoch"] = None if None in best_epochs else round(sum(best_epochs) / len(best_epochs))
     return out
 
 
 def seeds_block(summary: dict) -> str:
-    """The article's Results Summary block with mean +- std over seeds, and each seed's test accuracy."""
+    """The article's Results Summary block with mean +- std over seeds, and each seed's final accuracy (val's,
+    said so, where test was never scored)."""
     def number(key: str) -> str:
+        if summary.get(f"{key}_mean") is None:
+            return "not scored (--no-test)"
         return plus_minus(summary, key, unit=" s" if key == "train_time_s" else "%")
 
-    per_seed = ", ".join(f"{v:.2f}%" for v in summary["final_test_acc_per_seed"])
     title = f"{summary_title(summary)} (mean \u00b1 std over {len(summary['seeds'])} seeds)"
-    interval = interval_text(summary.get("final_test_acc_ci95"))
-    return results_block(title, summary, number, [f"Per-seed Test Accuracy: {per_seed}",
-                                                  f"Mean Test Accuracy: {interval}"])
+    split = summary.get("scored_on", "test")
+    if split is None:
+        return results_block(title, summary, number, ["Per-seed accuracy: none scored (--no-test without "
+                                                      "--val-size)"])
+    name = "Test Accuracy" if split == "test" else f"{split.capitalize()} Accuracy (test not scored)"
+    per_seed = ", ".join(f"{v:.2f}%" for v in summary[f"final_{split}_acc_per_seed"])
+    extra = [] if split == "test" else [f"Final {name}: {number(f'final_{split}_acc')}"]
+    interval = interval_text(summary.get(f"final_{split}_acc_ci95"))
+    return results_block(title, summary, number, [*extra, f"Per-seed {name}: {per_seed}", f"Mean {name}: {interval}"])

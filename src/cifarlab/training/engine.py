@@ -21,6 +21,7 @@ from cifarlab.data.augment import normalize
 from cifarlab.errors import UsageError
 from cifarlab.fingerprint import SWITCHES, fingerprint, recorded_switches
 from cifarlab.models import build_model, count_params, model_spec
+from cifarlab.report.stats import plural
 from cifarlab.report.summary import article_summary
 from cifarlab.run import BEST, LAST, Run, release_folders
 from cifarlab.training import distributed
@@ -103,7 +104,7 @@ def setup(cfg: TrainConfig, resume: bool, dist: Dist, supplied=None) -> Trainer:
     if checkpoint is not None:
         trainer.restore(checkpoint)
         if trainer.state.epoch >= cfg.epochs:
-            raise UsageError(f"{run.path} already finished its {cfg.epochs} epochs; nothing to resume")
+            raise UsageError(f"{run.path} already finished its {plural(cfg.epochs, 'epoch')}; nothing to resume")
         if dist.is_main:  # metrics.jsonl continues from the checkpoint: no duplicate or lost epochs.
             run.write_metrics(trainer.state.rows)
     elif dist.is_main:
@@ -226,6 +227,7 @@ def summarize(trainer: Trainer) -> dict:
     summary = {
         "model": cfg.model, "dataset": cfg.dataset, "recipe": cfg.recipe, "params": trainer.params,
         "epochs": cfg.epochs, "final_train_acc": final["train_acc"], "final_test_acc": final["test_acc"],
+        "final_val_acc": final["val_acc"],
         "best_test_acc": best_test["test_acc"], "best_test_epoch": best_test["epoch"],
         "best_val_acc": best_val["val_acc"] if best_val else None,
         "best_val_epoch": best_val["epoch"] if best_val else None,

@@ -29,6 +29,10 @@ class RunState:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def position(self) -> str:
+        """Where training stands, as a stop by signal names it: "epoch 2, step 2" (steps done in that epoch)."""
+        return f"epoch {self.epoch + 1}, step {self.step}" if self.step else f"the end of epoch {self.epoch}"
+
     @classmethod
     def from_dict(cls, d: dict) -> "RunState":
         """The state a checkpoint saved; checkpoints before the rename call train_and_eval_time train_time."""

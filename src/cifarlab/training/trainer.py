@@ -59,7 +59,7 @@ class Trainer:
     def announce(self, data, resume: bool) -> None:
         """The line a run starts with: what trains on what, where, and into which folder."""
         cfg, state = self.cfg, self.state
-        where = f"; resuming after epoch {state.epoch}, step {state.step}" if resume else ""
+        where = f"; resuming from {state.position()}" if resume else ""
         print(f"cifarlab: {cfg.model} on {cfg.dataset} ({len(data.train):,} train"
               f"{f', {len(data.val):,} val' if data.val else ''}, {len(data.test):,} test), {self.params:,} "
               f"parameters, {self.device} {self.precision.name}; run folder {self.run.path}{where}", flush=True)
