@@ -70,13 +70,14 @@ def replace_folder(folder: Path, keep: tuple[str, ...] = ()) -> None:
     old run), make it again, lock the new one, then delete the old. Files named in `keep` move into the new
     folder (a rename keeps them open for whoever writes them: a study's log)."""
     folder = Path(folder)
+    key = folder.resolve()          # as lock_folder named it, while the folder is still there
     aside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
     try:
         os.replace(folder, aside)   # onto the empty directory mkdtemp made: atomic on POSIX
     except OSError:                 # Windows renames no folder over another
         os.rmdir(aside)
         os.rename(folder, aside)
-    old_fd = _held.pop(folder.resolve(), None)
+    old_fd = _held.pop(key, None)
     try:
         folder.mkdir()
         lock_folder(folder)         # the new folder is ours before the old one goes
