@@ -74,6 +74,14 @@ def test_an_identical_rerun_reuses_the_finished_run(finished, tmp_path, capsys):
     assert (tmp_path / "full" / "seed-0" / "model.safetensors").read_bytes() == before
 
 
+def test_a_study_with_overwrite_retrains_the_folder_the_refusal_named(finished, tmp_path):
+    from cifarlab.study.runs import run_or_reuse
+
+    cfg = copy_of(finished, tmp_path)
+    run = run_or_reuse(dataclasses.replace(cfg, lr=0.05, overwrite=True))
+    assert run.config["lr"] == 0.05 and run.config["fingerprint"]["lr"] == 0.05 and run.finished
+
+
 def test_a_folder_from_before_fingerprints_is_compared_on_what_it_records(finished, tmp_path):
     from cifarlab.fingerprint import reuse_state
 

@@ -35,6 +35,8 @@ NOT_NUMBERS = frozenset({"out", "data_dir", "quiet", "overwrite", "tensorboard",
 # Fields recorded as what they resolve to, after the settings.
 RESOLVED = ("device", "threads", "precision")
 SWITCHES = ("batchnorm", "dropout", "init")     # settings that exist only where the model has the switch
+# How the refusal names a fingerprint entry that is not a flag.
+LABELS = {"data_files": "data files (sha256)", "cifarlab": "cifarlab version", "threads": "CPU threads"}
 DEFAULTS = {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(TrainConfig)}
 SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in NOT_NUMBERS and f.name not in RESOLVED)
 
@@ -84,9 +86,10 @@ def reuse_state(cfg: TrainConfig, model=None) -> str:
     """What a study does with cfg.out: "new" (nothing trained there), "finished" (a finished run of exactly these
     settings: reuse it) or "resume" (an unfinished run of exactly these settings, with checkpoints/last.pt).
 
-    Any other run there is refused in one line naming the first setting that differs."""
+    Any other run there is refused in one line naming the first setting that differs. With cfg.overwrite, every
+    folder is "new": whatever is there is replaced (the run starts from an empty folder)."""
     run = Run(cfg.out)
-    if not run.finished and not run.checkpoint_path(LAST).is_file():
+    if cfg.overwrite or (not run.finished and not run.checkpoint_path(LAST).is_file()):
         return "new"
     if not run.config_path.is_file():
         raise UsageError(f"{cfg.out} holds a checkpoint but no config.json, so what trained it is unknown: use "
@@ -99,8 +102,8 @@ def reuse_state(cfg: TrainConfig, model=None) -> str:
     difference = first_difference(had, wanted)
     if difference is not None:
         name, then, now = difference
-        raise UsageError(f"{cfg.out} was trained with {name.replace('_', '-')} {_show(then)}, this study asks "
-                         f"{_show(now)}: use another --out or --overwrite")
+        raise UsageError(f"{cfg.out} was trained with {LABELS.get(name, name.replace('_', '-'))} {_show(then)}, "
+                         f"this study asks {_show(now)}: use another --out or --overwrite")
     return "finished" if run.finished else "resume"
 
 
