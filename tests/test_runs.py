@@ -140,8 +140,8 @@ def test_overwrite_keeps_the_folder_locked_while_the_old_run_is_replaced(finishe
     cfg = copy_of(finished, tmp_path)
     try:
         Run.create(cfg.out, overwrite=True, default_name="x")
-        other = subprocess.run([sys.executable, "-c", f"from cifarlab.run import lock_folder; lock_folder({cfg.out!r})"],
-                               capture_output=True, text=True)
+        code = f"from cifarlab.run import lock_folder; lock_folder({cfg.out!r})"    # a second writer, elsewhere
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert other.returncode != 0 and "is being written by another process" in other.stderr
         assert sorted(os.listdir(cfg.out)) == [".lock", "checkpoints"]
     finally:

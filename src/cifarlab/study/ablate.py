@@ -168,9 +168,9 @@ def findings(rows: list[dict], seeds: int, split: str = "test") -> list[str]:
     label = "test" if split == "test" else f"{split} (test not scored)"
     for row in rows[1:]:
         what = "everything" if row["variant"] == "none" else row["variant"].removeprefix("no-")
-        out.append(f"Removing {what}: {label} accuracy {row[key]:.2f}% vs {rows[0][key]:.2f}% with it, change {row['effect_mean']:+.2f} pt, "
-                   f"{interval_text(row['effect_ci95'], signed=True)} (paired over {seeds} "
-                   f"seed{'s' if seeds > 1 else ''}); {verdict(row['effect_ci95'])}.")
+        out.append(f"Removing {what}: {label} accuracy {row[key]:.2f}% vs {rows[0][key]:.2f}% with it, change "
+                   f"{row['effect_mean']:+.2f} pt, {interval_text(row['effect_ci95'], signed=True)} (paired over "
+                   f"{plural(seeds, 'seed')}); {verdict(row['effect_ci95'])}.")
     return out
 
 
@@ -182,8 +182,8 @@ def budget_note(epochs: int, train_images: int | None) -> str:
         return (f"Budget: {plural(epochs, 'epoch')}; the article's deeper CNN: {article_epochs} epochs x "
                 f"{article_images:,} images.")
     ours = epochs * train_images
-    note = (f"Budget: {plural(epochs, 'epoch')} x {train_images:,} train images = {ours:,} image-epochs; the article's deeper "
-            f"CNN: {article_epochs} x {article_images:,} = {article:,} ({ours / article:.1%} of it).")
+    note = (f"Budget: {plural(epochs, 'epoch')} x {train_images:,} train images = {ours:,} image-epochs; the "
+            f"article's deeper CNN: {article_epochs} x {article_images:,} = {article:,} ({ours / article:.1%} of it).")
     if ours < article / 10:
         note += (" Warning: below a tenth of the article's budget, so the article's question cannot be answered "
                  "here; the findings describe this budget only.")
