@@ -84,6 +84,9 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 # ---------------------------------------------------------------- image folders
 
+_SAID: set[str] = set()       # the notes printed so far: a study loading one folder per run says each once
+
+
 def load_folder(spec: str, root: Path, image_size: int | None = None, channels: int | None = None,
                 quiet: bool = True) -> Dataset:
     """An image folder as a Dataset; unless quiet, one line each on stderr for the channels chosen
@@ -95,10 +98,6 @@ def load_folder_with_listing(spec: str, root: Path, image_size: int | None = Non
                              quiet: bool = True) -> tuple[Dataset, FolderListing, ChannelChoice]:
     listing = scan_folder(root)
     choice = choose_channels(listing, channels)
-    if not quiet:
-        for line in (None if choice.given else choice.line(spec), skipped_summary(spec, listing)):
-            if line:
-                print(f"cifarlab: {line}", file=sys.stderr)
     key = fingerprint(listing, image_size, choice.channels, CACHE_VERSION)
     cache = folder_cache_path(root, image_size, choice.channels)
     cached = read_folder_cache(cache, key)
@@ -108,6 +107,11 @@ def load_folder_with_listing(spec: str, root: Path, image_size: int | None = Non
     splits, mean, std = cached
     dataset = Dataset(_info(spec, root.resolve().name, listing.classes, splits["train"].images, mean, std),
                       splits["train"], splits["test"], list(listing.classes), splits.get("val"))
+    if not quiet:       # after the decode: a folder that fails to load gets its one error line, nothing more
+        for line in (None if choice.given else choice.line(spec), skipped_summary(spec, listing)):
+            if line and line not in _SAID:
+                print(f"cifarlab: {line}", file=sys.stderr)
+                _SAID.add(line)
     return dataset, listing, choice
 
 
