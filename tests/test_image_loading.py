@@ -18,7 +18,7 @@ from cifarlab.data.sources import load_dataset
 from cifarlab.errors import DataError
 from cifarlab.predict import read_image
 
-from conftest import run_cli
+from conftest import run_cli, write_cifar10
 
 ORIENTATION = 0x0112            # the EXIF tag
 ROTATE_CLOCKWISE = 6            # its value for: the camera was turned; show the image turned 90 degrees clockwise
@@ -237,3 +237,14 @@ def test_a_data_dir_that_does_not_exist_is_no_such_folder(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(DataError, match="not a folder"):
         load_dataset("cifar10", tmp_path / "file")
+
+
+def test_data_info_json_for_a_built_in_dataset(tmp_path, capsys):
+    write_cifar10(tmp_path / "data", per_batch=20, test=10)
+    assert main(["data", "info", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["present"] and facts["splits"]["train"]["images"] == 100 and facts["splits"]["test"]["images"] == 10
+    assert sum(facts["splits"]["train"]["per_class"].values()) == 100 and len(facts["classes"]) == 10
+    assert facts["mean"] == [0.4914, 0.4822, 0.4465] and facts["image_size"] == [32, 32]   # what training uses
+    assert main(["data", "info", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["present"] is False

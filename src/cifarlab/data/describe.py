@@ -66,7 +66,7 @@ def _describe_folder(spec: str, image_size: int | None, channels: int | None) ->
     for path in listing.all_files():
         header = imagedecode.image_header(path)
         sizes["unreadable" if header is None else f"{header[1][0]}x{header[1][1]}"] += 1
-    return {"kind": "folder", "path": str(root), **_facts(ds),
+    return {"kind": "folder", "path": str(root.resolve()), **_facts(ds),
             "channels_chosen": {"given": choice.given, "sampled": choice.sampled, "grayscale": choice.gray,
                                 "reason": choice.reason()},
             "stored_sizes": dict(sizes.most_common()),

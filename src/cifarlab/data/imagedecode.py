@@ -1,5 +1,8 @@
 """Decode image files into raw uint8 pixels (H x W x C per image), in this process or in worker processes.
 
+prepare_image() is the one way an image becomes model input (EXIF orientation, bit depth, mode, size):
+image folders, their worker processes, arrays and `cifarlab predict` all call it.
+
 A 32x32 PNG costs about 85 us of CPU to decode, most of it in Pillow's Python code that holds the GIL,
 so threads do not help while worker processes scale with the cores (benchmarks/folder_decode.py on 2
 cores, CIFAR-10 as PNGs: one process ~8,700 images/s, 2 threads ~6,300/s, 2 worker processes ~16,000/s,
