@@ -5,6 +5,8 @@ skipped files named, `data info|verify` on a folder, and a --data-dir that does 
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,28 @@ def test_16_bit_grayscale_pngs_are_scaled_to_8_bits_not_clipped(tmp_path):
     as_rgb = load_dataset(f"folder:{tmp_path / 'd'}").train.images[5]
     assert all(torch.equal(as_rgb[c], dogs[0, 0]) for c in range(3))
     assert torch.equal(read_image(path, 1, 32)[0], dogs[0, 0])        # predict reads it the same way
+
+
+def write_rgb16_png(path: Path, values: np.ndarray) -> None:
+    """A 16-bit RGB PNG (Pillow cannot write one): IHDR bit depth 16, colour type 2, unfiltered rows."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in values)
+    header = struct.pack(">IIBBBBB", values.shape[1], values.shape[0], 16, 2, 0, 0, 0)
+    path.write_bytes(imagedecode.PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def test_16_bit_rgb_pngs_keep_their_range(tmp_path):
+    # Pillow reads these as 8-bit RGB by keeping each value's high byte: scaled, never clipped, and within
+    # one level of value / 257 (what imagedecode.SIXTEEN_BIT_MODES' comment relies on).
+    write_images(tmp_path / "d")
+    wide = np.random.default_rng(8).integers(0, 65536, (32, 32, 3), dtype=np.uint16)
+    wide[0, 0] = [0, 32767, 65535]
+    write_rgb16_png(tmp_path / "d" / "train" / "cat" / "0-16bit.png", wide)
+    got = load_dataset(f"folder:{tmp_path / 'd'}").train.images[0].permute(1, 2, 0).numpy().astype(int)
+    assert got[0, 0].tolist() == [0, 127, 255]
+    assert np.abs(got - wide / 257).max() < 1
 
 
 # ---------------------------------------------------------------- EXIF orientation

@@ -96,6 +96,7 @@ def load_folder(spec: str, root: Path, image_size: int | None = None, channels: 
 
 def load_folder_with_listing(spec: str, root: Path, image_size: int | None = None, channels: int | None = None,
                              quiet: bool = True) -> tuple[Dataset, FolderListing, ChannelChoice]:
+    """load_folder, with the listing (what was skipped) and the channel choice it was built from."""
     listing = scan_folder(root)
     choice = choose_channels(listing, channels)
     key = fingerprint(listing, image_size, choice.channels, CACHE_VERSION)

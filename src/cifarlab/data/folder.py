@@ -64,12 +64,13 @@ def _class_dirs(split_dir: Path, listing: FolderListing) -> list[Path]:
     """The class folders of a split; its other entries go to listing.skipped."""
     found = []
     for p in sorted(split_dir.iterdir(), key=lambda p: p.name):
-        if _visible(p.name) and p.is_dir():
+        is_dir = p.is_dir()
+        if not _visible(p.name):
+            listing.skip(p, is_dir, _why_not_an_image(p.name, is_dir))
+        elif is_dir:
             found.append(p)
         else:
-            is_dir = p.is_dir()
-            listing.skip(p, is_dir, _why_not_an_image(p.name, is_dir) if not _visible(p.name) or is_dir
-                         else "not in a class folder")
+            listing.skip(p, False, "not in a class folder")
     return found
 
 
