@@ -47,6 +47,7 @@ def test_missing_files_are_downloaded_checked_and_extracted(tmp_path, served, mo
     www, base = served
     _, md5 = _cifar_archive(tmp_path, www)
     _with_archive(monkeypatch, f"{base}/cifar-10-python.tar.gz", md5)
+    (tmp_path / "data").mkdir()
     ds = sources.load_dataset("cifar10", tmp_path / "data")
     assert len(ds.train) == 50 and len(ds.test) == 10
     assert (tmp_path / "data" / "cifar-10-batches-py" / "data_batch_5").is_file()
@@ -56,6 +57,7 @@ def test_archive_with_wrong_md5_is_not_extracted(tmp_path, served, monkeypatch):
     www, base = served
     _cifar_archive(tmp_path, www)
     _with_archive(monkeypatch, f"{base}/cifar-10-python.tar.gz", "0" * 32)
+    (tmp_path / "data").mkdir()
     with pytest.raises(DataError, match="cannot download"):
         sources.load_dataset("cifar10", tmp_path / "data")
     assert not (tmp_path / "data" / "cifar-10-batches-py").exists()
@@ -63,6 +65,7 @@ def test_archive_with_wrong_md5_is_not_extracted(tmp_path, served, monkeypatch):
 
 def test_unreachable_server_error_names_files_and_folder(tmp_path, monkeypatch):
     _with_archive(monkeypatch, "http://127.0.0.1:9/cifar-10-python.tar.gz", "0" * 32)
+    (tmp_path / "data").mkdir()
     with pytest.raises(DataError) as err:
         sources.load_dataset("cifar10", tmp_path / "data")
     message = str(err.value)
@@ -78,6 +81,7 @@ def test_archive_members_escaping_the_target_are_refused(tmp_path, served, monke
         member.size = len(payload)
         tar.addfile(member, io.BytesIO(payload))
     _with_archive(monkeypatch, f"{base}/cifar-10-python.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest())
+    (tmp_path / "data").mkdir()
     with pytest.raises(DataError, match="cannot extract"):
         sources.load_dataset("cifar10", tmp_path / "data")
     assert not (tmp_path / "escaped.txt").exists()

@@ -218,10 +218,13 @@ def _add_listing_commands(sub) -> None:
     recipes = sub.add_parser("recipes", help="list the named recipes and what they set")
     recipes.add_argument("--json", action="store_true")
 
-    data = sub.add_parser("data", help="download, verify or describe datasets")
+    data = sub.add_parser("data", help="download, verify or describe datasets (built-in, folder:PATH, npz:FILE)")
     data.add_argument("action", choices=("download", "verify", "info"))
     data.add_argument("--dataset", default="cifar10")
     data.add_argument("--data-dir")
+    data.add_argument("--image-size", type=int, metavar="N", help="as in train: describe the images resized to NxN")
+    data.add_argument("--channels", type=int, choices=(1, 3), help="as in train: describe them with 1 or 3 channels")
+    data.add_argument("--json", action="store_true", help="print the facts as JSON")
 
 
 def _model_args(pairs: list[str] | None) -> dict | None:
@@ -395,19 +398,14 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from cifarlab.data.sources import dataset_info, default_data_dir, load_dataset, missing_files
+    from cifarlab.data.describe import describe_dataset, format_description
 
-    info = dataset_info(args.dataset)
-    root = default_data_dir() if args.data_dir is None else Path(args.data_dir)
-    if args.action == "info" and missing_files(info, root):
-        print(f"{info.title}: not present in {root / info.folder} (missing: "
-              f"{', '.join(p.name for p in missing_files(info, root))})")
-        return 0
-    ds = load_dataset(args.dataset, root, download_missing=args.action == "download")
-    print(f"{info.title} in {root / info.folder}: {len(ds.train):,} train, {len(ds.test):,} test, "
-          f"{info.num_classes} classes, images {tuple(ds.train.images.shape[1:])} uint8")
-    if args.action == "verify":
-        print("structure OK (files present, shapes, dtype, label range and counts checked)")
+    facts = describe_dataset(args.dataset, args.data_dir, args.image_size, args.channels,
+                             download_missing=args.action == "download", verify=args.action == "verify")
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        print(format_description(facts, args.action == "verify"), end="")
     return 0
 
 

@@ -1,8 +1,9 @@
 """cifarlab predict: top-k labels for image files, from a run folder or a checkpoint.
 
-Each image goes through what the model saw in training: RGB (or grayscale for
-MNIST-style models), resized to the dataset's side, pixels / 255, normalised
-with the dataset's mean and std. The resize stretches to a square instead of
+Each image goes through what the model saw in training, by the same function
+(imagedecode.prepare_image): turned upright as its EXIF orientation says, 16-bit
+scaled to 8, RGB (or grayscale for MNIST-style models), resized to the dataset's
+side; then pixels / 255, normalised with the dataset's mean and std. The resize stretches to a square instead of
 cropping: CIFAR objects fill the frame, and a crop could cut them off.
 """
 
@@ -17,14 +18,11 @@ from cifarlab.errors import UsageError
 from cifarlab.run import Run, open_source
 
 
-def _to_image(image, channels: int, size: int, label: str) -> torch.Tensor:
-    """A PIL image -> uint8 (channels, size, size), as in training."""
-    from PIL import Image
+def _to_image(image, channels: int, size: int) -> torch.Tensor:
+    """A PIL image -> uint8 (channels, size, size), by the function that decodes training folders."""
+    from cifarlab.data.imagedecode import prepare_image
 
-    image = image.convert("L" if channels == 1 else "RGB")
-    if image.size != (size, size):
-        # Pillow widens the filter when shrinking, so large photos are averaged down, not aliased.
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    image = prepare_image(image, "L" if channels == 1 else "RGB", size)
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
     return pixels.reshape(size, size, channels).permute(2, 0, 1).contiguous()
 
@@ -36,7 +34,7 @@ def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
     try:
         with Image.open(path) as opened:
             opened.load()   # decodes: a truncated file fails here
-            return _to_image(opened, channels, size, str(path))
+            return _to_image(opened, channels, size)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except UnidentifiedImageError:
@@ -62,14 +60,14 @@ def as_images(images, channels: int, size: int) -> tuple[torch.Tensor, list[str]
             array = array.permute(0, 3, 1, 2)
         pil = [Image.fromarray(a.permute(1, 2, 0).squeeze(-1).numpy() if a.shape[0] == 1 else
                                a.permute(1, 2, 0).numpy()) for a in array]
-        return torch.stack([_to_image(p, channels, size, f"image {i}") for i, p in enumerate(pil)]), \
+        return torch.stack([_to_image(p, channels, size) for p in pil]), \
             [f"image {i}" for i in range(len(pil))]
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
     out, labels = [], []
     for i, item in enumerate(images):
         if isinstance(item, Image.Image):
-            out.append(_to_image(item, channels, size, f"image {i}"))
+            out.append(_to_image(item, channels, size))
             labels.append(f"image {i}")
         else:
             out.append(read_image(item, channels, size))

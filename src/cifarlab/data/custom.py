@@ -1,10 +1,8 @@
 """The user's own images as a dataset: `folder:PATH` (torchvision's ImageFolder layout) and `npz:FILE` (arrays).
 
 Both end as the uint8 tensors the built-in datasets use (N x C x H x W, int64 labels) with a DatasetInfo
-measured on the train split. An image folder is decoded once (imagedecode.py, one worker process per
-core for big folders) and cached in cifarlab's cache folder, never in the user's folder, which may be
-read-only. The cache is keyed by a fingerprint of every image's path, size and mtime plus the
-options, written atomically, and checked with a sha256 before it is trusted.
+measured on the train split. An image folder is listed (folder.py), decoded once (imagedecode.py, one
+worker process per core for big folders) and cached (foldercache.py).
 
 `save_arrays` stores arrays handed to the Python API as an .npz named by its content, so a run can
 record `npz:PATH` and be resumed or evaluated later.
@@ -13,39 +11,28 @@ record `npz:PATH` and be resumed or evaluated later.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import sys
-import tempfile
 import zipfile
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from cifarlab.data import imagedecode
+from cifarlab.data.foldercache import CACHE_VERSION, Decoded, atomic_file, cache_dir, folder_cache_path, \
+    read_folder_cache, write_folder_cache
+from cifarlab.data.folder import SPLITS, ChannelChoice, FolderListing, choose_channels, fingerprint, scan_folder, \
+    skipped_summary
 from cifarlab.data.formats import Split
 from cifarlab.data.sources import Dataset, DatasetInfo
 from cifarlab.errors import DataError, UsageError
-
-CACHE_VERSION = "1"          # bump when the cache's layout or the decoding changes: old files are then rebuilt
-SPLITS = ("train", "test", "val")
-_CACHE_FORMAT = "cifarlab-folder-cache"
-
-
-def cache_dir() -> Path:
-    """Where decoded folders and saved arrays live: $CIFARLAB_CACHE, else ~/.cache/cifarlab."""
-    return Path(os.environ.get("CIFARLAB_CACHE") or Path.home() / ".cache" / "cifarlab").expanduser()
 
 
 def load_custom_dataset(spec: str, image_size: int | None = None, channels: int | None = None,
                         quiet: bool = True) -> Dataset:
     """`folder:PATH` or `npz:FILE` as a Dataset; `image_size` resizes to a square, `channels` is 1 or 3."""
-    _check_options(image_size, channels)
+    check_options(image_size, channels)
     kind, _, target = spec.partition(":")
     if kind not in ("folder", "npz"):
         raise DataError(f"unknown dataset '{spec}' (custom data is folder:PATH or npz:FILE)")
@@ -58,7 +45,7 @@ def load_custom_dataset(spec: str, image_size: int | None = None, channels: int 
     return load_npz(spec, path, image_size, channels)
 
 
-def _check_options(image_size: int | None, channels: int | None) -> None:
+def check_options(image_size: int | None, channels: int | None) -> None:
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise UsageError(f"--image-size must be a positive integer, got {image_size!r}")
     if channels is not None and channels not in (1, 3):
@@ -97,139 +84,48 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 # ---------------------------------------------------------------- image folders
 
-@dataclass
-class FolderListing:
-    """Every image of an ImageFolder tree: per split, paths, labels and (size, mtime_ns) stamps."""
-
-    root: Path
-    classes: list[str]
-    files: dict[str, list[str]]
-    labels: dict[str, list[int]]
-    stamps: dict[str, list[tuple[int, int]]]
-
-    def all_files(self) -> list[str]:
-        return [f for split in SPLITS for f in self.files.get(split, [])]
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith(".")
-
-
-def _class_dirs(split_dir: Path) -> list[Path]:
-    return sorted((p for p in split_dir.iterdir() if _visible(p.name) and p.is_dir()), key=lambda p: p.name)
-
-
-def _image_files(class_dir: Path) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of the images under `class_dir`, nested folders included, sorted by path."""
-    found = []
-    pending = [str(class_dir)]
-    while pending:
-        with os.scandir(pending.pop()) as entries:
-            for entry in entries:   # the hot loop of a cached start (60,000 files): cheap tests first
-                if entry.name.startswith("."):
-                    continue
-                if entry.name.lower().endswith(imagedecode.EXTENSIONS) and entry.is_file():
-                    stat = entry.stat()
-                    found.append((entry.path, stat.st_size, stat.st_mtime_ns))
-                elif entry.is_dir(follow_symlinks=False):
-                    pending.append(entry.path)
-    found.sort()
-    return found
-
-
-def scan_folder(root: Path) -> FolderListing:
-    """List root/{train,test,val}/<class>/* and check the layout; DataError naming the folder if wrong."""
-    try:
-        return _scan(root)
-    except OSError as e:            # unreadable folder (permissions), a folder removed while we list it
-        raise DataError(f"{e.filename or root}: cannot list ({e.strerror or e})") from None
-
-
-def _scan(root: Path) -> FolderListing:
-    if not root.exists():
-        raise DataError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder (folder:PATH wants PATH/train/<class>/<image>)")
-    for split in ("train", "test"):
-        if not (root / split).is_dir():
-            raise DataError(f"{root}: no {split}/ folder (expected {root}/train/<class>/<image> and "
-                            f"{root}/test/<class>/<image>)")
-    classes = [p.name for p in _class_dirs(root / "train")]
-    if not classes:
-        raise DataError(f"{root / 'train'}: no images (expected class folders: train/<class>/<image>)")
-    listing = FolderListing(root, classes, {}, {}, {})
-    for split in SPLITS:
-        if split == "val" and not (root / "val").is_dir():
-            continue
-        files, labels, stamps = [], [], []
-        for class_dir in _class_dirs(root / split):
-            if class_dir.name not in classes:
-                raise DataError(f"{class_dir}: class '{class_dir.name}' is not in {root / 'train'} "
-                                f"(classes: {', '.join(classes)})")
-            images = _image_files(class_dir)
-            if not images:
-                raise DataError(f"{class_dir}: empty class folder (no {'/'.join(imagedecode.EXTENSIONS)} files)")
-            label = classes.index(class_dir.name)
-            files += [path for path, _, _ in images]
-            labels += [label] * len(images)
-            stamps += [(size, mtime) for _, size, mtime in images]
-        if not files:
-            raise DataError(f"{root / split}: no images (expected {split}/<class>/<image>)")
-        listing.files[split], listing.labels[split], listing.stamps[split] = files, labels, stamps
-    return listing
-
-
-def fingerprint(listing: FolderListing, image_size: int | None, channels: int | None) -> str:
-    """sha256 of every image's relative path, size and mtime, plus the options and the cache version.
-
-    Pillow's version is in it too: another release may resize (or convert) a little differently.
-    """
-    from PIL import __version__ as pillow
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, pillow, image_size, channels, listing.classes]).encode())
-    prefix = len(str(listing.root)) + 1
-    for split in SPLITS:
-        for path, (size, mtime) in zip(listing.files.get(split, []), listing.stamps.get(split, [])):
-            h.update(f"{split}\0{path[prefix:]}\0{size}\0{mtime}\n".encode())
-    return h.hexdigest()
-
-
-def folder_cache_path(root: Path, image_size: int | None, channels: int | None) -> Path:
-    """One cache file per folder and options; a changed folder overwrites it rather than adding one."""
-    resolved = root.resolve()
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in resolved.name) or "root"
-    key = hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
-    return cache_dir() / "folders" / f"{name}-{key}-s{image_size or 'auto'}-c{channels or 'auto'}.safetensors"
+_SAID: set[str] = set()       # the notes printed so far: a study loading one folder per run says each once
 
 
 def load_folder(spec: str, root: Path, image_size: int | None = None, channels: int | None = None,
                 quiet: bool = True) -> Dataset:
+    """An image folder as a Dataset; unless quiet, one line each on stderr for the channels chosen
+    (when not given) and for the files skipped."""
+    return load_folder_with_listing(spec, root, image_size, channels, quiet)[0]
+
+
+def load_folder_with_listing(spec: str, root: Path, image_size: int | None = None, channels: int | None = None,
+                             quiet: bool = True) -> tuple[Dataset, FolderListing, ChannelChoice]:
+    """load_folder, with the listing (what was skipped) and the channel choice it was built from."""
     listing = scan_folder(root)
-    title = root.resolve().name
-    key = fingerprint(listing, image_size, channels)
-    cache = folder_cache_path(root, image_size, channels)
+    choice = choose_channels(listing, channels)
+    key = fingerprint(listing, image_size, choice.channels, CACHE_VERSION)
+    cache = folder_cache_path(root, image_size, choice.channels)
     cached = read_folder_cache(cache, key)
     if cached is None:
-        cached = decode_folder(listing, image_size, channels, quiet)
+        cached = decode_folder(listing, image_size, choice.channels, quiet)
         write_folder_cache(cache, key, cached)
     splits, mean, std = cached
-    return Dataset(_info(spec, title, listing.classes, splits["train"].images, mean, std),
-                   splits["train"], splits["test"], list(listing.classes), splits.get("val"))
+    dataset = Dataset(_info(spec, root.resolve().name, listing.classes, splits["train"].images, mean, std),
+                      splits["train"], splits["test"], list(listing.classes), splits.get("val"))
+    if not quiet:       # after the decode: a folder that fails to load gets its one error line, nothing more
+        for line in (None if choice.given else choice.line(spec), skipped_summary(spec, listing)):
+            if line and line not in _SAID:
+                print(f"cifarlab: {line}", file=sys.stderr)
+                _SAID.add(line)
+    return dataset, listing, choice
 
 
-Decoded = tuple[dict[str, Split], tuple[float, ...], tuple[float, ...]]
-
-
-def decode_folder(listing: FolderListing, image_size: int | None, channels: int | None, quiet: bool) -> Decoded:
+def decode_folder(listing: FolderListing, image_size: int | None, channels: int, quiet: bool) -> Decoded:
     """Decode every image of `listing` (with a progress bar) into Splits, and measure the train split."""
     from tqdm.auto import tqdm
 
     files = listing.all_files()
     first = files[0]
     try:
-        probe = imagedecode.open_image(first)     # decides channels and, without image_size, the size
+        probe = imagedecode.upright(imagedecode.open_image(first))    # without image_size, decides the size
     except imagedecode.DecodeError as e:
         raise DataError(str(e)) from None
-    channels = channels or imagedecode.channels_of(probe.mode)
     if image_size is None and probe.size[0] != probe.size[1]:
         raise DataError(f"{first} is {probe.size[0]}x{probe.size[1]}, not square; pass --image-size N "
                         f"to resize every image to NxN")
@@ -263,99 +159,6 @@ def _wants_bar(quiet: bool) -> bool:
     # As the training bars (training/progress.py): on a terminal or in Jupyter only, so that logs and
     # captured stderr (where the CLI's one-line errors go) hold no carriage-return clutter.
     return not quiet and (sys.stderr.isatty() or "ipykernel" in sys.modules)
-
-
-def _cache_checksum(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
-    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].contiguous().numpy())
-    return h.hexdigest()
-
-
-def write_folder_cache(path: Path, key: str, decoded: Decoded) -> None:
-    """Save decoded splits atomically (temp file in the same folder, fsync, rename); a failure only warns."""
-    from safetensors.torch import save_file
-
-    splits, mean, std = decoded
-    tensors = {}
-    for split, data in splits.items():
-        tensors[f"{split}_images"], tensors[f"{split}_labels"] = data.images, data.labels
-    meta = {"format": _CACHE_FORMAT, "version": CACHE_VERSION, "fingerprint": key,
-            "mean": json.dumps(mean), "std": json.dumps(std)}
-    meta["checksum"] = _cache_checksum(tensors, meta)
-    try:
-        with atomic_file(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)     # straight to disk: no second copy in memory
-    except OSError as e:
-        import warnings
-        warnings.warn(f"{path}: cannot write the decoded-image cache ({e}); the next run decodes again",
-                      stacklevel=2)
-
-
-def read_folder_cache(path: Path, key: str) -> Decoded | None:
-    """The cached splits if `path` holds a sound cache for `key`; None (so: decode again) otherwise."""
-    from safetensors.torch import load
-
-    try:
-        raw = path.read_bytes()
-        header_length = int.from_bytes(raw[:8], "little")
-        meta = json.loads(raw[8:8 + header_length]).get("__metadata__") or {}
-        tensors = load(raw)         # copies into memory: nothing stays mapped onto a file we may replace
-    except Exception:               # missing, truncated, not safetensors at all: all mean "rebuild"
-        return None
-    del raw
-    if meta.get("format") != _CACHE_FORMAT or meta.get("version") != CACHE_VERSION or meta.get("fingerprint") != key:
-        return None
-    checksum = meta.pop("checksum", None)
-    try:
-        if checksum != _cache_checksum(tensors, meta):
-            return None
-        splits = {s: Split(tensors[f"{s}_images"], tensors[f"{s}_labels"]) for s in SPLITS if f"{s}_images" in tensors}
-        mean, std = tuple(json.loads(meta["mean"])), tuple(json.loads(meta["std"]))
-    except (KeyError, ValueError, TypeError):
-        return None
-    if "train" not in splits or "test" not in splits:
-        return None
-    return splits, mean, std
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` to write; afterwards it is fsynced and renamed onto `path`.
-
-    Readers see the old file or the whole new one, never a part; on an error the temporary file goes.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDWR)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a folder (Windows cannot).
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- arrays (.npz files and the Python API)
@@ -448,11 +251,7 @@ def convert_images(images: np.ndarray, channels: int | None, image_size: int | N
     out = np.empty((len(images), size, size, channels), np.uint8)
     for i, pixels in enumerate(images):
         image = Image.fromarray(pixels[..., 0] if images.shape[3] == 1 else pixels)   # uint8: "L" or "RGB"
-        if channels != images.shape[3]:
-            image = image.convert(_mode(channels))
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BICUBIC)
-        out[i] = np.asarray(image).reshape(size, size, channels)
+        out[i] = np.asarray(imagedecode.prepare_image(image, _mode(channels), size)).reshape(size, size, channels)
     return out
 
 

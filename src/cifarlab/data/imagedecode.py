@@ -1,5 +1,8 @@
 """Decode image files into raw uint8 pixels (H x W x C per image), in this process or in worker processes.
 
+prepare_image() is the one way an image becomes model input (EXIF orientation, bit depth, mode, size):
+image folders, their worker processes, arrays and `cifarlab predict` all call it.
+
 A 32x32 PNG costs about 85 us of CPU to decode, most of it in Pillow's Python code that holds the GIL,
 so threads do not help while worker processes scale with the cores (benchmarks/folder_decode.py on 2
 cores, CIFAR-10 as PNGs: one process ~8,700 images/s, 2 threads ~6,300/s, 2 worker processes ~16,000/s,
@@ -27,11 +30,20 @@ import warnings
 from collections import deque
 from typing import Callable
 
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 FORMATS = ("PNG", "JPEG", "BMP", "WEBP")     # what Pillow may try: a file is never handed to another plugin
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# Pillow's modes for 16-bit grayscale PNGs ("I" in older releases). Pillow itself turns 16-bit RGB(A) PNGs
+# into 8-bit RGB(A) by keeping each value's high byte, which scales without clipping (at most 1 level from
+# value / 257), so those need nothing here.
+SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+# Where Image.getexif() finds an orientation (EXIF of JPEG/WebP/PNG, ImageMagick's PNG text, XMP); a TIFF
+# (predict opens any format) keeps it in its tags. Asking getexif() of every image would cost ~40% of a
+# small PNG's decode.
+ORIENTATION_SOURCES = frozenset({"exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"})
+ORIENTATION = 0x0112                         # the EXIF tag
 CHUNK = 256                                  # files per request: small enough to balance, big enough to amortise
 MIN_FILES_PER_WORKER = 2000                  # below this a worker's start-up (~0.1 s) costs more than it saves
 ERROR_EXIT = 3
@@ -85,17 +97,55 @@ def _check_pixels(size: tuple[int, int]) -> None:
                                            f"{2 * Image.MAX_IMAGE_PIXELS}")
 
 
-def image_pixels(path: str, mode: str, size: int, resize: bool) -> bytes:
-    """`path` as `mode` ("L" or "RGB") pixels, size x size; resized (bicubic, antialiased) if `resize`."""
-    image = open_image(path)
+def upright(image: Image.Image) -> Image.Image:
+    """`image` turned as its EXIF orientation says (as ImageOps.exif_transpose), 16-bit gray scaled to 8 bits.
+
+    Cameras store portrait photos sideways with an orientation tag; viewers turn them, so the user
+    expects the turned image. 16-bit values are divided by 257 and rounded: Pillow's own convert("L")
+    clips them at 255, which makes nearly every pixel white.
+    """
+    if not ORIENTATION_SOURCES.isdisjoint(image.info) or hasattr(image, "tag_v2"):
+        image = ImageOps.exif_transpose(image)
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = image.convert("I").point(lambda v: v * (1 / 257) + 0.5).convert("L")
+    return image
+
+
+def prepare_image(image: Image.Image, mode: str, size: int, resize: bool = True, name: str = "image") -> Image.Image:
+    """The one way every image becomes model input, in training (folders, arrays) and in `cifarlab predict`:
+    upright and 8-bit (upright()), converted to `mode` ("L" or "RGB"), size x size.
+
+    A different size is resized (bicubic; Pillow widens the filter when shrinking, so large photos are
+    averaged down, not aliased) if `resize`, else a DecodeError naming `name` and the size.
+    """
+    image = upright(image)
     if image.mode != mode:
         image = image.convert(mode)
     if image.size != (size, size):
         if not resize:
-            raise DecodeError(path, f"is {image.size[0]}x{image.size[1]}", image.size)
-        # The same filter as `cifarlab predict`, so a model sees the same pixels in training and use.
+            raise DecodeError(name, f"is {image.size[0]}x{image.size[1]}", image.size)
         image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return image.tobytes()
+    return image
+
+
+def image_pixels(path: str, mode: str, size: int, resize: bool) -> bytes:
+    """`path` as `mode` ("L" or "RGB") pixels, size x size (prepare_image)."""
+    return prepare_image(open_image(path), mode, size, resize, path).tobytes()
+
+
+def image_header(path: str) -> tuple[str, tuple[int, int]] | None:
+    """(mode, (width, height) as shown upright) from the file's header, nothing decoded; None if unreadable.
+
+    The orientation is seen only where it is in the header (an EXIF block after a PNG's pixels is not).
+    """
+    try:
+        with Image.open(path, formats=FORMATS) as image:
+            width, height = image.size
+            if not ORIENTATION_SOURCES.isdisjoint(image.info) and image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):
+                width, height = height, width       # turned by a quarter
+            return image.mode, (width, height)
+    except Exception:          # a bad file is named by the decode that follows, not here
+        return None
 
 
 def decode_here(files: list[str], mode: str, size: int, resize: bool, out: memoryview,

@@ -99,6 +99,22 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("CIFARLAB_DATA") or Path.home() / ".cache" / "cifarlab")
 
 
+def data_root(data_dir: Path | str | None) -> Path:
+    """The dataset root: `data_dir`, which must be an existing folder, else default_data_dir().
+
+    A --data-dir that does not exist is most likely a typo: refused in one line rather than created and
+    filled with a download the user did not ask for (the default folder is created when needed).
+    """
+    if data_dir is None:
+        return default_data_dir()
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        what = "not a folder" if root.exists() else "no such folder"
+        raise DataError(f"--data-dir {root}: {what} (create it to download there, or leave --data-dir out to use "
+                        f"{default_data_dir()})")
+    return root
+
+
 def _is_idx(info: DatasetInfo) -> bool:
     return info.channels == 1
 
@@ -153,7 +169,7 @@ def load_dataset(name: str, data_dir: Path | str | None = None, download_missing
         from cifarlab.data.custom import load_custom_dataset
         return load_custom_dataset(name, image_size=image_size, channels=channels, quiet=quiet)
     info = dataset_info(name)
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    root = data_root(data_dir)
     missing = missing_files(info, root)
     if missing and not download_missing:
         raise DataError(f"{missing[0]}: file not found and --no-download given; put the {info.title} files "
