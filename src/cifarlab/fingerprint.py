@@ -154,10 +154,12 @@ def data_identity(cfg: TrainConfig) -> str | None:
 
     kind, _, target = cfg.dataset.partition(":")
     if kind == "folder":
-        from cifarlab.data.custom import fingerprint as folder_fingerprint, scan_folder
+        from cifarlab.data.folder import fingerprint as folder_fingerprint, scan_folder
+        from cifarlab.data.foldercache import CACHE_VERSION
 
         try:
-            return folder_fingerprint(scan_folder(Path(target).expanduser()), cfg.image_size, cfg.channels)
+            return folder_fingerprint(scan_folder(Path(target).expanduser()), cfg.image_size, cfg.channels,
+                                      CACHE_VERSION)
         except CifarlabError:
             return None
     if kind == "npz":
@@ -197,7 +199,7 @@ def files_hash(paths: list[Path]) -> str:
 
 
 def _hash_cache() -> Path:
-    from cifarlab.data.custom import cache_dir
+    from cifarlab.data.foldercache import cache_dir
 
     return cache_dir() / "file-hashes.json"
 
