@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -159,8 +160,9 @@ def write_report(out: Path, result: dict, study) -> None:
     best = result["best"]
     report = Report(f"Recipe search: {result['model']} on {result['dataset']}")
     report.section("Search").text(
-        f"{counts_text(result['counts'])} of study {result['study']}, each {result['epochs']} epochs, selected "
-        f"on {result['val_images']:,} validation images; the test split was not scored by any trial. Best: trial "
+        f"Study {result['study']}: {counts_text(result['counts'])}, each of {result['epochs']} "
+        f"epoch{'' if result['epochs'] == 1 else 's'}, selected on {result['val_images']:,} validation images; the "
+        f"test split was not scored by any trial. Best: trial "
         f"{best['number']}, {best['val_acc']:.2f}% validation accuracy, settings {best['params']}.")
     rows = [[t["number"], t["state"] + (f" ({t['failed']})" if t.get("failed") else ""),
              "-" if t["value"] is None else f"{t['value']:.2f}", t["epochs_trained"], json.dumps(t["params"])]
@@ -195,6 +197,8 @@ def _importances(study) -> dict[str, float]:
 
     optuna = _optuna()
     try:
-        return optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():     # e.g. "importances will be equal" on a few trials: the plot shows it
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError):
         return {}
