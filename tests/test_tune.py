@@ -352,3 +352,75 @@ def test_tune_jobs_runs_trials_in_parallel_processes_of_one_study(cifar_mini, tm
     assert_shared_study(f"sqlite:///{(out / 'tune.db').resolve()}", "basic-cnn-cifar10", 6, 2)
     trials = json.loads((out / "tune.json").read_text())["trials"]              # the summary saw every worker's
     assert len(trials) >= 6 and len({t["worker"] for t in trials}) == 2          # two processes trained them
+
+
+class SleepingWorker:
+    """Stands in for a study's worker process: one that would run for minutes unless ended."""
+
+    def __init__(self):
+        import subprocess
+        import sys
+        self.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+
+    def wait(self):
+        self.process.wait()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait()
+
+
+def test_a_failing_parent_ends_its_workers_and_starts_no_more_than_trials_left(cifar_mini, tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    from cifarlab.study import tune as tune_module
+    from cifarlab.study.runs import Launch
+    started = []
+
+    def start_workers(launch, args, out):
+        started.append((launch.jobs, SleepingWorker()))
+        return started[-1][1]
+
+    def run_trials(*args, **kwargs):
+        raise UsageError("the parent's trial failed")
+
+    monkeypatch.setattr(tune_module, "start_workers", start_workers)
+    monkeypatch.setattr(tune_module, "run_trials", run_trials)
+    cfg = build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(cifar_mini),
+                        "out": str(tmp_path / "t"), "quiet": True})
+    with pytest.raises(UsageError, match="the parent's trial failed"):
+        tune_module.tune(cfg, 2, SPACE, launch=Launch(jobs=5), val_size_given=False)
+    [(jobs, worker)] = started
+    assert jobs == 2                                     # two trials left: this process and one more
+    assert worker.process.poll() is not None             # ended, not left training unseen
+
+
+def test_stopping_workers_ends_the_processes_still_running():
+    import subprocess
+    import sys
+    from cifarlab.study.tune import Workers
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    Workers([done, running]).stop()
+    assert done.returncode == 0 and running.returncode is not None
+
+
+@pytest.mark.slow            # a second process: cli.main's own argv reaches the worker, not pytest's
+def test_main_with_jobs_from_python_runs_at_most_one_process_per_trial(cifar_mini, tmp_path):
+    pytest.importorskip("optuna")
+    import torch
+
+    from cifarlab.cli import main
+    out = tmp_path / "jobs"
+    threads = torch.get_num_threads()
+    try:
+        code = main(["tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
+                     "--epochs", "1", "--limit-train", "300", "--eval-batch-size", "500", "--precision", "fp32",
+                     "--trials", "2", "--jobs", "4", "--confirm-seeds", "0", "--out", str(out), "--quiet"])
+    finally:
+        torch.set_num_threads(threads)                   # --jobs set this process's share of the cores
+    assert code == 0
+    saved = json.loads((out / "tune.json").read_text())
+    assert saved["counts"]["complete"] + saved["counts"]["pruned"] >= 2
+    assert [log.name for log in (out / "workers").glob("*.log")] == ["worker-1.log"]     # 2 trials: 2 processes
