@@ -35,7 +35,33 @@ def test_tune_refuses_a_study_without_a_validation_split(tmp_path):
                      "--data-dir", str(tmp_path), "--out", str(tmp_path / "t"))
     assert result.returncode == 2
     assert result.stderr.strip() == ("cifarlab: error: tune selects on a validation split: --val-size must be > 0 "
-                                     "(for example 5000)")
+                                     "(default: 10% of the train split)")
+
+
+def test_a_val_size_the_data_cannot_hold_is_one_line_before_any_trial(cifar_mini, tmp_path):
+    # cifar-mini's CIFAR-10 has 5,000 train images: the old hidden default, 5000, left nothing to train on
+    result = run_cli("tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
+                     "--trials", "2", "--val-size", "5000", "--out", str(tmp_path / "t"))
+    assert result.returncode == 2
+    assert result.stderr == ("cifarlab: error: --val-size 5000 must be smaller than the train split "
+                             "(5000 images)\n")                       # no Optuna traceback above it
+    assert not (tmp_path / "t" / "tune.db").exists()                   # refused before Optuna started
+
+
+def test_the_default_val_size_is_a_tenth_of_the_train_split_and_one_per_class(tmp_path):
+    import numpy as np
+
+    from cifarlab.api import _dataset_ref
+    from cifarlab.study.tune import with_val_split
+    rng = np.random.default_rng(0)
+    for count, expected in ((40, 10), (400, 40)):        # 10 classes: never fewer than one image per class
+        arrays = (rng.integers(0, 255, (count, 8, 8, 3), dtype=np.uint8), np.arange(count) % 10,
+                  rng.integers(0, 255, (10, 8, 8, 3), dtype=np.uint8), np.arange(10) % 10)
+        cfg = build_config({"model": "basic-cnn", "dataset": _dataset_ref(arrays)})
+        chosen, images = with_val_split(cfg, given=False)
+        assert chosen.val_size == images == expected
+    help_text = run_cli("tune", "--help").stdout
+    assert "default: 10% of the train split" in " ".join(help_text.split())
 
 
 @pytest.mark.slow            # 5 short trials and one confirmation run of basic-cnn: ~40 s on 2 cores
@@ -66,9 +92,10 @@ def test_a_study_selects_on_val_writes_a_recipe_and_continues(cifar_mini, tmp_pa
     cfg = build_config({"model": "basic-cnn", "dataset": "cifar10"}, str(out / "best-recipe.toml"))
     assert cfg.lr == pytest.approx(best["params"]["lr"]) and cfg.augment == best["params"]["augment"]
     # confirmed once on test: the whole train split (no val), one seed
-    confirm = json.loads((out / "confirm" / "summary.json").read_text())
+    confirmed = out / "confirm" / f"trial-{best['number']:04d}"
+    confirm = json.loads((confirmed / "summary.json").read_text())
     assert confirm["final_test_acc"] == result["confirm"]["final_test_acc_mean"] > 10.0
-    assert json.loads((out / "confirm" / "config.json").read_text())["val_size"] == 0
+    assert json.loads((confirmed / "config.json").read_text())["val_size"] == 0
     check = render_in_chromium(out / "report.html", tmp_path)                 # as a browser shows it
     assert check["errors"] == [] and check["broken"] == 0 and check["images"] == 4
     assert check["sections"] == ["Search", "Trials", "Optimisation history", "Parameter importances",
@@ -81,6 +108,99 @@ def test_a_study_selects_on_val_writes_a_recipe_and_continues(cifar_mini, tmp_pa
     again = run_cli(*common, "--trials", "5", "--confirm-seeds", "0")         # the same study, one more trial
     assert again.returncode == 0, again.stderr
     assert [t["number"] for t in json.loads((out / "tune.json").read_text())["trials"]] == [0, 1, 2, 3, 4]
+
+
+# One small study from Python, shared by the tests below: sgd with a non-default momentum and Nesterov fixed,
+# lr searched between a value that trains and one that diverges (the seeded sampler draws 0.01, 1e5, 0.01).
+SETTINGS = {"epochs": 1, "limit_train": 300, "optimizer": "sgd", "momentum": 0.8, "nesterov": True,
+            "precision": "fp32", "eval_batch_size": 500, "seed": 0, "quiet": True}
+SPACE = {"lr": {"type": "categorical", "choices": [1e5, 0.01]}}
+
+
+@pytest.fixture(scope="module")
+def tuned(cifar_mini, tmp_path_factory):
+    pytest.importorskip("optuna")
+    import cifarlab
+    out = tmp_path_factory.mktemp("tuned") / "study"
+    result = cifarlab.tune("basic-cnn", "cifar10", trials=3, space=SPACE, confirm_seeds=1, out=out,
+                           data_dir=str(cifar_mini), **SETTINGS)
+    return out, result
+
+
+def test_a_diverging_trial_is_recorded_failed_and_the_study_goes_on(tuned):
+    out, result = tuned
+    saved = json.loads((out / "tune.json").read_text())
+    assert [t["state"] for t in saved["trials"]] == ["complete", "failed", "complete"]
+    assert saved["trials"][1]["params"] == {"lr": 1e5} and "non-finite" in saved["trials"][1]["failed"]
+    # a failed trial is no trial of the search: counted apart, in tune.json, the printed lines and the report
+    assert saved["counts"] == {"complete": 2, "pruned": 0, "failed": 1, "running": 0}
+    assert str(result).splitlines()[0] == "study basic-cnn-cifar10: 2 trials (2 finished, 0 pruned); 1 failed"
+    assert "Study basic-cnn-cifar10: 2 trials (2 finished, 0 pruned); 1 failed" in (out / "report.md").read_text()
+
+
+def test_the_default_val_size_comes_from_the_data(tuned):
+    out, result = tuned                     # no val_size given: 10% of cifar-mini's 5,000 train images
+    assert result["val_size"] == 500
+    assert json.loads((Path(result["best"]["run"]) / "config.json").read_text())["val_size"] == 500
+
+
+def test_the_best_recipe_holds_every_fixed_setting_and_the_confirmation_trains_from_it(tuned, cifar_mini):
+    from cifarlab.study.tune_results import RECIPE_FIELDS
+    out, result = tuned
+    recipe = (out / "best-recipe.toml").read_text()
+    assert 'optimizer = "sgd"' in recipe and "momentum = 0.8" in recipe and "nesterov = true" in recipe
+    best = json.loads((Path(result["best"]["run"]) / "config.json").read_text())
+    assert best["optimizer"] == "sgd" and best["lr"] == 0.01
+    # training from the file gives the best trial's settings, every one a recipe holds
+    from_file = build_config({"model": "basic-cnn", "dataset": "cifar10"}, str(result.recipe)).to_dict()
+    assert {k: from_file[k] for k in RECIPE_FIELDS} == {k: best[k] for k in RECIPE_FIELDS}
+    # and the confirmation was trained from that file: the same settings on the whole train split
+    confirmed = json.loads((Path(result["confirm"]["folder"]) / "config.json").read_text())
+    assert confirmed["recipe"] == str(result.recipe)
+    assert {k: confirmed[k] for k in RECIPE_FIELDS} == {**{k: best[k] for k in RECIPE_FIELDS}, "val_size": 0}
+    assert confirmed["test"] is True and best["test"] is False
+
+
+def tune_again(out, cifar_mini, *changes):
+    """`cifarlab tune` on the tuned study's folder with the fixture's settings, then `changes`."""
+    space = out.parent / "space.toml"
+    space.write_text('[lr]\ntype = "categorical"\nchoices = [1e5, 0.01]\n')
+    flags = ["--epochs", "1", "--limit-train", "300", "--optimizer", "sgd", "--momentum", "0.8", "--nesterov",
+             "--precision", "fp32", "--eval-batch-size", "500", "--seed", "0", "--quiet"]
+    return run_cli("tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
+                   "--trials", "3", "--space", str(space), "--confirm-seeds", "1", "--out", str(out), *flags,
+                   *changes)
+
+
+def test_the_command_prints_what_the_python_result_prints(tuned, cifar_mini):
+    out, result = tuned
+    again = tune_again(out, cifar_mini)          # the same settings: nothing left to train, the same confirmation
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == str(result)
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--optimizer", "adam"], "was tuned with optimizer sgd, this tune asks adam"),
+    (["--epochs", "2"], "was tuned with epochs 1, this tune asks 2"),
+])
+def test_a_study_tuned_with_other_fixed_settings_is_refused(tuned, cifar_mini, change, message):
+    optuna = pytest.importorskip("optuna")
+    out, _ = tuned
+    again = tune_again(out, cifar_mini, *change)
+    assert again.returncode == 2
+    assert again.stderr == (f"cifarlab: error: study basic-cnn-cifar10 in {(out / 'tune.db').resolve()} {message}: "
+                            "use another --out or --study\n")
+    study = optuna.load_study(study_name="basic-cnn-cifar10", storage=f"sqlite:///{(out / 'tune.db').resolve()}")
+    assert len(study.trials) == 3                                  # no trial was added under the other settings
+
+
+def test_a_study_searched_over_another_space_is_refused(tuned, cifar_mini):
+    import cifarlab
+    out, _ = tuned
+    with pytest.raises(UsageError, match=r"was tuned with lr searched over \[100000.0, 0.01\], this tune asks "
+                                         r"searched over 0.001..0.1 \(log\)"):
+        cifarlab.tune("basic-cnn", "cifar10", trials=4, out=out, data_dir=str(cifar_mini),
+                      space={"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}, **SETTINGS)
 
 
 def start_worker(cifar_mini, out, *extra):
@@ -232,3 +352,75 @@ def test_tune_jobs_runs_trials_in_parallel_processes_of_one_study(cifar_mini, tm
     assert_shared_study(f"sqlite:///{(out / 'tune.db').resolve()}", "basic-cnn-cifar10", 6, 2)
     trials = json.loads((out / "tune.json").read_text())["trials"]              # the summary saw every worker's
     assert len(trials) >= 6 and len({t["worker"] for t in trials}) == 2          # two processes trained them
+
+
+class SleepingWorker:
+    """Stands in for a study's worker process: one that would run for minutes unless ended."""
+
+    def __init__(self):
+        import subprocess
+        import sys
+        self.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+
+    def wait(self):
+        self.process.wait()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait()
+
+
+def test_a_failing_parent_ends_its_workers_and_starts_no_more_than_trials_left(cifar_mini, tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    from cifarlab.study import tune as tune_module
+    from cifarlab.study.runs import Launch
+    started = []
+
+    def start_workers(launch, args, out):
+        started.append((launch.jobs, SleepingWorker()))
+        return started[-1][1]
+
+    def run_trials(*args, **kwargs):
+        raise UsageError("the parent's trial failed")
+
+    monkeypatch.setattr(tune_module, "start_workers", start_workers)
+    monkeypatch.setattr(tune_module, "run_trials", run_trials)
+    cfg = build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(cifar_mini),
+                        "out": str(tmp_path / "t"), "quiet": True})
+    with pytest.raises(UsageError, match="the parent's trial failed"):
+        tune_module.tune(cfg, 2, SPACE, launch=Launch(jobs=5), val_size_given=False)
+    [(jobs, worker)] = started
+    assert jobs == 2                                     # two trials left: this process and one more
+    assert worker.process.poll() is not None             # ended, not left training unseen
+
+
+def test_stopping_workers_ends_the_processes_still_running():
+    import subprocess
+    import sys
+    from cifarlab.study.tune import Workers
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    Workers([done, running]).stop()
+    assert done.returncode == 0 and running.returncode is not None
+
+
+@pytest.mark.slow            # a second process: cli.main's own argv reaches the worker, not pytest's
+def test_main_with_jobs_from_python_runs_at_most_one_process_per_trial(cifar_mini, tmp_path):
+    pytest.importorskip("optuna")
+    import torch
+
+    from cifarlab.cli import main
+    out = tmp_path / "jobs"
+    threads = torch.get_num_threads()
+    try:
+        code = main(["tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
+                     "--epochs", "1", "--limit-train", "300", "--eval-batch-size", "500", "--precision", "fp32",
+                     "--trials", "2", "--jobs", "4", "--confirm-seeds", "0", "--out", str(out), "--quiet"])
+    finally:
+        torch.set_num_threads(threads)                   # --jobs set this process's share of the cores
+    assert code == 0
+    saved = json.loads((out / "tune.json").read_text())
+    assert saved["counts"]["complete"] + saved["counts"]["pruned"] >= 2
+    assert [log.name for log in (out / "workers").glob("*.log")] == ["worker-1.log"]     # 2 trials: 2 processes

@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 from cifarlab.errors import CifarlabError, UsageError  # noqa: E402  (no torch: cheap)
 
 _API = {"train": "cifarlab.api", "resume": "cifarlab.api", "compare": "cifarlab.api", "ablate": "cifarlab.api",
-        "reproduce": "cifarlab.api", "load_run": "cifarlab.run", "Run": "cifarlab.run",
+        "reproduce": "cifarlab.api", "tune": "cifarlab.api",
+        "load_run": "cifarlab.run", "Run": "cifarlab.run",
         "register_model": "cifarlab.models", "TrainConfig": "cifarlab.config"}
 
 __all__ = ["CifarlabError", "UsageError", "__version__", *_API]

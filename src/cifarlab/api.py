@@ -5,6 +5,7 @@
     run = cifarlab.train(MyCNN, "folder:~/pets", epochs=5, image_size=64)   # your class, your images
     run.plot(); run.evaluate(tta="flip"); run.predict(["cat.jpg"]); run.export("onnx")
     cifarlab.compare([run_a, run_b])
+    best = cifarlab.tune("basic-cnn", "cifar10", trials=20, epochs=3)          # print(best); best.recipe
 
 Settings are the `cifarlab train` flags with `_` for `-` (batch_size=128, label_smoothing=0.1) and
 are validated the same way: bad input raises `cifarlab.UsageError` with the line the CLI prints.
@@ -115,6 +116,26 @@ def ablate(model, dataset, *, without: str | list[str] | None = None, seeds: int
     techniques, remove_all = parse_without(",".join(without) if isinstance(without, list) else without)
     cfg, obj = _config(model, dataset, recipe, out, settings, default_recipe=True)
     return run_ablation(cfg, techniques, remove_all, seeds, obj, launch)
+
+
+def tune(model, dataset, *, trials: int, space: dict | str | Path | None = None, storage: str | None = None,
+         study: str | None = None, confirm_seeds: int = 2, recipe: str | None = None, out: str | Path | None = None,
+         jobs: int = 1, ray: str | None = None, ray_cpus: int = 1, **settings):
+    """An Optuna recipe search selected on a validation split, as `cifarlab tune`; returns a Tuning (tune.json's
+    content; print() it for what the command prints, .recipe is OUT/best-recipe.toml).
+
+    space: a dict of dimensions ({"lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True}}) or a TOML
+    file; default: lr, weight decay, label smoothing, batch size, schedule, warm-up, augmentation.
+    val_size: as a setting; without it, 10% of the train split. jobs, ray, ray_cpus: trials at once, as for
+    train() (the worker processes import the model by name, so a class must be importable for jobs > 1).
+    """
+    from cifarlab.study.tune import check_space, load_space, tune as run_tune
+
+    launch = _launch(1, jobs, ray, ray_cpus)
+    cfg, obj = _config(model, dataset, recipe, out, settings)
+    space = check_space(space) if isinstance(space, dict) else load_space(space)
+    return run_tune(cfg, trials, space, storage, study, confirm_seeds, launch, obj,
+                    val_size_given="val_size" in settings)
 
 
 def _launch(seeds, jobs, ray, ray_cpus):

@@ -125,10 +125,14 @@ def _add_tune_command(sub) -> None:
                           "retrained on the whole train split and scored on test, once. Needs Optuna "
                           '(pip install "cifarlab[tune]").',
                           epilog="Example: cifarlab tune --model basic-cnn --dataset cifar10 --trials 20 --epochs 3 "
-                          "--val-size 5000 --out runs/tune")
+                          "--out runs/tune")
     _add_train_args(tune)
-    tune.add_argument("--trials", type=int, required=True, help="trials in the study in all (a second run of the "
-                      "same command continues up to this number)")
+    next(a for a in tune._actions if a.dest == "val_size").help = (
+        "hold out N train images (class-balanced, seeded) that the trials are selected on (default: 10%% of the "
+        "train split, at least one per class; a folder dataset's own val/ split where it has one)")
+    tune.add_argument("--trials", type=int, help="trials in the study in all (required; a second run of the "
+                      "same command continues up to this number, and refuses other fixed settings)")
+    tune.add_argument("--worker-of", metavar="FILE", help=argparse.SUPPRESS)   # a --jobs study's other processes
     tune.add_argument("--space", metavar="FILE.toml", help="the search space: tables [setting] with type = "
                       '"float" | "int" | "categorical" and low/high (log = true) or choices (default: lr, '
                       "weight decay, label smoothing, batch size, schedule, warm-up, augmentation)")
@@ -409,36 +413,17 @@ def cmd_data(args) -> int:
     return 0
 
 
-def _without_launch_flags(argv: list[str]) -> list[str]:
-    """The command's own arguments without --jobs / --ray / --ray-cpus: what each tune worker runs."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("--jobs", "--ray", "--ray-cpus"):
-            skip = True
-        elif not arg.startswith(("--jobs=", "--ray=", "--ray-cpus=")):
-            out.append(arg)
-    return out
-
-
 def cmd_tune(args) -> int:
-    from cifarlab.study.tune import load_space, tune
+    from cifarlab.study.tune import load_space, tune, work
 
-    if args.confirm_seeds < 0:
-        raise UsageError(f"--confirm-seeds must be >= 0, got {args.confirm_seeds}")
-    if args.val_size is None:
-        args.val_size = 5000
+    if args.worker_of:        # one of the processes `--jobs N` started: the parent's settings are in the file
+        work(args.worker_of, args.storage, args.study)
+        return 0
+    if args.trials is None:
+        raise UsageError("the following arguments are required: --trials")
     result = tune(_train_config(args), args.trials, load_space(args.space), args.storage, args.study,
-                  args.confirm_seeds, _launch(args), worker_args=_without_launch_flags(sys.argv[1:]))
-    best = result["best"]
-    print(f"best: trial {best['number']}, {best['val_acc']:.2f}% validation accuracy, {best['params']}")
-    if "confirm" in result:
-        c = result["confirm"]
-        print(f"confirmed on test over {len(c['seeds'])} seed(s): {c['final_test_acc_mean']:.2f}% "
-              f"\u00b1 {c['final_test_acc_std']:.2f}")
-    folder = Path(result["best"]["run"]).parents[1]
-    print(f"best-recipe.toml, tune.json, report.html in {folder}")
+                  args.confirm_seeds, _launch(args), val_size_given=args.val_size is not None)
+    print(result, end="")
     return 0
 
 

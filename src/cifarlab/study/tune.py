@@ -2,18 +2,20 @@
 
 Each trial is an ordinary run folder under OUT/trials/ trained with `--no-test`: it is scored on the
 validation split alone, and pruned (Optuna's median pruner) when its per-epoch validation accuracy falls
-behind the other trials' at the same epoch. The sampler is TPE with --seed. Trials live in an Optuna
-storage: a SQLite file in OUT by default (no server), or `--storage postgresql://...` shared by several
-processes or machines; the same command again continues the study up to --trials.
+behind the other trials' at the same epoch; one that diverges (non-finite loss) is recorded as failed and
+the study goes on. The sampler is TPE with --seed. Trials live in an Optuna storage: a SQLite file in OUT by
+default (no server), or `--storage postgresql://...` shared by several processes or machines; the same
+command again continues the study up to --trials, and one with other fixed settings is refused.
 
-At the end: OUT/best-recipe.toml (usable as --recipe; it records the trial it came from), tune.json, a
-report (md + html: optimisation history, parameter importances, parallel coordinates, the best trial's
-curves) and, with --confirm-seeds K, the best recipe retrained on the whole train split over K seeds with
-its test accuracy as mean ± std and 95% interval: the only time the test split is scored.
+At the end (tune_results.py): OUT/best-recipe.toml (every setting the trials shared plus the best one's
+sampled ones; it records the trial it came from), tune.json, a report and, with --confirm-seeds K, the
+best recipe retrained from that file on the whole train split over K seeds, scored on test: the only time
+the test split is scored.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -28,9 +30,9 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
-from cifarlab.config import FIELD_TYPES, TrainConfig, load_recipe, validate
-from cifarlab.errors import CifarlabError, Interrupted, UsageError
-from cifarlab.run import atomic_write_json, atomic_write_text, load_run
+from cifarlab.config import FIELD_TYPES, TrainConfig, config_from_dict, validate
+from cifarlab.errors import CifarlabError, Diverged, Interrupted, UsageError
+from cifarlab.run import atomic_write_json
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out
 
 # The default search space: the knobs that matter for a small CNN, and augmentation strength.
@@ -46,6 +48,12 @@ DEFAULT_SPACE = {
 # What a trial may not vary: the question itself, and where things are.
 FIXED = {"model", "dataset", "model_args", "recipe", "val_size", "seed", "out", "data_dir", "device", "quiet",
          "overwrite", "test", "download", "tensorboard", "checkpoint_every", "image_size", "channels", "limit_train"}
+# Settings a continued study may change: where things are and what is printed, not what a trial computes
+# (several machines share one study from their own --out and --data-dir).
+MAY_DIFFER = {"out", "data_dir", "device", "quiet", "overwrite", "download", "tensorboard", "checkpoint_every",
+              "test", "eval_every", "recipe"}
+SETTINGS_ATTR = "cifarlab_settings"       # the study's user attribute that records them
+WORKER_FILE = "tune-worker.json"
 
 
 def load_space(path: str | Path | None) -> dict:
@@ -60,15 +68,20 @@ def load_space(path: str | Path | None) -> dict:
         raise UsageError(f"--space {path}: no such file") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"--space {path}: not valid TOML ({e})") from None
-    if not data:
-        raise UsageError(f"--space {path}: no settings to search")
-    for name, spec in data.items():
-        _check_dimension(path, name, spec)
-    return data
+    return check_space(data, f"--space {path}")
 
 
-def _check_dimension(path: Path, name: str, spec) -> None:
-    where = f"--space {path}: [{name}]"
+def check_space(space: dict, source: str = "space") -> dict:
+    """`space` itself once every dimension is a setting a trial may vary, well described."""
+    if not isinstance(space, dict) or not space:
+        raise UsageError(f"{source}: no settings to search")
+    for name, spec in space.items():
+        _check_dimension(source, name, spec)
+    return space
+
+
+def _check_dimension(source: str, name: str, spec) -> None:
+    where = f"{source}: [{name}]"
     if name not in FIELD_TYPES or name in FIXED:
         raise UsageError(f"{where} is not a setting a trial may vary")
     if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
@@ -110,43 +123,102 @@ def _optuna():
         import optuna
     except ImportError:
         raise UsageError('cifarlab tune needs Optuna: pip install "cifarlab[tune]"') from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR, not WARNING: Optuna logs a failing trial's traceback as a warning before re-raising, so a bad
+    # setting would print a traceback above cifarlab's one-line error; tune reports each failed trial itself.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna
 
 
 def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None, study_name: str | None = None,
-         confirm_seeds: int = 0, launch: Launch = SEQUENTIAL, worker_args: list[str] | None = None) -> dict:
-    """Run the study up to `trials` trials (continuing the trials already in its storage); returns tune.json.
+         confirm_seeds: int = 0, launch: Launch = SEQUENTIAL, model=None, val_size_given: bool = True):
+    """Run the study up to `trials` trials (continuing the trials already in its storage); returns the
+    Tuning (tune.json's content, str() what `cifarlab tune` prints).
 
-    launch: with jobs N, N-1 more `cifarlab tune` processes (worker_args, the command's own arguments) share
-    the study with this one; with ray, N of them run as Ray tasks and this process only waits. Either way the
-    summary, the recipe, the report and the confirmation come from here, once every worker is done."""
+    launch: with jobs N, up to N-1 more processes (`cifarlab tune --worker-of OUT/tune-worker.json`, which
+    holds this cfg) share the study with this one; with ray, the workers run as Ray tasks and this process
+    only waits. The summary, the recipe, the report and the confirmation come from here, once they are done.
+    val_size_given: False when the user gave no --val-size, so that it is chosen from the data."""
+    from cifarlab.study.tune_results import finish
+
     optuna = _optuna()
-    if cfg.val_size <= 0:
-        raise UsageError("tune selects on a validation split: --val-size must be > 0 (for example 5000)")
-    if trials < 1:
+    if not isinstance(trials, int) or trials < 1:
         raise UsageError(f"--trials must be >= 1, got {trials}")
+    if not isinstance(confirm_seeds, int) or confirm_seeds < 0:
+        raise UsageError(f"--confirm-seeds must be >= 0, got {confirm_seeds}")
+    cfg, val_images = with_val_split(cfg, val_size_given)        # before Optuna: a bad size is one line
     out = Path(cfg.out) if cfg.out else default_out(f"tune-{cfg.model}-{cfg.dataset}")
     out.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, out=str(out))
     storage = storage or f"sqlite:///{(out / 'tune.db').resolve()}"
-    study = open_study(optuna, study_name or f"{cfg.model}-{cfg.dataset}", storage, cfg.seed)
-    # Stop at `trials` in the whole study, counting the ones other workers are running: several processes
-    # (or machines, on one --storage) share the count, and a trial interrupted earlier (failed) is replaced.
+    study = join_study(optuna, study_name or f"{cfg.model}-{cfg.dataset}", storage, cfg, space)
+    remaining = trials - len(counted(study, optuna))
+    workers = Workers()
+    try:
+        if remaining > 0 and launch.parallel:
+            # never more workers than trials left: an idle one would only find the study done
+            atomic_write_json(out / WORKER_FILE, {"config": cfg.to_dict(), "space": space, "trials": trials})
+            workers = start_workers(dataclasses.replace(launch, jobs=min(launch.jobs, remaining)),
+                                    ["tune", "--worker-of", str(out / WORKER_FILE), "--storage", storage,
+                                     "--study", study.study_name], out)
+        if not launch.ray and remaining > 0:
+            run_trials(study, cfg, space, trials, optuna, model)
+        workers.wait()
+    finally:
+        workers.stop()             # the parent failed or was stopped: its workers must not go on unseen
+    return finish(study, cfg, storage, val_images, confirm_seeds, model)
+
+
+def with_val_split(cfg: TrainConfig, given: bool) -> tuple[TrainConfig, int]:
+    """(cfg with the validation split the trials select on, its size), checked against the data before any
+    trial: without --val-size, 10% of the train split (at least one image per class); a folder with its own
+    val/ split uses that."""
+    from cifarlab.data.sources import is_custom, load_dataset
+
+    if given and cfg.val_size <= 0 and not is_custom(cfg.dataset):
+        raise UsageError("tune selects on a validation split: --val-size must be > 0 (default: 10% of the "
+                         "train split)")
+    ds = load_dataset(cfg.dataset, cfg.data_dir, download_missing=cfg.download, image_size=cfg.image_size,
+                      channels=cfg.channels, quiet=cfg.quiet)
+    if ds.val is not None:
+        if cfg.val_size:
+            raise UsageError(f"{cfg.dataset} has its own val/ folder, which tune selects on; drop --val-size")
+        return cfg, len(ds.val)
+    if cfg.val_size <= 0 and given:
+        raise UsageError(f"tune selects on a validation split: {cfg.dataset} has no val/ folder, so --val-size "
+                         "must be > 0 (default: 10% of the train split)")
+    size = cfg.val_size if cfg.val_size > 0 else max(len(ds.train) // 10, len(ds.classes))
+    if size >= len(ds.train):
+        raise UsageError(f"--val-size {size} must be smaller than the train split ({len(ds.train)} images)")
+    return dataclasses.replace(cfg, val_size=size), size
+
+
+def counted(study, optuna) -> list:
+    """The trials that count towards --trials: finished, pruned, diverged (recorded failed) and running ones
+    (other workers'). A trial failed by an interruption does not count: it is replaced."""
     state = optuna.trial.TrialState
-    counted = (state.COMPLETE, state.PRUNED, state.RUNNING)
-    workers = start_workers(launch, [*(worker_args or []), "--storage", storage, "--study", study.study_name,
-                                     "--confirm-seeds", "0", "--quiet"], out)
-    if not launch.ray and len(study.get_trials(deepcopy=False, states=counted)) < trials:
-        optimize(study, lambda trial: objective(trial, cfg, space, out, optuna),
-                 optuna.study.MaxTrialsCallback(trials, states=counted))
-    workers.wait()
-    result = summarize(study, cfg, storage, out, optuna)
-    write_best_recipe(out / "best-recipe.toml", cfg, result)
-    if confirm_seeds:
-        result["confirm"] = confirm(cfg, result["best"]["params"], out, confirm_seeds)
-    atomic_write_json(out / "tune.json", result)
-    write_report(out, result, study)
-    return result
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in (state.COMPLETE, state.PRUNED, state.RUNNING)
+            or (t.state == state.FAIL and "failed" in t.user_attrs)]
+
+
+def run_trials(study, cfg: TrainConfig, space: dict, trials: int, optuna, model=None) -> None:
+    """Trials in this process until the study holds `trials` counted ones (several processes share the count)."""
+    def enough(study, trial):
+        if len(counted(study, optuna)) >= trials:
+            study.stop()
+
+    if len(counted(study, optuna)) < trials:
+        optimize(study, lambda trial: objective(trial, cfg, space, Path(cfg.out), optuna, model), enough)
+
+
+def work(path: str | Path, storage: str, study_name: str) -> None:
+    """A worker of a parallel study (`cifarlab tune --worker-of FILE`): the parent's settings from FILE, its
+    trials until the study is done; the parent summarises."""
+    optuna = _optuna()
+    job = json.loads(Path(path).read_text())
+    cfg = dataclasses.replace(config_from_dict(job["config"]), quiet=True)
+    study = join_study(optuna, study_name, storage, cfg, job["space"])
+    run_trials(study, cfg, job["space"], job["trials"], optuna)
 
 
 def optimize(study, objective, enough) -> None:
@@ -190,6 +262,19 @@ class Workers:
             where = f"; see {self.logs[failed[0]]}" if failed[0] < len(self.logs) else ""
             raise CifarlabError(f"{len(failed)} of {len(codes)} tune workers failed{where}")
 
+    def stop(self) -> None:
+        """End the workers still running (the parent failed: they must not train on, unseen); SIGTERM lets a
+        trial save and end as failed. Ray tasks are left to Ray."""
+        running = [p for p in self.processes if p.poll() is None]
+        for p in running:
+            p.terminate()
+        for p in running:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
 
 def start_workers(launch: Launch, args: list[str], out: Path) -> Workers:
     """`cifarlab ARGS` in jobs-1 more processes here (the cores shared evenly; this one keeps its share), or
@@ -213,6 +298,40 @@ def start_workers(launch: Launch, args: list[str], out: Path) -> Workers:
     return Workers(processes, logs=logs)
 
 
+def join_study(optuna, name: str, storage: str, cfg: TrainConfig, space: dict):
+    """open_study, refusing one whose trials were run under other fixed settings (another --optimizer,
+    --epochs, space, ...): continuing it would mix them in one ranking, and the best recipe would be wrong."""
+    study = open_study(optuna, name, storage, cfg.seed)
+    wanted = tuned_settings(cfg, space)
+    recorded = study.user_attrs.get(SETTINGS_ATTR)
+    if recorded is None:
+        study.set_user_attr(SETTINGS_ATTR, wanted)
+        return study
+    for key in [*wanted, *(k for k in recorded if k not in wanted)]:
+        old, new = recorded.get(key), wanted.get(key)
+        if old != new:
+            where = storage[len("sqlite:///"):] if storage.startswith("sqlite:///") else "--storage"   # no password
+            raise UsageError(f"study {name} in {where} was tuned with {key} {_shown(old)}, this tune asks "
+                             f"{_shown(new)}: use another --out or --study")
+    return study
+
+
+def tuned_settings(cfg: TrainConfig, space: dict) -> dict:
+    """Every setting that decides a trial's numbers, as JSON keeps it: a searched one as its dimension."""
+    values = json.loads(json.dumps(cfg.to_dict(), default=str))
+    searched = json.loads(json.dumps(space))
+    return {k: {"searched": searched[k]} if k in searched else v for k, v in values.items() if k not in MAY_DIFFER}
+
+
+def _shown(value) -> str:
+    if isinstance(value, dict) and "searched" in value:
+        spec = value["searched"]
+        if spec.get("type") == "categorical":
+            return f"searched over {spec.get('choices')}"
+        return f"searched over {spec.get('low')}..{spec.get('high')}{' (log)' if spec.get('log') else ''}"
+    return "(not set)" if value is None else str(value)
+
+
 def open_study(optuna, name: str, storage: str, seed: int):
     """Create the study, or join it: workers starting together may race to create the storage's tables or the
     study itself, and the loser of such a race simply tries again."""
@@ -229,15 +348,23 @@ def open_study(optuna, name: str, storage: str, seed: int):
             time.sleep(0.5 + attempt)
 
 
-def objective(trial, cfg: TrainConfig, space: dict, out: Path, optuna) -> float:
-    """Train one trial on the train split minus val, never scoring test; its best val accuracy."""
+def trial_config(cfg: TrainConfig, settings: dict, folder: Path) -> TrainConfig:
+    """What a trial trains: cfg with its sampled settings, scored on val each epoch (for the pruner), never on test."""
+    return dataclasses.replace(cfg, **settings, out=str(folder), quiet=True, overwrite=True, test=False,
+                               eval_every=1, tensorboard=False)
+
+
+def objective(trial, cfg: TrainConfig, space: dict, out: Path, optuna, model=None) -> float:
+    """Train one trial on the train split minus val, never scoring test; its best val accuracy (NaN, which
+    Optuna records as failed, when it diverged)."""
+    from torch import nn
+
     from cifarlab.training.engine import fit
 
     settings = sample(trial, space)
     folder = out / "trials" / f"trial-{trial.number:04d}"
-    trial_cfg = dataclasses.replace(cfg, **settings, out=str(folder), quiet=True, overwrite=True, test=False,
-                                    eval_every=1, tensorboard=False)
-    validate(trial_cfg)
+    trial_cfg = trial_config(cfg, settings, folder)
+    validate(trial_cfg, model)
     trial.set_user_attr("run", str(folder))
     trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")     # who trained it
 
@@ -248,109 +375,13 @@ def objective(trial, cfg: TrainConfig, space: dict, out: Path, optuna) -> float:
 
     if not cfg.quiet:
         print(f"cifarlab tune: trial {trial.number}: {settings}", flush=True)
-    summary = fit(trial_cfg, on_epoch=report)
-    return summary["best_val_acc"]
-
-
-def summarize(study, cfg: TrainConfig, storage: str, out: Path, optuna) -> dict:
-    trials = [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
-               "run": t.user_attrs.get("run"), "worker": t.user_attrs.get("worker"),
-               "epochs_trained": len(t.intermediate_values)} for t in study.trials]
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        raise UsageError(f"no trial of study {study.study_name} completed (all pruned or failed); see {out / 'trials'}")
-    best = study.best_trial
-    return {"study": study.study_name, "storage": storage, "model": cfg.model, "dataset": cfg.dataset,
-            "recipe": cfg.recipe, "epochs": cfg.epochs, "val_size": cfg.val_size, "seed": cfg.seed,
-            "best": {"number": best.number, "val_acc": best.value,
-                     "params": {k: _as_setting(k, v) for k, v in best.params.items()}, "run": best.user_attrs["run"]},
-            "trials": trials}
-
-
-def write_best_recipe(path: Path, cfg: TrainConfig, result: dict) -> None:
-    """The base recipe with the best trial's settings: a TOML file `--recipe` accepts."""
-    best = result["best"]
-    settings = {**(load_recipe(cfg.recipe) if cfg.recipe else {}), "epochs": cfg.epochs, **best["params"]}
-    lines = [f"# cifarlab tune: trial {best['number']} of study {result['study']} ({result['storage']})",
-             f"# {best['val_acc']:.2f}% validation accuracy on {cfg.val_size:,} held-out train images; "
-             f"{cfg.model} on {cfg.dataset}, from recipe {cfg.recipe or '(defaults)'}",
-             f'description = "tuned by cifarlab tune: trial {best["number"]} of {result["study"]}"',
-             f'models = ["{cfg.model}"]']
-    lines += [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
-
-
-def confirm(cfg: TrainConfig, params: dict, out: Path, seeds: int) -> dict:
-    """The best settings on the whole train split (no val held out), K seeds, scored on test: once."""
-    from cifarlab.study.seeds import train_seeds
-
-    final = dataclasses.replace(cfg, **params, val_size=0, test=True, out=str(out / "confirm"))
-    summary = train_seeds(final, seeds) if seeds > 1 else _one(final)
-    return {"seeds": summary.get("seeds", [cfg.seed]), "folder": str(out / "confirm"),
-            "final_test_acc_mean": summary.get("final_test_acc_mean", summary["final_test_acc"]),
-            "final_test_acc_std": summary.get("final_test_acc_std", 0.0),
-            "final_test_acc_ci95": summary.get("final_test_acc_ci95")}
-
-
-def _one(cfg: TrainConfig) -> dict:
-    from cifarlab.study.runs import run_or_reuse
-
-    return run_or_reuse(cfg).summary
-
-
-def write_report(out: Path, result: dict, study) -> None:
-    from cifarlab.report import plots
-    from cifarlab.report.document import Report
-    from cifarlab.report.plots import history_figure, importance_figure, parallel_figure
-
-    figures = out / "figures"
-    figures.mkdir(exist_ok=True)
-    best = result["best"]
-    report = Report(f"Recipe search: {result['model']} on {result['dataset']}")
-    report.section("Search").text(
-        f"{len(result['trials'])} trials of study {result['study']}, each {result['epochs']} epochs, selected on "
-        f"{result['val_size']:,} validation images; the test split was not scored by any trial. Best: trial "
-        f"{best['number']}, {best['val_acc']:.2f}% validation accuracy, settings {best['params']}.")
-    rows = [[t["number"], t["state"], "-" if t["value"] is None else f"{t['value']:.2f}", t["epochs_trained"],
-             json.dumps(t["params"])] for t in result["trials"]]
-    report.section("Trials").table(["trial", "state", "best val %", "epochs", "settings"], rows)
-    report.section("Optimisation history").image(plots.save(history_figure(result["trials"]), figures /
-                                                             "history.png"), "Validation accuracy per trial")
-    importances = _importances(study)
-    if importances:
-        report.section("Parameter importances").image(plots.save(importance_figure(importances), figures /
-                                                                 "importances.png"),
-                                                      "How much each setting explains the validation accuracy")
-    report.section("Parallel coordinates").image(plots.save(parallel_figure(result["trials"]), figures /
-                                                            "parallel.png"), "Each line a trial, coloured by accuracy")
-    if (Path(best["run"]) / "metrics.jsonl").is_file():
-        best_rows = load_run(best["run"]).metrics
-        report.section("The best trial").image(plots.curves({f"trial {best['number']}": best_rows},
-                                                            figures / "best_curves.png", "Best trial"), "Its curves")
-    else:     # trained by another machine of a shared study
-        report.section("The best trial").text(f"Its run folder, {best['run']}, is on the machine that trained it.")
-    if "confirm" in result:
-        c = result["confirm"]
-        report.section("Confirmation on test").text(
-            f"The best settings retrained on the whole train split over {len(c['seeds'])} seed(s): "
-            f"{c['final_test_acc_mean']:.2f}% ± {c['final_test_acc_std']:.2f} test accuracy.")
-    report.write(out)
-
-
-def _importances(study) -> dict[str, float]:
-    """Optuna's parameter importances, or {} where it cannot tell (fewer than 2 complete trials)."""
-    optuna = _optuna()
     try:
-        return optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError):
-        return {}
+        summary = fit(trial_cfg, on_epoch=report, model=copy.deepcopy(model) if isinstance(model, nn.Module)
+                      else model)
+    except Diverged as e:     # a setting of the space, not a fault of the study: the other trials go on
+        trial.set_user_attr("failed", str(e).split(":")[0])
+        if not cfg.quiet:
+            print(f"cifarlab tune: trial {trial.number} failed: {str(e).split(':')[0]}; the study goes on",
+                  file=sys.stderr, flush=True)
+        return math.nan
+    return summary["best_val_acc"]
