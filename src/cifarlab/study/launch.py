@@ -149,13 +149,14 @@ def load_note(used: int) -> str | None:
 
 def plan(cfgs: list, launch, model=None) -> list:
     """The configs still to train, their threads set, after every folder was checked: finished runs are
-    reused, and a folder holding another run stops the study (UsageError) before any work starts."""
+    reused, and a folder holding another run stops the study (UsageError) before any work starts (--overwrite:
+    every run is trained again)."""
     from cifarlab.fingerprint import reuse_state
 
     placed = [with_threads(cfg, launch) for cfg in cfgs]
     todo = []
     for cfg in placed:
-        if reuse_state(cfg, model) == "finished":
+        if not cfg.overwrite and reuse_state(cfg, model) == "finished":
             if not cfg.quiet:
                 say(f"cifarlab: {cfg.out} already finished, reusing it")
         else:
