@@ -153,7 +153,8 @@ def test_a_stale_folder_stops_a_parallel_study_before_any_work(cifar_mini, tmp_p
                     "--out", str(out))
     assert again.returncode == 2
     [line] = again.stderr.strip().splitlines()
-    assert line.startswith(f"cifarlab: error: {out / 'seed-0'}") and all(word in line for word in ("lr", "0.001", "0.05"))
+    assert line.startswith(f"cifarlab: error: {out / 'seed-0'}")
+    assert all(word in line for word in ("lr", "0.001", "0.05"))                       # the setting, both values
     assert not (out / "seed-1").exists()                                               # nothing was started
 
 
