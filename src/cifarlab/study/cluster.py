@@ -3,8 +3,8 @@
 Ray is optional (`pip install "cifarlab[ray]"`). Each task starts the study's run worker (launch.run_one:
 `python -m cifarlab.study.worker`) on its node with the run's settings, exactly as `--jobs` does on one
 machine, so the run folder, its log and its results are the same; Ray, not the launcher, places the task.
-Before any run, a probe task writes a file into --out
-and the driver looks for it: a folder that the nodes do not share would otherwise scatter the runs.
+Before any run, a probe task writes a file into --out and the driver looks for it: a folder that the nodes
+do not share would otherwise scatter the runs.
 """
 
 from __future__ import annotations
