@@ -237,3 +237,19 @@ def test_sigterm_to_a_parallel_study_stops_its_workers_and_frees_their_folders(c
         assert (out / f"seed-{s}" / "checkpoints" / "last.pt").is_file()             # each saved its state
         with open(out / f"seed-{s}" / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)                           # free: no BlockingIOError
+
+
+def test_a_lone_train_on_a_busy_machine_says_so_first(cifar_mini, tmp_path, monkeypatch, capsys):
+    from cifarlab.cli import main
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    args = ["train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini), "--epochs", "1",
+            "--limit-train", "100", "--no-tensorboard", "--out", str(tmp_path / "lone")]
+    assert main(args) == 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"cifarlab: note: load average 9.0 on {cores} core{'s' if cores > 1 else ''}: other work is running; "
+        "timings will be slower")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert main([*args, "--overwrite"]) == 0
+    assert "load average" not in capsys.readouterr().out

@@ -275,11 +275,13 @@ def cmd_train(args) -> int:
     cfg = _train_config(args)      # a bad number is refused here, before torch is imported
     launch = _launch(args)
 
+    from cifarlab.study.launch import say_if_busy
     from cifarlab.study.seeds import train_seeds
     from cifarlab.training.engine import fit
     if args.seeds > 1:
         train_seeds(cfg, args.seeds, launch=launch)
     else:
+        say_if_busy(cfg)       # other work on the cores: a lone run's timings are slower too
         fit(cfg)
     return 0
 

@@ -145,6 +145,13 @@ def load_note(used: int) -> str | None:
             "running; timings will be slower")
 
 
+def say_if_busy(cfg) -> None:
+    """load_note for a run, or runs one after another, that use cfg.threads (default: every core)."""
+    note = None if cfg.quiet else load_note(cfg.threads or len(cores()))
+    if note:
+        say(note)
+
+
 # ---------------------------------------------------------------- before launching
 
 def plan(cfgs: list, launch, model=None) -> list:

@@ -21,7 +21,7 @@ import torch
 from cifarlab.config import TrainConfig
 from cifarlab.errors import CifarlabError, Interrupted, UsageError
 from cifarlab.run import LAST, Run, load_run
-from cifarlab.study.launch import LOG, STOPPED
+from cifarlab.study.launch import LOG, STOPPED, say_if_busy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +82,8 @@ def run_all(cfgs: list[TrainConfig], launch: Launch = SEQUENTIAL, model=None) ->
     (worker processes here, or Ray tasks), with one line per run on the console and its output in RUN/train.log.
     On the parallel paths every folder is checked before anything starts."""
     if not launch.parallel:
+        if cfgs:
+            say_if_busy(cfgs[0])
         return [run_or_reuse(cfg, model) for cfg in cfgs]
     if model is not None and not isinstance(model, str):
         raise UsageError(f"{'--ray' if launch.ray else '--jobs'} runs each run in a process of its own: the model must be "
