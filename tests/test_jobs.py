@@ -253,3 +253,18 @@ def test_a_lone_train_on_a_busy_machine_says_so_first(cifar_mini, tmp_path, monk
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert main([*args, "--overwrite"]) == 0
     assert "load average" not in capsys.readouterr().out
+
+
+def test_the_wait_policy_switch_sets_openmp_before_torch_loads_and_never_after(monkeypatch):
+    import cifarlab
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(cifarlab, "OMP_WAIT_POLICY", "PASSIVE")
+    cifarlab._set_wait_policy()                         # torch already loaded (this process): too late, left alone
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.delitem(sys.modules, "torch")           # as on `import cifarlab` in a fresh process
+    cifarlab._set_wait_policy()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")     # the user's own setting wins
+    cifarlab._set_wait_policy()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
