@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +64,28 @@ def test_fast94_variants_run_paired_seeds_and_report_the_difference(tmp_path):
 def test_fast94_variants_refuse_an_unknown_one():
     result = script("fast94_variants.py", "--data-dir", "x", "--variants", "baseline,nope")
     assert result.returncode == 2 and "unknown variant 'nope'" in result.stderr.strip().splitlines()[-1]
+
+
+def test_parallel_study_times_jobs_1_against_jobs_2_and_compares_the_numbers_it_can(cifar_mini):
+    result = script("parallel_study.py", "--data-dir", str(cifar_mini), "--seeds", "2", "--without", "dropout",
+                    "--limit-train", "200")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    out = result.stdout
+    one = float(re.search(r"--jobs 1 +([\d.]+) s\n", out).group(1))
+    two, ratio = re.search(r"--jobs 2 +([\d.]+) s +([\d.]+)x the wall time of --jobs 1", out).groups()
+    assert float(ratio) == pytest.approx(float(two) / one, abs=0.01)
+    threads = max(1, len(os.sched_getaffinity(0)) // 2) if hasattr(os, "sched_getaffinity") else 1
+    assert f"--jobs 2 ({threads} thread(s) per run) against --jobs 1 --threads {threads}: numbers identical" in out
+    tables = re.findall(r"^--jobs [^\n]*:\n((?:    [^\n]*\n)+)", out, re.M)
+    assert len(tables) == 3 and tables[1] == tables[2]
+    assert tables[1].count("\n") == 2                                                  # full, no-dropout
+
+
+def test_parallel_study_wait_policy_times_a_lone_run_with_each_policy(cifar_mini):
+    result = script("parallel_study.py", "--data-dir", str(cifar_mini), "--limit-train", "200", "--wait-policy",
+                    "--repeat", "1")
+    assert result.returncode == 0, result.stderr
+    default = float(re.search(r"OMP_WAIT_POLICY default +([\d.]+) s", result.stdout).group(1))
+    passive = float(re.search(r"OMP_WAIT_POLICY PASSIVE +([\d.]+) s", result.stdout).group(1))
+    cost = float(re.search(r"PASSIVE costs ([+-][\d.]+)% against the default", result.stdout).group(1))
+    assert cost == pytest.approx(100 * (passive / default - 1), abs=0.1 + 100 * 0.01 / default)

@@ -1,9 +1,6 @@
 """compare, train --seeds, ablate, evaluate, and TensorBoard logging on the real cifar-mini images."""
 
-import dataclasses
 import json
-import os
-import re
 import statistics
 
 import pytest
@@ -140,61 +137,6 @@ def test_train_seeds_writes_mean_and_std_of_the_seed_runs(cifar_mini, tmp_path):
     assert f"\u00b1 {summary['final_test_acc_std']:.2f}%" in (out / "summary.txt").read_text()
     low, high = summary["final_test_acc_ci95"]
     assert f"Mean Test Accuracy: 95% CI [{low:.2f}, {high:.2f}]" in (out / "summary.txt").read_text()
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="pinning is Linux's")
-def test_seeds_run_in_parallel_jobs_equal_the_same_seeds_one_after_another(cifar_mini, tmp_path):
-    """--jobs 2 gives each worker its own share of the cores (pinned) and the thread count the sequential study
-    uses, so the metrics and weights equal the sequential study's bit for bit (the same code path, the same seeds)."""
-    from safetensors.torch import load_file
-
-    from conftest import without_timing
-
-    args = ["--recipe", "article-basic-cnn", "--epochs", "1", "--limit-train", "600", "--seeds", "2"]
-    sequential = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
-                         "--out", str(tmp_path / "seq"), "--precision", "fp32", *args)
-    assert sequential.returncode == 0, sequential.stderr
-    parallel = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
-                       "--out", str(tmp_path / "par"), "--precision", "fp32", *args, "--jobs", "2")
-    assert parallel.returncode == 0, parallel.stderr
-    shares = []
-    for seed in (0, 1):
-        a, b = tmp_path / "seq" / f"seed-{seed}", tmp_path / "par" / f"seed-{seed}"
-        assert without_timing(load_run(a).metrics) == without_timing(load_run(b).metrics)
-        wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-        assert all(torch.equal(wa[k], wb[k]) for k in wa)
-        log = (b / "train.log").read_text()
-        assert "cifarlab: basic-cnn on cifar10" in log                                     # its output, in its folder
-        assert load_run(b).config["threads"] == torch.get_num_threads()                   # the sequential count
-        worker = re.search(r"cifarlab: worker \d+ on CPUs? ([\d,]+), (\d+) threads?", log)
-        assert worker and int(worker.group(2)) == torch.get_num_threads()
-        shares.append(set(worker.group(1).split(",")))
-    if len(os.sched_getaffinity(0)) >= 2:
-        assert not shares[0] & shares[1]                                                   # the cores split evenly
-    lines = [line for line in parallel.stdout.splitlines() if line.startswith("cifarlab: [")]
-    assert len(lines) == 4 and sum("finished: " in line for line in lines) == 2            # started, finished x 2
-    seq, par = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("seq", "par"))
-    assert par["final_test_acc_per_seed"] == seq["final_test_acc_per_seed"]
-    compared = run_cli("compare", str(tmp_path / "seq"), str(tmp_path / "par"))        # two seeds folders
-    assert compared.returncode == 0, compared.stderr
-    assert "Difference: 95% CI [+0.00, +0.00] (paired over 2 seeds): no clear difference at this budget" \
-        in compared.stdout
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="pinning is Linux's")
-def test_jobs_get_disjoint_shares_of_the_cores_and_keep_the_sequential_thread_count(monkeypatch):
-    from cifarlab.config import TrainConfig
-    from cifarlab.study.runs import Launch, core_shares, with_threads
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6, 7, 8, 9})
-    assert core_shares(2) == [[4, 5, 6], [7, 8, 9]]
-    assert core_shares(4) == [[4], [5, 6], [7], [8, 9]]
-    assert core_shares(8) == [[4], [5], [6], [7], [8], [9], [4], [5]]          # more jobs than CPUs: round robin
-    cfg = TrainConfig(model="basic-cnn", dataset="cifar10", device="cpu")
-    assert with_threads(cfg, Launch(jobs=3)).threads == torch.get_num_threads()
-    assert with_threads(cfg, Launch(ray="auto", ray_cpus=4)).threads == 4
-    assert with_threads(dataclasses.replace(cfg, threads=1), Launch(jobs=3)).threads == 1   # --threads is kept
 
 
 @pytest.mark.slow

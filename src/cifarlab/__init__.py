@@ -9,6 +9,23 @@ The names below load on first use, so `import cifarlab` (and `cifarlab --help`) 
 
 __version__ = "0.1.0"
 
+# How OpenMP's idle threads wait: None keeps OpenMP's default (spin a while, then sleep); "PASSIVE" sleeps at
+# once, which leaves the cores to whatever else runs on them (two trainings at once). OpenMP reads it when
+# torch loads, so it is set here, on `import cifarlab` (the CLI and the API), before torch; a value already in
+# the environment wins. benchmarks/parallel_study.py --wait-policy measures a lone run with each.
+OMP_WAIT_POLICY: str | None = None
+
+
+def _set_wait_policy() -> None:
+    import os
+    import sys
+
+    if OMP_WAIT_POLICY and "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+
+
+_set_wait_policy()
+
 from cifarlab.errors import CifarlabError, UsageError  # noqa: E402  (no torch: cheap)
 
 _API = {"train": "cifarlab.api", "resume": "cifarlab.api", "compare": "cifarlab.api", "ablate": "cifarlab.api",

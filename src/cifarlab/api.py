@@ -68,8 +68,9 @@ def train(model, dataset, *, recipe: str | None = None, out: str | Path | None =
     keywords it accepts among num_classes, in_channels, image_size, batchnorm, dropout), or an
     nn.Module (a copy is trained; your object keeps its weights).
     dataset: a registered name, "folder:PATH" (ImageFolder layout), "npz:FILE", or arrays.
-    jobs, ray, ray_cpus: with seeds > 1, train up to `jobs` seeds at once, each in a process of its own, or each
-    as a task on the Ray cluster `ray` ("auto" or an address) with `ray_cpus` CPUs.
+    jobs, ray, ray_cpus: with seeds > 1, train up to `jobs` seeds at once in worker processes (on a CPU each run
+    gets cores/jobs threads, or `threads=` as given), or each as a task on the Ray cluster `ray` ("auto" or an
+    address) with `ray_cpus` CPUs.
     """
     from cifarlab.study.seeds import train_seeds
     from cifarlab.training.engine import fit

@@ -94,9 +94,10 @@ def _add_train_and_ablate(sub) -> None:
                         "or all = each and everything removed at once")
 
 
-JOBS_HELP = ("run up to N runs at once, each in a process of its own: one GPU each (round robin), and an even "
-             "share of the CPU cores each (pinned on Linux; the numbers equal --jobs 1's); each run's output goes to "
-             "RUN/train.log (default 1: one after another)")
+JOBS_HELP = ("run up to N runs at once in N worker processes: one GPU each (round robin over the allowed ones), and "
+             "on a CPU cores/N threads per run on its own cores (pinned on Linux; the numbers equal a sequential "
+             "study with --threads cores/N), or --threads T as given; each run's output goes to RUN/train.log "
+             "(default 1: one after another)")
 
 
 RAY_HELP = ("run each run as a task on a Ray cluster: auto (the one this machine belongs to) or HOST:PORT; --out "
@@ -142,8 +143,8 @@ def _add_tune_command(sub) -> None:
     tune.add_argument("--confirm-seeds", type=int, default=2, metavar="K",
                       help="retrain the best settings on the whole train split over K seeds and score test "
                       "(default 2; 0: skip)")
-    _add_jobs(tune, "run N trials at once: N tune processes share the study (the cores split evenly; the others "
-                    "log to OUT/workers/)", "run the N (--jobs) tune workers as tasks on a Ray cluster instead "
+    _add_jobs(tune, "run N trials at once: N tune processes share the study (cores/N threads each, the others "
+                    "pinned to their own cores and logging to OUT/workers/)", "run the N (--jobs) tune workers as tasks on a Ray cluster instead "
                     "(auto or HOST:PORT); --out must be on a filesystem every node sees, and the storage reachable "
                     "from every node (--storage postgresql://... across machines)")
 
@@ -281,11 +282,13 @@ def cmd_train(args) -> int:
     cfg = _train_config(args)      # a bad number is refused here, before torch is imported
     launch = _launch(args)
 
+    from cifarlab.study.launch import say_if_busy
     from cifarlab.study.seeds import train_seeds
     from cifarlab.training.engine import fit
     if args.seeds > 1:
         train_seeds(cfg, args.seeds, launch=launch)
     else:
+        say_if_busy(cfg)       # other work on the cores: a lone run's timings are slower too
         fit(cfg)
     return 0
 

@@ -121,9 +121,8 @@ class TrainConfig:
     seed: int = setting(0)
     device: str = setting("auto", choices=DEVICES, in_recipes=False, on_resume=True)
     threads: int | None = setting(
-        None, "CPU threads for this run (default: torch's, all physical cores). A CPU run's numbers depend on it; "
-        "--jobs N keeps each run's count (so the numbers equal --jobs 1's) and, on Linux, pins each worker to its "
-        "own share of the cores", metavar="N",
+        None, "CPU threads for this run (default: torch's, all physical cores; with --jobs N, cores/N). A CPU run's "
+        "numbers depend on it: --jobs N --threads T equals --jobs 1 --threads T", metavar="N",
         in_recipes=False, on_resume=True)
     precision: str = setting(
         "auto", "auto = bf16 where the hardware runs it natively, fp16 on older GPUs, else fp32", choices=PRECISIONS)

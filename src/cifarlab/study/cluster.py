@@ -1,9 +1,10 @@
 """A study's runs as Ray tasks (`--ray auto|ADDRESS`): one task per run, scheduled by Ray on its cluster.
 
-Ray is optional (`pip install "cifarlab[ray]"`). Each task starts the study worker (`python -m
-cifarlab.study.runs`) on its node with the run's settings, exactly as `--jobs` does on one machine, so the
-run folder, its log and its results are the same. Before any run, a probe task writes a file into --out
-and the driver looks for it: a folder that the nodes do not share would otherwise scatter the runs.
+Ray is optional (`pip install "cifarlab[ray]"`). Each task starts the study's run worker (launch.run_one:
+`python -m cifarlab.study.worker`) on its node with the run's settings, exactly as `--jobs` does on one
+machine, so the run folder, its log and its results are the same; Ray, not the launcher, places the task.
+Before any run, a probe task writes a file into --out and the driver looks for it: a folder that the nodes
+do not share would otherwise scatter the runs.
 """
 
 from __future__ import annotations
@@ -74,9 +75,12 @@ def run_commands_on_ray(commands: list[list[str]], address: str, cpus: int, out:
     @ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES)
     def run(command: list[str], log: str, threads: int) -> int:
         import subprocess
+
+        from cifarlab.study.launch import Slot, environment, exit_code, start_process
         with open(log, "a") as sink:
-            return subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
+            process = start_process(command, environment(Slot(None, None), threads), own_session=False,
+                                    stdout=sink, stderr=subprocess.STDOUT)
+            return exit_code(process.wait())
 
     tasks = [run.remote(command, str(out / "workers" / f"ray-{k}.log"), cpus) for k, command in enumerate(commands)]
     return lambda: ray.get(tasks)
@@ -90,13 +94,12 @@ def run_on_ray(cfgs: list[TrainConfig], address: str, cpus: int) -> list[int]:
 
     @ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES)
     def train(settings: dict) -> int:
-        from cifarlab.config import TrainConfig as Config
-        from cifarlab.study.runs import CPUS, start_worker
+        from cifarlab.study.launch import Slot, environment, run_one
 
-        env = {k: v for k, v in os.environ.items() if k != CPUS}     # Ray places the task; no local pinning
-        return start_worker(Config(**settings), env)      # threads: in the settings (with_threads)
+        # Ray placed the task (its GPU too): no local pinning; threads as with_threads recorded them
+        return run_one(settings, environment(Slot(None, None), settings["threads"]))
 
-    from cifarlab.study.runs import LOG, finished_line
+    from cifarlab.study.launch import LOG, finished_line
 
     pending = {train.remote(cfg.to_dict()): (i, cfg) for i, cfg in enumerate(cfgs)}
     codes = [0] * len(cfgs)

@@ -250,13 +250,15 @@ def optimize(study, objective, enough) -> None:
 
 
 class Workers:
-    """The other processes of a parallel study: started with it, waited for before the summary."""
+    """The other processes of a parallel study: started with it, waited for before the summary, or ended."""
 
     def __init__(self, processes: list | None = None, ray_codes=None, logs: list[Path] | None = None):
         self.processes, self.ray_codes, self.logs = processes or [], ray_codes, logs or []
 
     def wait(self) -> None:
-        codes = [p.wait() for p in self.processes] + (self.ray_codes() if self.ray_codes else [])
+        from cifarlab.study.launch import exit_code
+
+        codes = [exit_code(p.wait()) for p in self.processes] + (self.ray_codes() if self.ray_codes else [])
         failed = [i for i, code in enumerate(codes) if code != 0]
         if failed:
             where = f"; see {self.logs[failed[0]]}" if failed[0] < len(self.logs) else ""
@@ -277,24 +279,29 @@ class Workers:
 
 
 def start_workers(launch: Launch, args: list[str], out: Path) -> Workers:
-    """`cifarlab ARGS` in jobs-1 more processes here (the cores shared evenly; this one keeps its share), or
-    in `jobs` Ray tasks; each worker's output goes to OUT/workers/worker-K.log."""
+    """`cifarlab ARGS` in jobs-1 more processes here, or in `jobs` Ray tasks; each worker's output goes to
+    OUT/workers/worker-K.log. Here the launcher places them: cores/N threads each, worker K pinned to the K-th
+    share of the cores and given the K-th GPU (this process keeps the first share's thread count)."""
     if not launch.parallel:
         return Workers()
     command = [sys.executable, "-m", "cifarlab", *args]
     if launch.ray:
         from cifarlab.study.cluster import run_commands_on_ray
         return Workers(ray_codes=run_commands_on_ray([command] * launch.jobs, launch.ray, launch.ray_cpus, out))
-    threads = max(1, (os.cpu_count() or 1) // launch.jobs)
+    from cifarlab.study.launch import environment, slots, start_process, threads_per_run
+
+    threads = threads_per_run(launch.jobs)
     import torch
     torch.set_num_threads(threads)
     (out / "workers").mkdir(parents=True, exist_ok=True)
+    places = slots(launch.jobs)
     logs = [out / "workers" / f"worker-{k}.log" for k in range(1, launch.jobs)]
     processes = []
-    for log in logs:
+    for slot, log in zip(places[1:], logs):
         with open(log, "a") as sink:       # the worker holds its own copy of the descriptor
-            processes.append(subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
-                                              env={**os.environ, "OMP_NUM_THREADS": str(threads)}))
+            # in this process group, as before: a terminal's Ctrl-C reaches every tune process at once
+            processes.append(start_process(command, environment(slot, threads), slot.cpus, own_session=False,
+                                           stdout=sink, stderr=subprocess.STDOUT))
     return Workers(processes, logs=logs)
 
 
