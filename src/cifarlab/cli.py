@@ -466,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if isinstance(e, Interrupted) and os.environ.get("RANK", "0") != "0":
             return e.exit_code  # under torchrun, rank 0 alone says where the state was saved
-        print(f"cifarlab: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
+        print(f"cifarlab: {'' if isinstance(e, Interrupted) else 'error: '}{getattr(e, 'cli', None) or e}",
+              file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("cifarlab: interrupted", file=sys.stderr)
