@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import cifarlab
 from cifarlab.config import build_config
@@ -21,6 +23,7 @@ from cifarlab.training import distributed, engine
 from cifarlab.training.distributed import Dist
 from cifarlab.training.evaluation import global_sums
 from conftest import write_cifar10
+from cifarlab.run import load_run
 
 META = Dist(rank=1, world=2, local_rank=1, device=torch.device("meta"))
 
@@ -55,7 +58,7 @@ def test_the_epoch_sums_are_reduced_on_the_ranks_device(handed):
     correct = torch.zeros((), dtype=torch.long, device="meta")
     with pytest.raises(Handed):
         global_sums(META, loss_sum, correct, 640)                    # the image count is a Python int
-    assert [(t.device.type, t.dtype) for t in handed] == [("meta", torch.float64)]
+    assert [(t.device.type, t.dtype) for t in handed] == [("meta", torch.float32)]    # MPS has no float64
 
 
 def test_values_from_the_host_are_moved_to_the_ranks_device():
@@ -118,3 +121,31 @@ def test_under_torchrun_a_gpu_run_agrees_on_its_flags_every_50_steps_not_every_s
     assert ops == ["max", "max", "sum", "sum"]
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert len(saved["rng_ranks"]) == 2            # each rank's random state, for an exact resume
+
+
+class NoFloat64(TorchDispatchMode):
+    """The run's device made to refuse float64 as Apple's MPS does: every op that makes a float64 tensor raises
+    (the CPU stands in for MPS: here the run's device and the host are one, so nothing may be float64 at all)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                raise TypeError(f"Cannot convert a MPS Tensor to float64 dtype ({func})")
+        return out
+
+
+def test_a_device_without_float64_trains_saves_mid_epoch_and_evaluates(tmp_path):
+    """`--device auto` on a Mac failed at the end of epoch 1 and in `evaluate`: the sums were float64."""
+    write_cifar10(tmp_path / "data", per_batch=20, test=20)
+    cfg = build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(tmp_path / "data"), "epochs": 2,
+                        "batch_size": 25, "val_size": 20, "download": False, "quiet": True, "precision": "fp32",
+                        "checkpoint_every": 1e-9, "out": str(tmp_path / "run")})   # a mid-epoch save every step
+    with NoFloat64():
+        summary = engine.fit(cfg)
+        evaluation = load_run(tmp_path / "run").evaluate(device="cpu")
+    assert summary["epochs"] == 2 and 0 <= summary["final_test_acc"] <= 100
+    assert evaluation["images"] == 20 and 0 <= evaluation["accuracy"] <= 100
+    assert (tmp_path / "run" / "evaluation-test" / "evaluation.json").is_file()
+    with pytest.raises(TypeError, match="float64"), NoFloat64():    # the stand-in does refuse float64
+        torch.zeros(2).double()
