@@ -1,8 +1,10 @@
-"""Collectives under torchrun, checked without a second process or a GPU.
+"""Collectives under torchrun: where their tensors live, and what they compute.
 
 nccl refuses a tensor on the CPU ("No backend type associated with device type cpu"), and gloo on a CPU cannot
-tell: there the training device *is* the CPU. So these tests give `Dist` a stand-in device (`meta`) with the
-collectives mocked, and read the source for any other way to reach torch.distributed.
+tell: there the training device *is* the CPU. So the first tests give `Dist` a stand-in device (`meta`) with the
+collectives mocked, and read the source for any other way to reach torch.distributed. The mocks cannot show
+that the values are right: two real gloo processes run every Dist collective at the end, and a device that
+refuses float64 (as MPS does) trains and evaluates.
 """
 
 from __future__ import annotations
@@ -149,3 +151,55 @@ def test_a_device_without_float64_trains_saves_mid_epoch_and_evaluates(tmp_path)
     assert (tmp_path / "run" / "evaluation-test" / "evaluation.json").is_file()
     with pytest.raises(TypeError, match="float64"), NoFloat64():    # the stand-in does refuse float64
         torch.zeros(2).double()
+
+
+# ---------------------------------------------------------------- the same code paths, with real collectives
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    """One of two real gloo processes: every Dist collective, through distributed.setup as fit() joins."""
+    import json
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    d = distributed.setup(distributed.from_environment(), torch.device("cpu"), batch_size=4)
+    try:
+        bad = torch.tensor(rank == 1)
+        result = {
+            "enabled": d.enabled,
+            "all_sum": d.all_sum([rank + 1, torch.tensor(0.25 * (rank + 1)), True]),
+            "all_max": d.all_max([rank, 10 - rank, torch.tensor(-1.5 * rank)]),
+            "agree": list(d.agree(signal.SIGTERM if rank == 1 else None, rank == 0, bad)),
+            "agree_quiet": list(d.agree(None, False, torch.tensor(False))),
+            "global_sums": global_sums(d, torch.tensor(1.5 * (rank + 1)), torch.tensor(7 * (rank + 1)), 64),
+            "broadcast": d.broadcast(f"runs/x-{rank}" if d.is_main else None),
+            "gather": d.gather({"rank": rank, "rng": [rank] * 3}),
+        }
+    finally:
+        distributed.teardown(d)
+    with open(f"{out}/rank-{rank}.json", "w") as f:
+        json.dump(result, f)
+
+
+def test_two_real_gloo_processes_agree_on_every_collective(tmp_path):
+    """Two processes joined by gloo on the CPU, as torchrun runs them: each Dist method with real collectives."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
+    for rank, got in enumerate(ranks):
+        assert got["enabled"] is True
+        assert got["all_sum"] == [3.0, 0.75, 2.0]
+        assert got["all_max"] == [1.0, 10.0, 0.0]
+        assert got["agree"] == [int(signal.SIGTERM), True, True]      # one rank's signal, the other's save, one bad loss
+        assert got["agree_quiet"] == [None, False, False]
+        assert got["global_sums"] == [4.5, 21.0, 128.0]
+        assert got["broadcast"] == "runs/x-0"                         # rank 0's folder on every rank
+    assert ranks[0]["gather"] == [{"rank": 0, "rng": [0, 0, 0]}, {"rank": 1, "rng": [1, 1, 1]}]
+    assert ranks[1]["gather"] is None
