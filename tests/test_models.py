@@ -276,3 +276,24 @@ def test_the_readme_timm_example_trains_the_10_class_resnet18_it_prints(tmp_path
     assert f"Total Parameters: {expected:,}" in result.stdout
     python = readme_block("timm and other libraries", "python")
     assert 'cifarlab.train("timm:create_model", "cifar10", model_args={"model_name": "resnet18"}' in python
+
+
+def test_an_import_path_that_is_not_there_gets_advice_for_where_it_was_typed(user_models):
+    """From Python the class itself can be passed; on the command line it cannot."""
+    from cifarlab.models.registry import import_object
+
+    result = run_cli("train", "--model", "models.resnet:Nope", "--dataset", "cifar10", "--epochs", "1",
+                     cwd=user_models)
+    assert result.returncode == 2
+    assert result.stderr == ("cifarlab: error: model models.resnet:Nope: 'models.resnet' has no attribute 'Nope' "
+                             "that can be imported; check the spelling, and define it at the top level of the module "
+                             "models.resnet\n")
+    with pytest.raises(UsageError, match=r"has no attribute 'Nope' that can be imported; pass the class itself "
+                                         r"\(model=\.\.\.\)$"):
+        cifarlab.train("models.resnet:Nope", "cifar10", epochs=1)
+    with pytest.raises(UsageError) as gone:
+        import_object("__main__:GoneNet")          # a notebook's class, asked for by `cifarlab evaluate`
+    assert "pass the class again, e.g. cifarlab.load_run(path, model=GoneNet)" in str(gone.value)
+    assert gone.value.cli.startswith("model __main__:GoneNet was defined in a notebook or script (__main__), which "
+                                     "the command line cannot import: from Python, cifarlab.load_run(path, "
+                                     "model=GoneNet); or move GoneNet into a module")
