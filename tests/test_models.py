@@ -252,6 +252,18 @@ def test_timm_create_model_trains_a_10_class_resnet18_from_python(tmp_path):
     assert run.model()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)    # rebuilt from config.json alone
 
 
+def test_timm_on_one_channel_images_is_told_its_own_channel_argument():
+    """timm names the input channels in_chans: the in_channels cifarlab hands its **kwargs is refused down there,
+    so it is left out, and the batch that cannot run says which argument to pass."""
+    timm_resnet18_params(10)
+    with pytest.raises(UsageError, match=r"^model 'timm:create_model' cannot run a batch of \[2, 1, 28, 28\] images "
+                                         r"\(RuntimeError: .*\); its factory refused in_channels=1: pass its own "
+                                         r"argument for the input channels with --model-arg \(timm's is in_chans=1\)$"):
+        build_model("timm:create_model", 10, 1, 28, model_args={"model_name": "resnet18"})
+    model = build_model("timm:create_model", 10, 1, 28, model_args={"model_name": "resnet18", "in_chans": 1})
+    assert model.conv1.in_channels == 1 and model.fc.out_features == 10
+
+
 def readme_block(title: str, language: str) -> str:
     """The first ```language block after the bold paragraph title in README.md."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

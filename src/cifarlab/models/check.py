@@ -16,16 +16,18 @@ from torch.func import functional_call
 
 from cifarlab.errors import UsageError
 
-BATCH = 2      # BatchNorm in train mode needs more than one value per channel; eval mode is used anyway
+BATCH = 2      # two images: a forward that squeezes a batch of one down to a vector still shows its rows
 
 
 def check_output(model: nn.Module, ref: str, num_classes: int, in_channels: int, image_size: int,
-                 dataset: str | None = None, given: dict | None = None, takes: set[str] | None = None) -> None:
+                 dataset: str | None = None, given: dict | None = None, takes: set[str] | None = None,
+                 hint: str = "") -> None:
     """Refuse, in one line, a model whose output for one batch is not [batch, num_classes].
 
-    given, takes: the keywords its factory was called with and those it names (None: an nn.Module instance)."""
+    given, takes: the keywords its factory was called with and those it names (None: an nn.Module instance).
+    hint: said after the reason when the batch cannot run at all."""
     shape = (BATCH, in_channels, image_size, image_size)
-    out = dry_forward(model, ref, shape)
+    out = dry_forward(model, ref, shape, hint)
     if not isinstance(out, torch.Tensor):
         raise UsageError(f"model '{ref}' returns a {type(out).__name__} for a batch of images, not a tensor of "
                          "logits [batch, classes]")
@@ -36,7 +38,7 @@ def check_output(model: nn.Module, ref: str, num_classes: int, in_channels: int,
         raise UsageError(class_count_message(ref, int(out.shape[1]), num_classes, dataset, given or {}, takes))
 
 
-def dry_forward(model: nn.Module, ref: str, shape: tuple[int, ...]):
+def dry_forward(model: nn.Module, ref: str, shape: tuple[int, ...], hint: str = ""):
     """The model's output for zeros of `shape`, in eval mode, without touching its weights, its buffers (BatchNorm's
     running statistics), its training flags or the random state."""
     modes = [(m, m.training) for m in model.modules()]
@@ -55,7 +57,7 @@ def dry_forward(model: nn.Module, ref: str, shape: tuple[int, ...]):
     except Exception as e:  # noqa: BLE001 - the user's forward: say which and why, in one line
         reason = (str(e).strip().splitlines() or [""])[0][:200]
         raise UsageError(f"model '{ref}' cannot run a batch of {list(shape)} images ({type(e).__name__}: "
-                         f"{reason})") from None
+                         f"{reason}){hint}") from None
     finally:
         for module, training in modes:
             module.training = training

@@ -238,21 +238,24 @@ def build_model(ref: str, num_classes: int, in_channels: int = 3, image_size: in
     check_model_args(spec, model_args)
     passed = passed_keywords(spec.build)
     kwargs = {k: v for k, v in offered.items() if k in passed} | dict(model_args or {})
-    model = _call_factory(spec, ref, kwargs, optional=passed - accepted_keywords(spec.build))
+    model, used = _call_factory(spec, ref, kwargs, optional=passed - accepted_keywords(spec.build))
     if not isinstance(model, nn.Module):
         raise UsageError(f"model '{ref}' returned a {type(model).__name__}, not a torch.nn.Module")
     model = initialize(model, spec.default_init if init == "auto" else init)
-    check_output(model, ref, num_classes, in_channels, image_size, dataset, kwargs,
-                 None if spec.instance else accepted_keywords(spec.build))
+    refused = "in_channels" in kwargs and "in_channels" not in used
+    hint = (f"; its factory refused in_channels={in_channels}: pass its own argument for the input channels "
+            f"with --model-arg (timm's is in_chans={in_channels})") if refused else ""
+    check_output(model, ref, num_classes, in_channels, image_size, dataset, used,
+                 None if spec.instance else accepted_keywords(spec.build), hint)
     return model
 
 
-def _call_factory(spec: ModelSpec, ref: str, kwargs: dict, optional: set[str]) -> nn.Module:
-    """spec.build(**kwargs). A keyword that went in through **kwargs only (`optional`) and is refused further
-    down (timm's ResNet names its input channels in_chans) is left out and the call made again: the check
-    of one batch that follows still catches a model that does not fit the data."""
+def _call_factory(spec: ModelSpec, ref: str, kwargs: dict, optional: set[str]) -> tuple[nn.Module, dict]:
+    """(spec.build(**kwargs), the keywords it took). A keyword that went in through **kwargs only (`optional`)
+    and is refused further down (timm's ResNet names its input channels in_chans) is left out and the call made
+    again: the check of one batch that follows still catches a model that does not fit the data."""
     try:
-        return spec.build(**kwargs)
+        return spec.build(**kwargs), kwargs
     except UsageError:
         raise
     except TypeError as e:
