@@ -364,7 +364,8 @@ def cmd_models(args) -> int:
             # On the meta device nothing is allocated or initialised: counting 36M parameters is instant.
             try:
                 with torch.device("meta"):
-                    params = count_params(build_model(name, info.num_classes, info.channels, info.size))
+                    params = count_params(build_model(name, info.num_classes, info.channels, info.size,
+                                                      dataset=args.dataset))
             except UsageError as e:   # a plug-in that cannot be built for this dataset
                 print(f"cifarlab: warning: {e}", file=sys.stderr)
         rows.append({"name": name, "params": params, "dataset": args.dataset, "description": spec.summary,
