@@ -213,9 +213,9 @@ def check_model_args(spec: ModelSpec, model_args: dict | None) -> None:
     catch_all = takes_any_keyword(spec.build)
     for key in model_args or {}:
         if key in passed:
-            source = "the dataset" if key in ("num_classes", "in_channels", "image_size") else f"--{key} on/off"
-            raise UsageError(f"--model-arg {key}: cifarlab passes {key} to model '{spec.name}' itself, from "
-                             f"{source}; leave it out")
+            source = "from the dataset" if key not in SWITCH_FLAGS else f"and {SWITCH_FLAGS[key]} turns it off"
+            raise UsageError(f"--model-arg {key}: cifarlab passes {key} to model '{spec.name}' itself, {source}; "
+                             "leave it out")
         if key not in accepted and not catch_all:
             raise UsageError(f"--model-arg {key}: model '{spec.name}' takes no such argument "
                              f"(it takes: {', '.join(sorted(accepted - passed)) or 'none'})")
