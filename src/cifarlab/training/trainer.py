@@ -85,7 +85,8 @@ class Trainer:
             self.model = self.uncompiled
             self._restore_step_state(before)
             return self._step(x, y)
-        self.uncompiled = None
+        if result[2]:      # a batch dropped by --on-nan skip-step ran no backward: the next step proves it
+            self.uncompiled = None
         return result
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
