@@ -132,12 +132,15 @@ def part_env(args, out: PartFile) -> None:
 
     import torch
 
+    from cifarlab.training.device import cuda_bf16_native
+
     cuda = torch.cuda.is_available()
     out.update(device=args.device, python=platform.python_version(), torch=torch.__version__,
                cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                gpu=torch.cuda.get_device_name(0) if cuda else "none",
                capability=list(torch.cuda.get_device_capability(0)) if cuda else None,
                bf16_supported=torch.cuda.is_bf16_supported() if cuda else None,
+               bf16_native=cuda_bf16_native() if cuda else None,
                cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
                commit=code_commit(), nvidia_smi=nvidia_smi())
 
@@ -268,9 +271,20 @@ def verdict(row: dict) -> bool:
     return bool(ok and "loss" in row["compiled"])
 
 
+def tf32_as_training(precision: str) -> bool:
+    """TF32 switched as cifarlab's training switches it for `precision` (off for fp32, on for bf16 and fp16):
+    each path is measured as training runs it. Returns the setting, for the record."""
+    import torch
+
+    from cifarlab.training.device import use_tf32
+
+    use_tf32(precision)
+    return bool(torch.backends.cuda.matmul.allow_tf32)
+
+
 def check_model(name: str, x, y, device: str, backend: str, autocast: list[str]) -> dict:
     """One model (eval mode, seed 0): the device's fp32 and its autocast dtypes (bf16, fp16) against the
-    CPU's fp32, and torch.compile against eager on the device."""
+    CPU's fp32, and torch.compile against eager fp32 on the device; each with TF32 as training sets it."""
     import torch
 
     from cifarlab.models import build_model
@@ -280,33 +294,40 @@ def check_model(name: str, x, y, device: str, backend: str, autocast: list[str])
     cpu = loss_and_grad(model, x, y)
     model.to(device)
     xd, yd = x.to(device), y.to(device)
+    tf32 = tf32_as_training("fp32")
     eager = loss_and_grad(model, xd, yd)
-    row = {"cpu_loss": cpu[0], "fp32": agreement(*cpu, *eager)}
+    row = {"cpu_loss": cpu[0], "fp32": {**agreement(*cpu, *eager), "tf32": tf32}}
     unsupported = "skipped" if device == "cpu" else "failed"   # a GPU is expected to run both dtypes
     for label, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         if label not in autocast:
             row[label] = {"skipped": f"left out (--autocast {','.join(autocast)})"}
             continue
-        row[label] = path_or_reason(lambda: agreement(*cpu, *loss_and_grad(model, xd, yd, dtype)),
-                                    f"{label} autocast on {device}", outcome=unsupported)
+        tf32 = tf32_as_training(label)
+        row[label] = {**path_or_reason(lambda: agreement(*cpu, *loss_and_grad(model, xd, yd, dtype)),
+                                       f"{label} autocast on {device}", outcome=unsupported), "tf32": tf32}
     start = time.perf_counter()
+    tf32 = tf32_as_training("fp32")
     compiled = torch.compile(model, backend=backend)
     row["compiled"] = path_or_reason(lambda: agreement(*eager, *loss_and_grad(compiled, xd, yd)),
                                      f"torch.compile(backend={backend!r})", Exception, "failed")
-    row["compiled"].update(backend=backend, compile_s=time.perf_counter() - start)
+    row["compiled"].update(backend=backend, compile_s=time.perf_counter() - start, tf32=tf32)
     row["ok"] = verdict(row)
     return row
 
 
-def part_correctness(args, out: PartFile) -> None:
-    """The device's numbers against the CPU's on one fixed batch of real test images, with TF32 off so
-    that fp32 means fp32 on both sides."""
-    import torch
+REHEARSAL = ("a rehearsal on the CPU: the device and the reference are the same CPU, so this shows that the part "
+             "runs and writes its numbers, that identical paths compare as identical and that bf16 autocast "
+             "moves the loss; it says nothing about a GPU")
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+
+def part_correctness(args, out: PartFile) -> None:
+    """The device's numbers against the CPU's on one fixed batch of real test images, each path with TF32 as
+    training sets it for that precision (off for fp32: fp32 means fp32 on both sides). On the CPU (the dry run)
+    this is a rehearsal: both sides are the same CPU."""
     x, y = real_batch(args.data_dir, args.images)
-    out.update(device=args.device, images=len(y), limits=LIMITS, models={})
+    rehearsal = args.device == "cpu"
+    out.update(device=args.device, images=len(y), limits=LIMITS, models={}, rehearsal=rehearsal,
+               **({"note": REHEARSAL} if rehearsal else {}))
     budget = Budget(args.budget_s)
     for name in CORRECTNESS_MODELS:
         why = budget.refuses("model")
@@ -317,7 +338,9 @@ def part_correctness(args, out: PartFile) -> None:
             out.data["models"][name] = check_model(name, x, y, args.device, args.compile_backend,
                                                    args.autocast.split(","))
         out.update()
-        print(f"correctness {name}: {'ok' if out.data['models'][name]['ok'] else 'NOT OK'}", flush=True)
+        outcome = "ok" if out.data["models"][name]["ok"] else "NOT OK"
+        print(f"correctness {name}: {f'rehearsed ({outcome} on the CPU against itself)' if rehearsal else outcome}",
+              flush=True)
     out.update()
 
 
@@ -626,9 +649,12 @@ def correctness_cell(path: dict) -> str:
 
 
 def render_correctness(section, d: dict) -> None:
-    section.text(f"{d.get('images')} real CIFAR-10 test images, eval mode, TF32 off, device {d.get('device')}. "
-                 "Each cell: the loss and, in brackets, its relative difference to the CPU's fp32 loss (compiled: "
-                 f"to eager fp32 on the device). Limits: {d.get('limits')}.")
+    if d.get("rehearsal"):
+        section.text(f"Rehearsal: {d.get('note', REHEARSAL)}.")
+    section.text(f"{d.get('images')} real CIFAR-10 test images, eval mode, device {d.get('device')}, TF32 as "
+                 "training sets it (off for fp32 and compiled, on for bf16 and fp16). Each cell: the loss and, in "
+                 "brackets, its relative difference to the CPU's fp32 loss (compiled: to eager fp32 on the device). "
+                 f"Limits: {d.get('limits')}.")
     rows, notes = [], []
     for name, r in d.get("models", {}).items():
         if "skipped" in r:
@@ -637,7 +663,8 @@ def render_correctness(section, d: dict) -> None:
         rows.append([name, fmt(r["cpu_loss"], ".6f"), *(correctness_cell(r[k]) for k in ("fp32", "bf16", "fp16",
                                                                                           "compiled")),
                      fmt(r["fp32"]["grad_cos"], ".8f"), fmt(r["fp32"]["grad_rel_err"], ".1e"),
-                     fmt(r["compiled"].get("compile_s"), ".1f"), "ok" if r["ok"] else "NOT OK"])
+                     fmt(r["compiled"].get("compile_s"), ".1f"),
+                     ("rehearsed: " if d.get("rehearsal") else "") + ("ok" if r["ok"] else "NOT OK")])
         notes += [f"{name} {k}: {r[k][why]}" for k in ("bf16", "fp16", "compiled") for why in ("skipped", "failed")
                   if why in r[k]]
     section.table(["model", "CPU fp32", "device fp32", "bf16 autocast", "fp16 autocast", "compiled",

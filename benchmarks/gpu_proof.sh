@@ -29,7 +29,8 @@ part that fails or times out does not stop the next. Exit status 0 when no part 
   --snap DIR       run the code in DIR (DIR/src, DIR/benchmarks; default SNAP, else this script's tree)
   --out DIR        where the results go (default OUT)
   --dry-run        the same parts on the CPU with tiny budgets (1 epoch, a few hundred images, 2 seeds,
-                   2 small models, reproduce at scale 0.01): checks the plumbing, the JSON and the report
+                   2 small models, reproduce at scale 0.01): a rehearsal that checks the plumbing, the JSON
+                   and the report; its correctness compares the CPU with itself, so it proves no GPU right
   -h, --help       this text
 
 Environment: OUT, SNAP, COMPILE=1 (fast94 compiled; default eager), MARGIN (seconds kept for the
@@ -146,7 +147,7 @@ gather() {
 }
 
 main() {
-  log "gpu_proof.sh: $( (( DRY )) && echo "dry run on the CPU" || echo "device run" ), budget $BUDGET s," \
+  log "gpu_proof.sh: $( (( DRY )) && echo "dry run on the CPU (a rehearsal)" || echo "device run" ), budget $BUDGET s," \
       "code $CODE, results $OUT, scratch $WORK"
   part env --device "$DEVICE"
   [[ -z $PACK ]] || gather

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_proof.sh"
@@ -75,16 +76,57 @@ def test_the_dry_run_runs_every_part_and_each_writes_what_it_measured(dry_run):
 
 
 @pytest.mark.slow
-def test_the_dry_run_checks_each_model_on_both_sides_of_the_same_cpu(dry_run):
-    out, _ = dry_run
+def test_the_rehearsal_of_correctness_is_labelled_and_shows_what_one_cpu_can(dry_run):
+    """On the CPU both sides of the comparison are the same CPU: a rehearsal. It can show that the part runs,
+    that identical paths compare as identical (the comparison adds no error of its own), that bf16 autocast
+    really changes the numbers, and that each path ran with TF32 as training sets it. Not that a GPU agrees."""
+    out, result = dry_run
     correctness = part(out, "correctness")
-    assert correctness["images"] == 8
+    assert correctness["images"] == 8 and correctness["rehearsal"] is True and "rehearsal" in correctness["note"]
     for name, row in correctness["models"].items():
-        assert math.isfinite(row["cpu_loss"]) and row["fp32"]["loss"] == row["cpu_loss"], name  # the same device
-        assert row["fp32"]["grad_rel_err"] == 0.0 and row["ok"], name
-        assert row["bf16"]["loss_rel_diff"] < 0.02 and "left out" in row["fp16"]["skipped"]
+        assert math.isfinite(row["cpu_loss"]) and row["fp32"]["loss"] == row["cpu_loss"], name
+        assert row["fp32"]["grad_rel_err"] == 0.0 and row["fp32"]["grad_cos"] == pytest.approx(1.0, abs=1e-12)
+        assert 0 < row["bf16"]["loss_rel_diff"] < 0.02, name      # autocast took effect, within its limit
+        assert "left out" in row["fp16"]["skipped"] and row["ok"], name
         assert row["compiled"]["backend"] == "eager" and row["compiled"]["loss_rel_diff"] < 1e-5
+        assert (row["fp32"]["tf32"], row["bf16"]["tf32"], row["compiled"]["tf32"]) == (False, True, False), name
     assert "basic-cnn" in correctness["models"]
+    assert "correctness basic-cnn: rehearsed (ok on the CPU against itself)" in result.stdout + result.stderr
+    assert "Rehearsal: a rehearsal on the CPU" in (out / "summary.txt").read_text()
+
+
+def test_the_correctness_verdict_fails_a_path_that_disagrees():
+    """What the rehearsal cannot show on one CPU, shown on rows: a device whose numbers differ is NOT OK."""
+    good = {"fp32": {"loss": 2.0, "loss_rel_diff": 0.0, "grad_rel_err": 0.0}, "bf16": {"loss": 2.01,
+            "loss_rel_diff": 0.005}, "fp16": {"skipped": "left out"}, "compiled": {"loss": 2.0, "loss_rel_diff": 0.0}}
+    assert gpu_proof.verdict(good)
+    for label, path in (("fp32", {**good["fp32"], "grad_rel_err": 0.05}),
+                        ("fp32", {**good["fp32"], "loss_rel_diff": 0.01}),
+                        ("bf16", {**good["bf16"], "loss_rel_diff": 0.05}), ("bf16", {**good["bf16"], "loss": math.nan}),
+                        ("fp16", {"failed": "fp16 autocast on cuda: RuntimeError"}),
+                        ("compiled", {"failed": "torch.compile(backend='inductor'): CppCompileError"})):
+        assert not gpu_proof.verdict({**good, label: path}), (label, path)
+
+
+def test_each_correctness_path_is_measured_with_tf32_as_training_sets_it(real_batch, monkeypatch):
+    """Training turns TF32 on for bf16 and fp16 and off for fp32: the proof measures those paths, not others."""
+    seen = []
+    measure = gpu_proof.loss_and_grad
+
+    def spy(model, x, y, dtype=None):
+        seen.append((None if dtype is None else str(dtype).split(".")[-1], torch.backends.cuda.matmul.allow_tf32,
+                     torch.backends.cudnn.allow_tf32))
+        return measure(model, x, y, dtype)
+
+    monkeypatch.setattr(gpu_proof, "loss_and_grad", spy)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)  # put back
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
+    x, y = real_batch(4)
+    row = gpu_proof.check_model("basic-cnn", x, y, "cpu", "eager", ["bf16", "fp16"])
+    # the CPU reference, the device's fp32, bf16, fp16 (skipped or run), then compiled
+    assert seen[1] == (None, False, False) and seen[2] == ("bfloat16", True, True)
+    assert seen[3] == ("float16", True, True) and seen[-1] == (None, False, False)
+    assert (row["fp32"]["tf32"], row["bf16"]["tf32"], row["fp16"]["tf32"]) == (False, True, True)
 
 
 @pytest.mark.slow

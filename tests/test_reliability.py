@@ -149,8 +149,8 @@ def test_diverging_run_stops_with_one_line_naming_epoch_and_step(cifar_mini, tmp
 
 def _nan_at(monkeypatch, call):
     """Make the training loss NaN on the call-th cross-entropy of training (evaluation calls pass through)."""
-    import cifarlab.training.engine as engine
-    real, calls = engine.F.cross_entropy, {"n": 0}
+    import cifarlab.training.trainer as trainer     # the training step computes its loss there
+    real, calls = trainer.F.cross_entropy, {"n": 0}
 
     def cross_entropy(out, y, **kw):
         loss = real(out, y, **kw)
@@ -159,7 +159,7 @@ def _nan_at(monkeypatch, call):
             if calls["n"] == call:
                 return loss * float("nan")
         return loss
-    monkeypatch.setattr(engine.F, "cross_entropy", cross_entropy)
+    monkeypatch.setattr(trainer.F, "cross_entropy", cross_entropy)
 
 
 def mini_config(data_dir, tmp_path, **kw):

@@ -374,7 +374,8 @@ def cmd_models(args) -> int:
             # On the meta device nothing is allocated or initialised: counting 36M parameters is instant.
             try:
                 with torch.device("meta"):
-                    params = count_params(build_model(name, info.num_classes, info.channels, info.size))
+                    params = count_params(build_model(name, info.num_classes, info.channels, info.size,
+                                                      dataset=args.dataset))
             except UsageError as e:   # a plug-in that cannot be built for this dataset
                 print(f"cifarlab: warning: {e}", file=sys.stderr)
         rows.append({"name": name, "params": params, "dataset": args.dataset, "description": spec.summary,
@@ -452,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if isinstance(e, Interrupted) and os.environ.get("RANK", "0") != "0":
             return e.exit_code  # under torchrun, rank 0 alone says where the state was saved
-        print(f"cifarlab: {'' if isinstance(e, Interrupted) else 'error: '}{e}", file=sys.stderr)
+        print(f"cifarlab: {'' if isinstance(e, Interrupted) else 'error: '}{getattr(e, 'cli', None) or e}",
+              file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("cifarlab: interrupted", file=sys.stderr)

@@ -8,9 +8,16 @@ class CifarlabError(Exception):
 
 
 class UsageError(CifarlabError, ValueError):
-    """Bad input: an unknown name, a value out of range, a broken file (exit 2)."""
+    """Bad input: an unknown name, a value out of range, a broken file (exit 2).
+
+    cli: the line the command line prints instead, where the advice differs there (Python can be handed a
+    class; a shell cannot)."""
 
     exit_code = 2
+
+    def __init__(self, message: str = "", cli: str | None = None):
+        super().__init__(message)
+        self.cli = cli
 
 
 class DataError(UsageError):

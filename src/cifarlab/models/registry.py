@@ -10,7 +10,9 @@ Besides the registered names, a model can be
 - a name added by an installed package through the `cifarlab.models` entry-point group,
 - a class, a factory or an `nn.Module` handed over from Python (`cifarlab.train(MyCNN, ...)`).
 A class or factory is called with the keywords it accepts among BUILD_KEYWORDS, plus the
-user's `model_args`; it has the `batchnorm` / `dropout` switches when it accepts them.
+user's `model_args`; it has the `batchnorm` / `dropout` switches when it accepts them. A factory
+with a `**kwargs` catch-all (timm's `create_model`) also gets `num_classes` and `in_channels`.
+Every model built is checked once (check.py): one batch must come out as [batch, num_classes].
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ from typing import Callable
 from torch import nn
 
 from cifarlab.errors import UsageError
+from cifarlab.models.check import check_output
 from cifarlab.models.init import INITS, initialize
 
 SWITCHES = ("batchnorm", "dropout", "init")
 BUILD_KEYWORDS = ("num_classes", "in_channels", "image_size", "batchnorm", "dropout")
+# What a **kwargs catch-all is handed: the data's shape. The switches are not (a catch-all is no promise to
+# honour them, and a switch that is silently ignored would be a wrong ablation).
+CATCH_ALL_KEYWORDS = ("num_classes", "in_channels")
 ENTRY_POINT_GROUP = "cifarlab.models"
 # the flag that turns each switch off, for messages
 SWITCH_FLAGS = {"batchnorm": "--no-batchnorm", "dropout": "--no-dropout", "init": "--init"}
@@ -46,6 +52,7 @@ class ModelSpec:
     pretrained_source: str = ""
     data_init: bool = False         # model.init_from_data(normalised train images) before training
     origin: str = "cifarlab"        # cifarlab | entry point NAME = VALUE | import path | Python object
+    instance: bool = False          # an nn.Module handed over as it is: built by returning it
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -67,14 +74,28 @@ def register_model(name: str, *, title: str, summary: str, default_init: str = "
     return decorate
 
 
-def accepted_keywords(builder: Callable) -> set[str]:
-    """The named parameters a class or factory takes (a **kwargs catch-all is not a promise)."""
+def _parameters(builder: Callable) -> list[inspect.Parameter]:
     target = builder.__init__ if inspect.isclass(builder) else builder
     try:
-        params = inspect.signature(target).parameters.values()
+        return list(inspect.signature(target).parameters.values())
     except (TypeError, ValueError):
-        return set()
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        return []
+
+
+def accepted_keywords(builder: Callable) -> set[str]:
+    """The named parameters a class or factory takes (a **kwargs catch-all is not among them)."""
+    return {p.name for p in _parameters(builder) if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+
+
+def takes_any_keyword(builder: Callable) -> bool:
+    """True for a factory with a **kwargs catch-all, e.g. timm.create_model(model_name, **kwargs)."""
+    return any(p.kind == p.VAR_KEYWORD for p in _parameters(builder))
+
+
+def passed_keywords(builder: Callable) -> set[str]:
+    """The BUILD_KEYWORDS cifarlab itself hands this factory: those it names, and with **kwargs the data's shape."""
+    named = accepted_keywords(builder) & set(BUILD_KEYWORDS)
+    return named | (set(CATCH_ALL_KEYWORDS) if takes_any_keyword(builder) else set())
 
 
 def reference(obj) -> str:
@@ -87,7 +108,7 @@ def spec_for_object(ref: str, obj, origin: str) -> ModelSpec:
     """An entry for a user's class, factory or nn.Module instance."""
     if isinstance(obj, nn.Module):
         instance = obj
-        return ModelSpec(ref, lambda **_: instance, title=type(obj).__name__, origin=origin)
+        return ModelSpec(ref, lambda: instance, title=type(obj).__name__, origin=origin, instance=True)
     if not callable(obj):
         raise UsageError(f"model {ref} is a {type(obj).__name__}, not a class, a factory or an nn.Module")
     switches = {"init"} | ({"batchnorm", "dropout"} & accepted_keywords(obj))
@@ -104,8 +125,12 @@ def import_object(ref: str):
     if module_name == "__main__":
         main = sys.modules.get("__main__")
         if main is None or not hasattr(main, attribute.split(".")[0]):
+            name = attribute.split('.')[-1]
             raise UsageError(f"model {ref} was defined in a notebook or script (__main__); pass the class again, "
-                             f"e.g. cifarlab.load_run(path, model={attribute.split('.')[-1]})")
+                             f"e.g. cifarlab.load_run(path, model={name})",
+                             cli=f"model {ref} was defined in a notebook or script (__main__), which the command "
+                                 f"line cannot import: from Python, cifarlab.load_run(path, model={name}); or move "
+                                 f"{name} into a module and train it as module:{name}")
         obj = main
     else:
         try:
@@ -116,7 +141,9 @@ def import_object(ref: str):
     for part in attribute.split("."):
         if part == "<locals>" or not hasattr(obj, part):
             raise UsageError(f"model {ref}: '{module_name}' has no attribute '{attribute}' that can be imported; "
-                             "pass the class itself (model=...)")
+                             "pass the class itself (model=...)",
+                             cli=f"model {ref}: '{module_name}' has no attribute '{attribute}' that can be imported; "
+                                 f"check the spelling, and define it at the top level of the module {module_name}")
         obj = getattr(obj, part)
     return obj
 
@@ -180,18 +207,27 @@ def check_switches(spec: ModelSpec, batchnorm: bool = True, dropout: bool = True
 
 
 def check_model_args(spec: ModelSpec, model_args: dict | None) -> None:
-    """Every --model-arg must be a keyword the factory takes (an nn.Module instance takes none)."""
-    accepted = accepted_keywords(spec.build)
+    """Every --model-arg must be a keyword the factory takes (an nn.Module instance takes none), and not one
+    that cifarlab passes itself from the data or the switches (two values for one argument)."""
+    accepted, passed = accepted_keywords(spec.build), passed_keywords(spec.build)
+    catch_all = takes_any_keyword(spec.build)
     for key in model_args or {}:
-        if key not in accepted or key in BUILD_KEYWORDS:
+        if key in passed:
+            source = "from the dataset" if key not in SWITCH_FLAGS else f"and {SWITCH_FLAGS[key]} turns it off"
+            raise UsageError(f"--model-arg {key}: cifarlab passes {key} to model '{spec.name}' itself, {source}; "
+                             "leave it out")
+        if key not in accepted and not catch_all:
             raise UsageError(f"--model-arg {key}: model '{spec.name}' takes no such argument "
-                             f"(it takes: {', '.join(sorted(accepted - set(BUILD_KEYWORDS))) or 'none'})")
+                             f"(it takes: {', '.join(sorted(accepted - passed)) or 'none'})")
 
 
 def build_model(ref: str, num_classes: int, in_channels: int = 3, image_size: int = 32, batchnorm: bool = True,
                 init: str = "auto", dropout: bool = True, model_args: dict | None = None,
-                supplied=None) -> nn.Module:
-    """Build a model; `init="auto"` uses the scheme its entry declares (the article's, for its models)."""
+                supplied=None, dataset: str | None = None) -> nn.Module:
+    """Build a model; `init="auto"` uses the scheme its entry declares (the article's, for its models).
+
+    The model is then checked to turn one batch of [in_channels, image_size, image_size] images into
+    [batch, num_classes] logits (dataset: its name, for that message)."""
     spec = model_spec(ref, supplied)
     check_switches(spec, batchnorm, dropout, init)
     if image_size < spec.min_size:
@@ -200,17 +236,35 @@ def build_model(ref: str, num_classes: int, in_channels: int = 3, image_size: in
     offered = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
                "batchnorm": batchnorm, "dropout": dropout}
     check_model_args(spec, model_args)
-    accepted = accepted_keywords(spec.build)
-    kwargs = {k: v for k, v in offered.items() if k in accepted} | dict(model_args or {})
-    try:
-        model = spec.build(**kwargs)
-    except UsageError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's constructor: say which and why, in one line
-        raise UsageError(f"model '{ref}' could not be built with {kwargs} ({type(e).__name__}: {e})") from None
+    passed = passed_keywords(spec.build)
+    kwargs = {k: v for k, v in offered.items() if k in passed} | dict(model_args or {})
+    model, used = _call_factory(spec, ref, kwargs, optional=passed - accepted_keywords(spec.build))
     if not isinstance(model, nn.Module):
         raise UsageError(f"model '{ref}' returned a {type(model).__name__}, not a torch.nn.Module")
-    return initialize(model, spec.default_init if init == "auto" else init)
+    model = initialize(model, spec.default_init if init == "auto" else init)
+    refused = "in_channels" in kwargs and "in_channels" not in used
+    hint = (f"; its factory refused in_channels={in_channels}: pass its own argument for the input channels "
+            f"with --model-arg (timm's is in_chans={in_channels})") if refused else ""
+    check_output(model, ref, num_classes, in_channels, image_size, dataset, used,
+                 None if spec.instance else accepted_keywords(spec.build), hint)
+    return model
+
+
+def _call_factory(spec: ModelSpec, ref: str, kwargs: dict, optional: set[str]) -> tuple[nn.Module, dict]:
+    """(spec.build(**kwargs), the keywords it took). A keyword that went in through **kwargs only (`optional`)
+    and is refused further down (timm's ResNet names its input channels in_chans) is left out and the call made
+    again: the check of one batch that follows still catches a model that does not fit the data."""
+    try:
+        return spec.build(**kwargs), kwargs
+    except UsageError:
+        raise
+    except TypeError as e:
+        refused = next((k for k in optional if f"unexpected keyword argument '{k}'" in str(e)), None)
+        if refused is not None:
+            return _call_factory(spec, ref, {k: v for k, v in kwargs.items() if k != refused}, optional - {refused})
+        raise UsageError(f"model '{ref}' could not be built with {kwargs} ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - the user's constructor: say which and why, in one line
+        raise UsageError(f"model '{ref}' could not be built with {kwargs} ({type(e).__name__}: {e})") from None
 
 
 def count_params(model: nn.Module) -> int:

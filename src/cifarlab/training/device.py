@@ -69,15 +69,36 @@ def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
     return onednn and any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
+def cuda_bf16_native() -> bool:
+    """True where this GPU computes in bf16 itself (Ampere, compute capability 8.0, and later).
+
+    torch.cuda.is_bf16_supported() also says True on older GPUs where bf16 is emulated (slower than fp16,
+    and no faster than fp32); only native support counts here."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:   # a torch without the argument: ask the hardware
+        return torch.cuda.get_device_capability() >= (8, 0)
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
     """auto: bf16 where the hardware runs it natively, fp16 on older GPUs, else fp32."""
     if requested != "auto":
         return requested
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_bf16_native() else "fp16"
     if device.type == "cpu":
         return "bf16" if cpu_supports_bf16() else "fp32"
     return "fp32"
+
+
+def use_tf32(precision: str) -> None:
+    """TF32 matmuls and convolutions (a 10-bit mantissa) for the mixed precisions only: `fp32` means fp32.
+
+    The switch is process-wide, so it is set for every run, both ways: a bf16 run before an fp32 one in the
+    same process must not leave TF32 on for it. Without a GPU it changes nothing."""
+    tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 @dataclass

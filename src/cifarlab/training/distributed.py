@@ -18,12 +18,18 @@ import torch.distributed as dist
 from cifarlab.errors import UsageError
 
 
+# The dtype of every on-device reduction (see Dist).
+REDUCE_DTYPE = torch.float32
+
+
 @dataclass(frozen=True)
 class Dist:
     """This process's place in the run, and the only door to torch.distributed.
 
     Every collective goes through a method here and its tensor is built on `device`, this rank's training
-    device: nccl (CUDA) refuses CPU tensors, and a collective on the CPU would sync the host each time."""
+    device: nccl (CUDA) refuses CPU tensors, and a collective on the CPU would sync the host each time.
+    That tensor is float32: Apple's MPS has no float64 at all. float32 holds every count below 2**24 exactly
+    (an epoch's images and correct answers) and the loss sums are float32 on the device already."""
 
     rank: int = 0
     world: int = 1
@@ -39,8 +45,8 @@ class Dist:
         return self.rank == 0
 
     def tensor(self, values) -> torch.Tensor:
-        """Numbers and 0-d tensors as one float64 vector on this rank's device (the tensors stay on it)."""
-        return torch.stack([torch.as_tensor(v, device=self.device).to(torch.float64) for v in values])
+        """Numbers and 0-d tensors as one float32 vector on this rank's device (the tensors stay on it)."""
+        return torch.stack([torch.as_tensor(v, device=self.device).to(REDUCE_DTYPE) for v in values])
 
     def all_sum(self, values) -> list[float]:
         """The values added over every rank (read back as they are in a single process)."""
@@ -62,7 +68,7 @@ class Dist:
         t = self.tensor(values)
         if self.enabled:
             dist.all_reduce(t, op=op)
-        return t.tolist()
+        return t.tolist()      # Python floats: the widening to float64 happens on the host, not the device
 
     def broadcast(self, obj):
         """Rank 0's value on every rank (the run folder name, chosen once)."""

@@ -13,7 +13,6 @@ import platform
 import time
 
 import torch
-import torch.nn.functional as F
 
 import cifarlab
 from cifarlab.config import TrainConfig
@@ -25,7 +24,7 @@ from cifarlab.report.stats import plural
 from cifarlab.report.summary import article_summary
 from cifarlab.run import BEST, LAST, Run, release_folders
 from cifarlab.training import distributed
-from cifarlab.training.device import Precision, cpu_threads, resolve_device
+from cifarlab.training.device import Precision, cpu_threads, resolve_device, use_tf32
 from cifarlab.training.distributed import Dist
 from cifarlab.training.evaluation import evaluate, global_sums
 from cifarlab.training.lookahead import Lookahead
@@ -78,14 +77,13 @@ def setup(cfg: TrainConfig, resume: bool, dist: Dist, supplied=None) -> Trainer:
     load_start = time.perf_counter()
     data = prepare_data(cfg)
     load_time = time.perf_counter() - load_start
-    run = Run(dist.broadcast(make_run(cfg, resume).path if dist.is_main else None))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
+    use_tf32(precision.name)
     channels_last = cfg.channels_last and device.type != "mps"
+    # The model first: one that does not fit the data is refused before a run folder exists.
     bare_model, spec, init_time = build_run_model(cfg, data, device, channels_last, resume, supplied)
+    run = Run(dist.broadcast(make_run(cfg, resume).path if dist.is_main else None))
     params = count_params(bare_model)
     uncompiled = distributed.wrap(bare_model, dist, device)
     model = compile_model(uncompiled, cfg)
@@ -180,10 +178,8 @@ def train_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, int, float]
     trainer.progress.start_epoch(epoch, len(loader), state.step)
     for x, y in loader:
         step = state.step + 1
-        with trainer.precision.autocast(device):
-            out = trainer.forward(x)
-            loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
-        if trainer.optimizer_step(loss):   # False: --on-nan skip-step dropped a non-finite loss
+        out, loss, stepped = trainer.train_step(x, y)
+        if stepped:   # False: --on-nan skip-step dropped a non-finite loss
             # Accumulate on the device: no .item() (a host sync) inside the step.
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
@@ -271,7 +267,8 @@ def build_run_model(cfg: TrainConfig, data: Data, device: torch.device, channels
     info = data.info
     spec = model_spec(cfg.model, supplied)
     model = build_model(cfg.model, info.num_classes, info.channels, info.size, batchnorm=cfg.batchnorm,
-                        init=cfg.init, dropout=cfg.dropout, model_args=cfg.model_args, supplied=supplied).to(device)
+                        init=cfg.init, dropout=cfg.dropout, model_args=cfg.model_args, supplied=supplied,
+                        dataset=cfg.dataset).to(device)
     if spec.pretrained is not None and not resume:
         spec.pretrained(model, cfg.download)
     init_time = 0.0

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 import cifarlab
 from cifarlab.config import TrainConfig
@@ -64,21 +65,47 @@ class Trainer:
               f"{f', {len(data.val):,} val' if data.val else ''}, {len(data.test):,} test), {self.params:,} "
               f"parameters, {self.device} {self.precision.name}; run folder {self.run.path}{where}", flush=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The training forward; a compiled model that cannot compile here falls back to uncompiled, once."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """One training step: forward, loss, backward, optimizer step. Returns (logits, loss, stepped); stepped
+        is False when --on-nan skip-step dropped a non-finite loss.
+
+        A compiled model is proven by its first full step: torch.compile builds the backward graph only when
+        the backward first runs, so a failure there (or in the forward) falls back to the uncompiled model,
+        once, and the step is taken again from the same weights, buffers and random state."""
         if self.uncompiled is None or self.model is self.uncompiled:
-            return self.model(x)
+            return self._step(x, y)
+        before = self._step_state()
         try:
-            out = self.model(x)
+            result = self._step(x, y)
         except Exception as e:  # noqa: BLE001 - no C compiler, unsupported op, old GPU: all mean "run uncompiled"
             if not self.cfg.quiet:
                 print(f"cifarlab: --compile is not available here ({type(e).__name__}: "
                       f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}); training without it",
                       file=sys.stderr, flush=True)
             self.model = self.uncompiled
-            return self.model(x)
-        self.uncompiled = None
-        return out
+            self._restore_step_state(before)
+            return self._step(x, y)
+        if result[2]:      # a batch dropped by --on-nan skip-step ran no backward: the next step proves it
+            self.uncompiled = None
+        return result
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        with self.precision.autocast(self.device):
+            out = self.model(x)
+            loss = F.cross_entropy(out.float(), y, label_smoothing=self.cfg.label_smoothing)
+        return out, loss, self.optimizer_step(loss)
+
+    def _step_state(self) -> dict:
+        """What a failed first step may have changed: BatchNorm's running statistics, the random state (dropout
+        masks drawn). The weights and the optimizer change only in its last call, after the backward."""
+        return {"buffers": [b.detach().clone() for b in self.bare_model.buffers()], "rng": rng_state(self.device)}
+
+    def _restore_step_state(self, before: dict) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, saved in zip(self.bare_model.buffers(), before["buffers"]):
+                buffer.copy_(saved)
+        set_rng_state(before["rng"], self.device)
 
     def optimizer_step(self, loss: torch.Tensor) -> bool:
         """Backward, optimizer and schedule step; False when --on-nan skip-step dropped a non-finite loss."""
@@ -154,7 +181,7 @@ class Trainer:
 
 
 def compile_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
-    """torch.compile(model) with --compile; it compiles lazily, so failures surface in Trainer.forward."""
+    """torch.compile(model) with --compile; it compiles lazily, so failures surface in Trainer.train_step."""
     if not cfg.compile:
         return model
     try:
