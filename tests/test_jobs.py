@@ -85,6 +85,14 @@ def test_threads_beyond_the_cores_are_warned_in_one_line(monkeypatch):
 def test_a_busy_machine_is_noted_at_the_start(monkeypatch):
     from cifarlab.study.launch import load_note
 
+    monkeypatch.delenv("CIFARLAB_LOAD_NOTE")
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert load_note(2) is not None
+    monkeypatch.setenv("CIFARLAB_LOAD_NOTE", "0")
+    assert load_note(2) is None                                                # silenced
+    monkeypatch.delenv("CIFARLAB_LOAD_NOTE")
+
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (2.1, 1.0, 0.5))
     assert load_note(2) == ("cifarlab: note: load average 2.1 on 2 cores: other work is running; "
@@ -242,6 +250,7 @@ def test_sigterm_to_a_parallel_study_stops_its_workers_and_frees_their_folders(c
 def test_a_lone_train_on_a_busy_machine_says_so_first(cifar_mini, tmp_path, monkeypatch, capsys):
     from cifarlab.cli import main
 
+    monkeypatch.delenv("CIFARLAB_LOAD_NOTE")
     monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
     args = ["train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini), "--epochs", "1",
             "--limit-train", "100", "--no-tensorboard", "--out", str(tmp_path / "lone")]
