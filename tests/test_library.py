@@ -171,7 +171,7 @@ def test_a_switch_or_model_that_cannot_work_is_refused_in_one_line(project, args
     assert result.stderr.startswith(f"cifarlab: error: {line}") and result.stderr.count("\n") == 1
 
 
-def test_a_notebook_class_is_recorded_as_main_and_supplied_again(cifar_mini, tmp_path, monkeypatch):
+def test_a_notebook_class_is_recorded_as_main_and_supplied_again(cifar_sample, tmp_path, monkeypatch):
     from torch import nn
 
     class NotebookNet(nn.Module):
@@ -186,14 +186,13 @@ def test_a_notebook_class_is_recorded_as_main_and_supplied_again(cifar_mini, tmp
     # What a Jupyter cell does: the class lives in __main__.
     NotebookNet.__module__, NotebookNet.__qualname__ = "__main__", "NotebookNet"
     monkeypatch.setattr(sys.modules["__main__"], "NotebookNet", NotebookNet, raising=False)
-    run = cifarlab.train(NotebookNet, "cifar10", data_dir=cifar_mini, epochs=1, limit_train=500, quiet=True,
-                         out=tmp_path / "nb")
+    run = cifarlab.train(NotebookNet, "cifar10", data_dir=cifar_sample, epochs=1, quiet=True, out=tmp_path / "nb")
     assert run.config["model"] == "__main__:NotebookNet"
     monkeypatch.delattr(sys.modules["__main__"], "NotebookNet")   # a new kernel: the class is gone
     with pytest.raises(UsageError, match=r"defined in a notebook or script \(__main__\); pass the class again"):
         load_run(tmp_path / "nb").model()
     again = load_run(tmp_path / "nb", model=NotebookNet)
-    assert again.evaluate()["accuracy"] == pytest.approx(run.summary["final_test_acc"], abs=0.101)
+    assert again.evaluate()["accuracy"] == pytest.approx(run.summary["final_test_acc"], abs=1.01)  # 1 of 100 images
 
 
 @pytest.mark.slow

@@ -99,7 +99,8 @@ def confusion(labels, predicted, n=10):
 
 
 @pytest.mark.slow
-def test_evaluate_a_checkpoint_file_with_flip_tta_scores_each_image_with_its_mirror(two_runs, tmp_path, real_batch):
+def test_evaluate_a_checkpoint_file_with_flip_tta_scores_each_image_with_its_mirror(two_runs, tmp_path,
+                                                                                   real_batch_mini):
     root, _, _ = two_runs
     checkpoint = root / "plain" / "checkpoints" / "last.pt"
     result = run_cli("evaluate", str(checkpoint), "--tta", "flip", "--json", "--out", str(tmp_path / "ev"))
@@ -108,7 +109,7 @@ def test_evaluate_a_checkpoint_file_with_flip_tta_scores_each_image_with_its_mir
     assert ev["tta"] is True and json.loads((tmp_path / "ev" / "evaluation.json").read_text())["tta"] is True
 
     # The same weights, here: logits of each test image averaged with those of its mirror image.
-    x, y = real_batch(1000)
+    x, y = real_batch_mini(1000)
     x = x.contiguous(memory_format=torch.channels_last)                # as cifarlab evaluates
     model = load_run(root / "plain").model(checkpoint)
     cpu = torch.device("cpu")

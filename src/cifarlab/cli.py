@@ -50,8 +50,24 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="an extra keyword for your own model's factory (repeatable; VALUE as a Python literal)")
     add_train_flags(p)
+    _add_sample(p)
 
 
+SAMPLE_SCALE = 0.5    # reproduce --sample: about 2 minutes on 2 CPU cores
+SAMPLE_HELP = ("use the real CIFAR-10/100 sample shipped with cifarlab as --data-dir (200 train and 100 test "
+               "images each): offline, nothing is downloaded")
+
+
+def _add_sample(p: argparse.ArgumentParser, help: str = SAMPLE_HELP) -> None:
+    p.add_argument("--sample", action="store_true", help=help)
+
+
+def _use_sample(args, datasets: tuple[str | None, ...]) -> None:
+    """--sample: the shipped sample becomes --data-dir, and nothing is downloaded."""
+    if args.sample:
+        from cifarlab.sample import as_data_dir
+
+        args.data_dir, args.download = as_data_dir(args.data_dir, datasets), False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,8 +175,11 @@ def _add_study_commands(sub) -> None:
                                "A second invocation reuses finished runs.",
                                epilog="Example: cifarlab reproduce --data-dir ~/data --scale 0.1 --out runs/quick")
     reproduce.add_argument("--data-dir", help="dataset root (default $CIFARLAB_DATA or ~/.cache/cifarlab)")
-    reproduce.add_argument("--scale", type=float, default=1.0,
-                           help="multiply epochs and train-set size by F in (0, 1] for a quick pass (default 1)")
+    _add_sample(reproduce, "run the study offline on the real CIFAR-10/100 sample shipped with cifarlab (200 train "
+                f"and 100 test images each), at --scale {SAMPLE_SCALE:g} unless given: a first look in minutes")
+    reproduce.add_argument("--scale", type=float,
+                           help="multiply epochs and train-set size by F in (0, 1] for a quick pass (default 1; "
+                           f"{SAMPLE_SCALE:g} with --sample)")
     reproduce.add_argument("--tuned", action="store_true",
                            help="add our tuned recipes side by side (tuned-<model>[-<dataset>]; at full scale "
                            "the deeper-cnn and resnet18 ones take hours on a CPU)")
@@ -222,6 +241,7 @@ def _add_listing_commands(sub) -> None:
     data.add_argument("action", choices=("download", "verify", "info"))
     data.add_argument("--dataset", default="cifar10")
     data.add_argument("--data-dir")
+    _add_sample(data, "describe or verify the CIFAR-10/100 sample shipped with cifarlab")
 
 
 def _model_args(pairs: list[str] | None) -> dict | None:
@@ -247,6 +267,7 @@ def _train_config(args, default_recipe: bool = False):
 
     if args.model is None and args.recipe is None or args.dataset is None:
         raise UsageError(f"{args.command} needs --model and --dataset (see `cifarlab models`)")
+    _use_sample(args, (args.dataset,))
     overrides = {**given_settings(args), "model_args": _model_args(args.model_arg)}
     return train_config(overrides, args.recipe, default_recipe, note=lambda m: print(m, file=sys.stderr))
 
@@ -259,6 +280,7 @@ def _check_seeds(seeds: int) -> None:
 def _resume(args) -> None:
     from cifarlab.api import resume
 
+    _use_sample(args, ())
     # Everything given is passed on, so that resume_config() names a setting that may not change.
     changes = {**given_settings(args), "recipe": args.recipe, "model_arg": args.model_arg}
     if args.seeds != 1:
@@ -311,10 +333,17 @@ def cmd_ablate(args) -> int:
 def cmd_reproduce(args) -> int:
     from cifarlab.study.reproduce import reproduce
 
+    _use_sample(args, ())
+    if args.scale is None:
+        args.scale = SAMPLE_SCALE if args.sample else 1.0
     overrides = {k: getattr(args, k) for k in ("device", "download", "quiet") if getattr(args, k) is not None}
     result = reproduce(args.data_dir, args.scale, args.tuned, args.out, overrides, _launch(args))
     print(result, end="")
     print(f"report: {Path(result['folder']) / 'report.html'} (and report.md)")
+    if args.sample:
+        print("That was the shipped sample: 200 train images per dataset, too few for the article's accuracies. The "
+              "full study downloads CIFAR-10 and CIFAR-100 (340 MB) and takes hours on a CPU:\n"
+              "  cifarlab reproduce --out runs/reproduce")
     return 0
 
 
@@ -397,6 +426,7 @@ def cmd_recipes(args) -> int:
 def cmd_data(args) -> int:
     from cifarlab.data.sources import dataset_info, default_data_dir, load_dataset, missing_files
 
+    _use_sample(args, (args.dataset,))
     info = dataset_info(args.dataset)
     root = default_data_dir() if args.data_dir is None else Path(args.data_dir)
     if args.action == "info" and missing_files(info, root):
