@@ -331,7 +331,7 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from cifarlab.study.reproduce import reproduce
+    from cifarlab.study.reproduce import FULL_STUDY, reproduce
 
     _use_sample(args, ())
     if args.scale is None:
@@ -341,9 +341,8 @@ def cmd_reproduce(args) -> int:
     print(result, end="")
     print(f"report: {Path(result['folder']) / 'report.html'} (and report.md)")
     if args.sample:
-        print("That was the shipped sample: 200 train images per dataset, too few for the article's accuracies. The "
-              "full study downloads CIFAR-10 and CIFAR-100 (340 MB) and takes hours on a CPU:\n"
-              "  cifarlab reproduce --out runs/reproduce")
+        print("That was the shipped sample: 200 train images per dataset, far too few for the article's accuracies. "
+              f"The full study downloads CIFAR-10 and CIFAR-100 (340 MB) and takes hours on a CPU:\n  {FULL_STUDY}")
     return 0
 
 
