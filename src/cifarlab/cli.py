@@ -183,7 +183,8 @@ def _add_study_commands(sub) -> None:
     reproduce.add_argument("--tuned", action="store_true",
                            help="add our tuned recipes side by side (tuned-<model>[-<dataset>]; at full scale "
                            "the deeper-cnn and resnet18 ones take hours on a CPU)")
-    reproduce.add_argument("--out", default="runs/reproduce", help="study folder (default runs/reproduce)")
+    reproduce.add_argument("--out", help="study folder (default runs/reproduce; runs/reproduce-sample with --sample, "
+                           "so that the full study never meets the sample's runs)")
     _add_jobs(reproduce)
     reproduce.add_argument("--device", choices=DEVICES)
     reproduce.add_argument("--no-download", dest="download", action="store_const", const=False)
@@ -336,6 +337,7 @@ def cmd_reproduce(args) -> int:
     _use_sample(args, ())
     if args.scale is None:
         args.scale = SAMPLE_SCALE if args.sample else 1.0
+    args.out = args.out or ("runs/reproduce-sample" if args.sample else "runs/reproduce")
     overrides = {k: getattr(args, k) for k in ("device", "download", "quiet") if getattr(args, k) is not None}
     result = reproduce(args.data_dir, args.scale, args.tuned, args.out, overrides, _launch(args))
     print(result, end="")
