@@ -48,10 +48,10 @@ def test_basic_cnn_on_real_cifar_beats_chance_and_writes_the_run_folder(cifar_mi
 
 
 @pytest.mark.slow
-def test_same_seed_gives_the_same_metrics_on_cpu(cifar_mini, tmp_path):
+def test_same_seed_gives_the_same_metrics_on_cpu(cifar_sample, tmp_path):
     def run(name):
-        cfg = build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(cifar_mini), "epochs": 1,
-                            "limit_train": 1500, "augment": ["crop", "flip", "jitter", "cutout"], "quiet": True,
+        cfg = build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(cifar_sample), "epochs": 1,
+                            "augment": ["crop", "flip", "jitter", "cutout"], "quiet": True,
                             "out": str(tmp_path / name)})
         fit(cfg)
         rows = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
