@@ -133,8 +133,8 @@ def test_the_class_as_a_python_object_gives_the_cli_metrics(tiny_run, project, c
 
 
 @pytest.mark.slow
-def test_ablate_uses_the_dropout_switch_of_a_factory_and_skips_it_where_there_is_none(project, cifar_mini):
-    common = ["--dataset", "cifar10", "--data-dir", str(cifar_mini), "--epochs", "1", "--limit-train", "500",
+def test_ablate_uses_the_dropout_switch_of_a_factory_and_skips_it_where_there_is_none(project, cifar_sample):
+    common = ["--dataset", "cifar10", "--data-dir", str(cifar_sample), "--epochs", "1", "--limit-train", "100",
               "--seeds", "1", "--quiet"]
     result = run_cli("ablate", "--model", "mynet:TinyNet", "--without", "dropout", *common, "--out", "ab", cwd=project)
     assert result.returncode == 0, result.stderr
@@ -214,7 +214,7 @@ def test_a_module_in_a_run_folder_is_never_imported(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_plugin_package_adds_a_model_through_its_entry_point(tmp_path, cifar_mini):
+def test_a_plugin_package_adds_a_model_through_its_entry_point(tmp_path, cifar_sample):
     site = tmp_path / "site"
     (site / "plugnet").mkdir(parents=True)
     (site / "plugnet" / "__init__.py").write_text(textwrap.dedent('''
@@ -236,7 +236,7 @@ def test_a_plugin_package_adds_a_model_through_its_entry_point(tmp_path, cifar_m
     assert entry["params"] == 2 * 3072 + 3072 * 10 + 10                  # BatchNorm1d(3072) + Linear(3072, 10)
     assert entry["switches"] == ["batchnorm", "init"] and entry["description"] == "A plug-in linear model."
     result = run_cli("train", "--model", "plug-linear", "--no-batchnorm", "--dataset", "cifar10", "--data-dir",
-                     str(cifar_mini), "--epochs", "1", "--limit-train", "500", "--quiet", "--out",
+                     str(cifar_sample), "--epochs", "1", "--limit-train", "100", "--quiet", "--out",
                      str(tmp_path / "plug"), env=env)
     assert result.returncode == 0, result.stderr
     assert load_run(tmp_path / "plug").summary["params"] == 3072 * 10 + 10
