@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cifarlab", description="Train, compare and ablate image classifiers on MNIST, Fashion-MNIST, "
                      "CIFAR-10, CIFAR-100 and your own images (--dataset folder:PATH), with your own models "
                      "(--model module:factory).",
-                     epilog="Example: cifarlab train --model basic-cnn --dataset cifar10 --recipe article-basic-cnn")
+                     epilog="First run, offline: cifarlab reproduce --sample. Example: cifarlab train --model basic-cnn "
+                     "--dataset cifar10 --recipe article-basic-cnn")
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_train_and_ablate(sub)
@@ -173,7 +174,8 @@ def _add_study_commands(sub) -> None:
                                description="Run the article's study (basic-cnn, deeper-cnn, resnet18 on CIFAR-10/100) "
                                "with its recipes; writes one folder per run, reproduce.json, report.md and report.html. "
                                "A second invocation reuses finished runs.",
-                               epilog="Example: cifarlab reproduce --data-dir ~/data --scale 0.1 --out runs/quick")
+                               epilog="Examples: cifarlab reproduce --sample (offline, on the shipped sample); "
+                               "cifarlab reproduce --data-dir ~/data --scale 0.1 --out runs/quick")
     reproduce.add_argument("--data-dir", help="dataset root (default $CIFARLAB_DATA or ~/.cache/cifarlab)")
     _add_sample(reproduce, "run the study offline on the real CIFAR-10/100 sample shipped with cifarlab (200 train "
                 f"and 100 test images each), at --scale {SAMPLE_SCALE:g} unless given: a first look in minutes")
