@@ -101,3 +101,30 @@ def test_metrics_frame_is_a_dataframe_of_the_metrics_rows(cifar_sample, tmp_path
     assert isinstance(frame, pd.DataFrame) and frame["epoch"].tolist() == [1, 2]
     assert frame["test_acc"].tolist() == [row["test_acc"] for row in run.metrics]
     assert frame["test_acc"].iloc[-1] == run.summary["final_test_acc"]
+
+
+def test_reproduce_sample_defaults_to_half_scale_in_its_own_folder_and_ends_with_the_full_command(monkeypatch,
+                                                                                                  capsys):
+    from cifarlab.study import reproduce
+
+    asked = {}
+
+    class Result(dict):
+        def __str__(self):
+            return "TABLE\n"
+
+    def fake(data_dir, scale, tuned, out, overrides, launch):
+        asked.update(data_dir=data_dir, scale=scale, out=out, overrides=overrides)
+        return Result(folder=out)
+
+    monkeypatch.setattr(reproduce, "reproduce", fake)
+    assert main(["reproduce", "--sample"]) == 0
+    assert asked == {"data_dir": str(cifarlab.sample_dir()), "scale": 0.5, "out": "runs/reproduce-sample",
+                     "overrides": {"download": False}}
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["TABLE", "report: runs/reproduce-sample/report.html (and report.md)"]
+    assert lines[-1] == "  cifarlab reproduce --out runs/reproduce"
+    assert main(["reproduce", "--sample", "--scale", "1", "--out", "mine"]) == 0
+    assert (asked["scale"], asked["out"]) == (1.0, "mine")
+    assert main(["reproduce"]) == 0                     # without --sample: nothing changes
+    assert asked == {"data_dir": None, "scale": 1.0, "out": "runs/reproduce", "overrides": {}}
