@@ -53,7 +53,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     _add_sample(p)
 
 
-SAMPLE_SCALE = 0.5    # reproduce --sample: about 2 minutes on 2 CPU cores
+SAMPLE_SCALE = 0.5    # reproduce --sample: half the epochs on 100 images, a minute or two on 2 idle CPU cores
 SAMPLE_HELP = ("use the real CIFAR-10/100 sample shipped with cifarlab as --data-dir (200 train and 100 test "
                "images each): offline, nothing is downloaded")
 
