@@ -1,4 +1,11 @@
-"""Shared fixtures: synthetic files in the official formats, and the real cifar-mini data when present.
+"""Shared fixtures: synthetic files in the official formats, and real CIFAR images.
+
+Real images come in two sizes:
+- `cifar_sample`: the sample shipped inside the package (src/cifarlab/sample: 200 train and 100 test images
+  of CIFAR-10 and of CIFAR-100), always present, so these tests run on a fresh clone;
+- `cifar_mini`: a larger copy in the same layout (5 x 1,000 CIFAR-10 train and 1,000 test images; 5,000 and
+  1,000 of CIFAR-100), for the tests whose figures need more images. It is found through CIFARLAB_TEST_DATA;
+  without it, the project machines' copy beside the repository; where neither exists, those tests skip.
 
 Tests marked `slow` (real trainings in subprocesses, torchrun, reproduce, notebook, ONNX export...) are left
 out by `python3 -m pytest -q -m "not slow"`, the quick run for day-to-day work."""
@@ -22,16 +29,26 @@ import torch
 # The suite's own processes load the cores: the "load average" note would land in every output it checks.
 os.environ["CIFARLAB_LOAD_NOTE"] = "0"
 
-MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-mini"
+from cifarlab.sample import DATA_DIR as SAMPLE
+
+REPO = Path(__file__).resolve().parents[1]
+MINI = Path(os.environ.get("CIFARLAB_TEST_DATA") or REPO.parent / "shared" / "data" / "cifar-mini")
+
+
+@pytest.fixture(scope="session")
+def cifar_sample() -> Path:
+    """The real CIFAR-10/100 sample shipped with cifarlab, as a --data-dir: 200 train, 100 test images each."""
+    return SAMPLE
 
 
 @pytest.fixture(scope="session")
 def cifar_mini() -> Path:
-    """Real CIFAR images in the official layout (skips where ../shared is absent, as on a user's machine).
+    """The larger real data (CIFARLAB_TEST_DATA), for tests that need more images than the sample has; skips
+    where it is absent, as on a fresh clone.
 
     Session-scoped so that module fixtures (a run trained once per file) can take it too."""
     if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.skip("../shared/data/cifar-mini is not present")
+        pytest.skip(f"no larger test data in {MINI} (set CIFARLAB_TEST_DATA to a folder in the official layout)")
     return MINI
 
 
@@ -53,6 +70,14 @@ def cifar_mini_short_test(cifar_mini, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cifar10_sample(cifar_sample):
+    """The shipped sample's CIFAR-10 as cifarlab loads it (uint8 images, labels, classes, info)."""
+    from cifarlab.data.sources import load_dataset
+
+    return load_dataset("cifar10", cifar_sample, download_missing=False)
+
+
+@pytest.fixture(scope="session")
 def cifar10_mini(cifar_mini):
     """cifar-mini's CIFAR-10 as cifarlab loads it (uint8 images, labels, classes, info), read once per session."""
     from cifarlab.data.sources import load_dataset
@@ -60,17 +85,30 @@ def cifar10_mini(cifar_mini):
     return load_dataset("cifar10", cifar_mini, download_missing=False)
 
 
-@pytest.fixture(scope="session")
-def real_batch(cifar10_mini):
-    """real_batch(n, split="test") -> (x, y): the first n real CIFAR-10 images of a split, normalised
-    with the dataset's mean and std as cifarlab's loader does, and their labels."""
-    info = cifar10_mini.info
+def batches_of(dataset):
+    """first(n, split="test") -> (x, y): the first n real images of a split of `dataset`, normalised with its
+    mean and std as cifarlab's loader does, and their labels; n beyond the split is refused, never cut short."""
+    info = dataset.info
     mean, std = torch.tensor(info.mean).view(1, -1, 1, 1), torch.tensor(info.std).view(1, -1, 1, 1)
 
     def first(n: int, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
-        images = getattr(cifar10_mini, split)
+        images = getattr(dataset, split)
+        if n > len(images):
+            raise ValueError(f"{n} {split} images asked, this data has {len(images)}")
         return (images.images[:n].float() / 255 - mean) / std, images.labels[:n].long()
     return first
+
+
+@pytest.fixture(scope="session")
+def real_batch(cifar10_sample):
+    """real_batch(n, split="test"): up to 200 train or 100 test images of the shipped sample (see batches_of)."""
+    return batches_of(cifar10_sample)
+
+
+@pytest.fixture(scope="session")
+def real_batch_mini(cifar10_mini):
+    """real_batch_mini(n, split="test"): as real_batch, from the larger data (5,000 train, 1,000 test images)."""
+    return batches_of(cifar10_mini)
 
 
 # The keys of a metrics.jsonl row that measure time: two runs that train alike differ in these only.

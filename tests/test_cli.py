@@ -140,7 +140,31 @@ def test_resume_refuses_a_setting_and_names_every_flag_that_may_change(tmp_path)
     assert "checkpoints/last.pt: no such checkpoint" in allowed.stderr
 
 
-def test_export_flag_offers_exactly_the_formats_export_writes():
-    from cifarlab.export import FORMATS
+def test_export_flag_offers_exactly_the_formats_export_writes(tmp_path, monkeypatch):
+    """Each format `--format` offers reaches its own writer (none falls through to another's), named after it."""
+    import argparse
+    import types
 
-    assert EXPORT_FORMATS == FORMATS
+    import torch
+
+    from cifarlab import export, run
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    offered = next(a for a in commands["export"]._actions if a.dest == "format").choices
+    assert sorted(offered) == ["onnx", "safetensors", "torchscript"]
+    stub = types.SimpleNamespace(path=tmp_path, classes=["a", "b"], train_config=lambda: None,
+                                 model=lambda weights: torch.nn.Identity(),
+                                 dataset_info=lambda: types.SimpleNamespace(channels=3, size=8))
+    monkeypatch.setattr(run, "open_source", lambda source, model: (stub, None))
+    monkeypatch.setattr(export, "export_metadata", lambda cfg, info, classes: {})
+    called = []
+    for name in offered:
+        monkeypatch.setattr(export, f"export_{name}", lambda *a, name=name: called.append(name) or name)
+    monkeypatch.setattr(export, "onnx_max_abs_diff", lambda *a: 0.0)
+    monkeypatch.setattr(export, "torchscript_max_abs_diff", lambda *a: 0.0)
+    for name in offered:
+        called.clear()
+        done = export.export_run("RUN", name)
+        assert called == [name] and (done.format, done.exporter) == (name, name)
+        assert done.path == tmp_path / EXPORT_FORMATS[name]

@@ -35,9 +35,10 @@ def whitened(model, x):
     return f.T @ f / len(f)
 
 
-def test_whitening_stem_decorrelates_2x2_patches_of_real_images(real_batch):
-    train, _ = real_batch(2000, "train")
-    test, _ = real_batch(1000, "test")
+def test_whitening_stem_decorrelates_2x2_patches_of_real_images(real_batch_mini):
+    # The larger data: fitted on the sample's 200 images, held-out correlations reach 0.17.
+    train, _ = real_batch_mini(2000, "train")
+    test, _ = real_batch_mini(1000, "test")
     model = build_model("fast94", 10)
     model.init_from_data(train)
     cov = whitened(model, train)

@@ -59,13 +59,14 @@ def test_compiled_model_matches_eager_on_a_real_batch(real_batch):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
-def test_compile_falls_back_to_eager_when_compilation_fails(cifar_mini, tmp_path, monkeypatch, capsys):
+def test_compile_falls_back_to_eager_when_compilation_fails(cifar_sample, tmp_path, monkeypatch, capsys):
     class Broken(torch.nn.Module):
         def forward(self, x):
             raise RuntimeError("InductorError: no working C++ compiler found")
 
     monkeypatch.setattr(torch, "compile", lambda model: Broken())
-    common = {"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(cifar_mini), "epochs": 1, "limit_train": 512}
+    common = {"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(cifar_sample), "epochs": 1,
+              "limit_train": 128}
     compiled = fit(build_config({**common, "compile": True, "out": str(tmp_path / "c")}))
     assert "--compile is not available here (RuntimeError: InductorError: no working C++ compiler found); " \
            "training without it" in capsys.readouterr().err

@@ -133,8 +133,8 @@ def test_the_class_as_a_python_object_gives_the_cli_metrics(tiny_run, project, c
 
 
 @pytest.mark.slow
-def test_ablate_uses_the_dropout_switch_of_a_factory_and_skips_it_where_there_is_none(project, cifar_mini):
-    common = ["--dataset", "cifar10", "--data-dir", str(cifar_mini), "--epochs", "1", "--limit-train", "500",
+def test_ablate_uses_the_dropout_switch_of_a_factory_and_skips_it_where_there_is_none(project, cifar_sample):
+    common = ["--dataset", "cifar10", "--data-dir", str(cifar_sample), "--epochs", "1", "--limit-train", "100",
               "--seeds", "1", "--quiet"]
     result = run_cli("ablate", "--model", "mynet:TinyNet", "--without", "dropout", *common, "--out", "ab", cwd=project)
     assert result.returncode == 0, result.stderr
@@ -171,7 +171,7 @@ def test_a_switch_or_model_that_cannot_work_is_refused_in_one_line(project, args
     assert result.stderr.startswith(f"cifarlab: error: {line}") and result.stderr.count("\n") == 1
 
 
-def test_a_notebook_class_is_recorded_as_main_and_supplied_again(cifar_mini, tmp_path, monkeypatch):
+def test_a_notebook_class_is_recorded_as_main_and_supplied_again(cifar_sample, tmp_path, monkeypatch):
     from torch import nn
 
     class NotebookNet(nn.Module):
@@ -186,14 +186,13 @@ def test_a_notebook_class_is_recorded_as_main_and_supplied_again(cifar_mini, tmp
     # What a Jupyter cell does: the class lives in __main__.
     NotebookNet.__module__, NotebookNet.__qualname__ = "__main__", "NotebookNet"
     monkeypatch.setattr(sys.modules["__main__"], "NotebookNet", NotebookNet, raising=False)
-    run = cifarlab.train(NotebookNet, "cifar10", data_dir=cifar_mini, epochs=1, limit_train=500, quiet=True,
-                         out=tmp_path / "nb")
+    run = cifarlab.train(NotebookNet, "cifar10", data_dir=cifar_sample, epochs=1, quiet=True, out=tmp_path / "nb")
     assert run.config["model"] == "__main__:NotebookNet"
     monkeypatch.delattr(sys.modules["__main__"], "NotebookNet")   # a new kernel: the class is gone
     with pytest.raises(UsageError, match=r"defined in a notebook or script \(__main__\); pass the class again"):
         load_run(tmp_path / "nb").model()
     again = load_run(tmp_path / "nb", model=NotebookNet)
-    assert again.evaluate()["accuracy"] == pytest.approx(run.summary["final_test_acc"], abs=0.101)
+    assert again.evaluate()["accuracy"] == pytest.approx(run.summary["final_test_acc"], abs=1.01)  # 1 of 100 images
 
 
 @pytest.mark.slow
@@ -215,7 +214,7 @@ def test_a_module_in_a_run_folder_is_never_imported(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_plugin_package_adds_a_model_through_its_entry_point(tmp_path, cifar_mini):
+def test_a_plugin_package_adds_a_model_through_its_entry_point(tmp_path, cifar_sample):
     site = tmp_path / "site"
     (site / "plugnet").mkdir(parents=True)
     (site / "plugnet" / "__init__.py").write_text(textwrap.dedent('''
@@ -237,7 +236,7 @@ def test_a_plugin_package_adds_a_model_through_its_entry_point(tmp_path, cifar_m
     assert entry["params"] == 2 * 3072 + 3072 * 10 + 10                  # BatchNorm1d(3072) + Linear(3072, 10)
     assert entry["switches"] == ["batchnorm", "init"] and entry["description"] == "A plug-in linear model."
     result = run_cli("train", "--model", "plug-linear", "--no-batchnorm", "--dataset", "cifar10", "--data-dir",
-                     str(cifar_mini), "--epochs", "1", "--limit-train", "500", "--quiet", "--out",
+                     str(cifar_sample), "--epochs", "1", "--limit-train", "100", "--quiet", "--out",
                      str(tmp_path / "plug"), env=env)
     assert result.returncode == 0, result.stderr
     assert load_run(tmp_path / "plug").summary["params"] == 3072 * 10 + 10

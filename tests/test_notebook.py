@@ -1,4 +1,4 @@
-"""examples/quickstart.ipynb runs top to bottom in a real Jupyter kernel on cifar-mini, at a tiny budget."""
+"""examples/quickstart.ipynb runs top to bottom in a real Jupyter kernel on the shipped sample, at a tiny budget."""
 
 from pathlib import Path
 
@@ -9,7 +9,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 pytestmark = pytest.mark.slow          # a Jupyter kernel runs the whole notebook, trainings included
 
 
-def test_quickstart_notebook_runs_and_shows_its_tables_and_figures(cifar_mini, tmp_path, monkeypatch):
+def test_quickstart_notebook_runs_and_shows_its_tables_and_figures(cifar_sample, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
@@ -18,8 +18,8 @@ def test_quickstart_notebook_runs_and_shows_its_tables_and_figures(cifar_mini, t
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), \
         "commit the notebook without outputs"
     budget = next(cell for cell in notebook.cells if "BUDGET = dict(" in cell.source)
-    budget.source = budget.source.replace("BUDGET = dict(epochs=3)", "BUDGET = dict(epochs=1, limit_train=1000)")
-    monkeypatch.setenv("CIFARLAB_DATA", str(cifar_mini))
+    budget.source = budget.source.replace("BUDGET = dict(epochs=3)", "BUDGET = dict(epochs=1)")
+    monkeypatch.setenv("CIFARLAB_DATA", str(cifar_sample))
     monkeypatch.setenv("CIFARLAB_CACHE", str(tmp_path / "cache"))
     nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()

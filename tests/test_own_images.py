@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -13,28 +14,38 @@ from PIL import Image
 from cifarlab.data.sources import load_dataset
 from cifarlab.run import load_run
 
-from conftest import MINI, run_cli
+from conftest import run_cli
 
 PER_CLASS = {"train": 150, "test": 40}
 
 
-@pytest.fixture(scope="module")
-def png_folder(tmp_path_factory):
-    """cifar-mini written out as PNG files: PATH/train/<class>/*.png and PATH/test/<class>/*.png."""
-    if not (MINI / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.skip("../shared/data/cifar-mini is not present")
-    ds = load_dataset("cifar10", MINI, download_missing=False)
-    root = tmp_path_factory.mktemp("pets")
+def write_pngs(ds, root, per_class: dict) -> Path:
+    """A dataset's first images of each class written out as PNG files: ROOT/train/<class>/*.png, ROOT/test/..."""
     for split_name, split in (("train", ds.train), ("test", ds.test)):
         written = {}
         for image, label in zip(split.images, split.labels.tolist()):
             name = ds.classes[label]
-            if written.get(name, 0) < PER_CLASS[split_name]:
+            if written.get(name, 0) < per_class[split_name]:
                 folder = root / split_name / name
                 folder.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{written.get(name, 0):04d}.png")
                 written[name] = written.get(name, 0) + 1
     return root
+
+
+@pytest.fixture(scope="module")
+def png_folder(cifar_mini, tmp_path_factory):
+    """cifar-mini written out as PNG files (150 train, 40 test images per class): enough to beat chance clearly."""
+    return write_pngs(load_dataset("cifar10", cifar_mini, download_missing=False), tmp_path_factory.mktemp("pets"),
+                      PER_CLASS)
+
+
+@pytest.fixture(scope="module")
+def sample_png_folder(cifar_sample, tmp_path_factory):
+    """The shipped sample written out as PNG files (20 train, 10 test images per class): for what a folder's
+    structure does, not for accuracy."""
+    return write_pngs(load_dataset("cifar10", cifar_sample, download_missing=False),
+                      tmp_path_factory.mktemp("sample-pets"), {"train": 20, "test": 10})
 
 
 @pytest.fixture
@@ -101,8 +112,8 @@ def mix_sizes(root):
 
 @pytest.mark.parametrize("damage", [truncate_an_image, empty_a_class, add_a_test_only_class, remove_every_image,
                                     mix_sizes])
-def test_a_broken_folder_stops_with_one_line_naming_the_problem(png_folder, tmp_path, env, damage):
-    root = copy_of(png_folder, tmp_path)
+def test_a_broken_folder_stops_with_one_line_naming_the_problem(sample_png_folder, tmp_path, env, damage):
+    root = copy_of(sample_png_folder, tmp_path)
     named = damage(root)
     result = run_cli("train", "--model", "basic-cnn", "--dataset", f"folder:{root}", "--epochs", "1",
                      "--out", str(tmp_path / "run"), env=env)
@@ -112,12 +123,12 @@ def test_a_broken_folder_stops_with_one_line_naming_the_problem(png_folder, tmp_
     assert not (tmp_path / "run" / "config.json").exists()              # nothing trained
 
 
-def test_a_missing_folder_and_mixed_sizes_with_image_size(png_folder, tmp_path, env):
+def test_a_missing_folder_and_mixed_sizes_with_image_size(sample_png_folder, tmp_path, env):
     result = run_cli("train", "--model", "basic-cnn", "--dataset", f"folder:{tmp_path / 'nowhere'}", env=env)
     assert result.returncode == 2 and result.stderr == f"cifarlab: error: {tmp_path / 'nowhere'}: no such folder\n"
-    root = copy_of(png_folder, tmp_path)
+    root = copy_of(sample_png_folder, tmp_path)
     mix_sizes(root)
     result = run_cli("train", "--model", "basic-cnn", "--dataset", f"folder:{root}", "--image-size", "32",
-                     "--epochs", "1", "--limit-train", "300", "--quiet", "--out", str(tmp_path / "run"), env=env)
+                     "--epochs", "1", "--limit-train", "100", "--quiet", "--out", str(tmp_path / "run"), env=env)
     assert result.returncode == 0, result.stderr
     assert load_run(tmp_path / "run").dataset_info().size == 32

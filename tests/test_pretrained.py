@@ -61,9 +61,9 @@ def test_backbone_learns_slower_than_the_new_head():
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 11_173_962
 
 
-def test_missing_weights_offline_say_where_to_put_them(cifar_mini, tmp_path, monkeypatch):
+def test_missing_weights_offline_say_where_to_put_them(cifar_sample, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
-    result = run_cli("train", "--model", "resnet18-imagenet", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
+    result = run_cli("train", "--model", "resnet18-imagenet", "--dataset", "cifar10", "--data-dir", str(cifar_sample),
                      "--no-download", "--out", str(tmp_path / "run"), env={"TORCH_HOME": str(tmp_path / "empty"),
                                                                           **_env()})
     assert result.returncode == 2
@@ -74,11 +74,11 @@ def test_missing_weights_offline_say_where_to_put_them(cifar_mini, tmp_path, mon
 
 
 @pytest.mark.slow
-def test_fine_tuning_runs_from_a_local_weights_file(torch_home, tmp_path, cifar_mini_short_test):
+def test_fine_tuning_runs_from_a_local_weights_file(torch_home, tmp_path, cifar_sample):
     home, _ = torch_home
     out = tmp_path / "run"
     result = run_cli("train", "--model", "resnet18-imagenet", "--dataset", "cifar10", "--recipe",
-                     "pretrained-resnet18", "--data-dir", str(cifar_mini_short_test), "--limit-train", "128", "--epochs", "1",
+                     "pretrained-resnet18", "--data-dir", str(cifar_sample), "--limit-train", "128", "--epochs", "1",
                      "--no-download", "--quiet", "--out", str(out), env={**_env(), "TORCH_HOME": str(home)})
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())

@@ -138,8 +138,8 @@ def test_out_holding_a_run_points_to_resume_or_overwrite(cifar_mini, uninterrupt
     assert f"continue it with `cifarlab train --resume {uninterrupted}`" in result.stderr
 
 
-def test_diverging_run_stops_with_one_line_naming_epoch_and_step(cifar_mini, tmp_path):
-    result = run_cli("train", *RUN, "--data-dir", str(cifar_mini), "--out", str(tmp_path / "nan"),
+def test_diverging_run_stops_with_one_line_naming_epoch_and_step(cifar_sample, tmp_path):
+    result = run_cli("train", *RUN, "--data-dir", str(cifar_sample), "--out", str(tmp_path / "nan"),
                      "--optimizer", "sgd", "--lr", "1e30")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -162,23 +162,24 @@ def _nan_at(monkeypatch, call):
     monkeypatch.setattr(trainer.F, "cross_entropy", cross_entropy)
 
 
-def mini_config(data_dir, tmp_path, **kw):
+def sample_config(data_dir, tmp_path, **kw):
+    """Two epochs of 10 steps: the sample's 200 train images in batches of 20."""
     return build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(data_dir), "epochs": 2,
-                         "limit_train": 640, "batch_size": 64, "quiet": True, "out": str(tmp_path / "run"), **kw})
+                         "batch_size": 20, "quiet": True, "out": str(tmp_path / "run"), **kw})
 
 
-def test_nan_in_epoch_two_keeps_the_epoch_one_checkpoint(cifar_mini, tmp_path, monkeypatch):
+def test_nan_in_epoch_two_keeps_the_epoch_one_checkpoint(cifar_sample, tmp_path, monkeypatch):
     _nan_at(monkeypatch, 13)                                             # 10 steps per epoch: epoch 2, step 3
     with pytest.raises(Diverged, match="non-finite training loss at epoch 2, step 3"):
-        fit(mini_config(cifar_mini, tmp_path))
+        fit(sample_config(cifar_sample, tmp_path))
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["model"].values())
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_on_nan_skip_step_skips_the_bad_batch_and_finishes(cifar_mini, tmp_path, monkeypatch):
+def test_on_nan_skip_step_skips_the_bad_batch_and_finishes(cifar_sample, tmp_path, monkeypatch):
     _nan_at(monkeypatch, 13)
-    summary = fit(mini_config(cifar_mini, tmp_path, on_nan="skip-step"))
+    summary = fit(sample_config(cifar_sample, tmp_path, on_nan="skip-step"))
     assert summary["epochs"] == 2 and math.isfinite(summary["final_train_loss"])
     weights = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())

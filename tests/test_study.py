@@ -96,7 +96,8 @@ def confusion(labels, predicted, n=10):
 
 
 @pytest.mark.slow
-def test_evaluate_a_checkpoint_file_with_flip_tta_scores_each_image_with_its_mirror(two_runs, tmp_path, real_batch):
+def test_evaluate_a_checkpoint_file_with_flip_tta_scores_each_image_with_its_mirror(two_runs, tmp_path,
+                                                                                   real_batch_mini):
     root, _, _ = two_runs
     checkpoint = root / "plain" / "checkpoints" / "last.pt"
     result = run_cli("evaluate", str(checkpoint), "--tta", "flip", "--json", "--out", str(tmp_path / "ev"))
@@ -105,7 +106,7 @@ def test_evaluate_a_checkpoint_file_with_flip_tta_scores_each_image_with_its_mir
     assert ev["tta"] is True and json.loads((tmp_path / "ev" / "evaluation.json").read_text())["tta"] is True
 
     # The same weights, here: logits of each test image averaged with those of its mirror image.
-    x, y = real_batch(1000)
+    x, y = real_batch_mini(1000)
     x = x.contiguous(memory_format=torch.channels_last)                # as cifarlab evaluates
     model = load_run(root / "plain").model(checkpoint)
     cpu = torch.device("cpu")
@@ -126,9 +127,9 @@ def test_evaluate_val_split_of_a_run_without_one_is_refused(two_runs):
 
 
 @pytest.mark.slow
-def test_train_seeds_writes_mean_and_std_of_the_seed_runs(cifar_mini, tmp_path):
+def test_train_seeds_writes_mean_and_std_of_the_seed_runs(cifar_sample, tmp_path):
     out = tmp_path / "seeds"
-    summary = train(cifar_mini, out, "--recipe", "article-basic-cnn", "--epochs", "1", "--seeds", "2", "--seed", "3")
+    summary = train(cifar_sample, out, "--recipe", "article-basic-cnn", "--epochs", "1", "--seeds", "2", "--seed", "3")
     per_seed = [json.loads((out / f"seed-{s}" / "summary.json").read_text())["final_test_acc"] for s in (3, 4)]
     assert summary["seeds"] == [3, 4]
     assert summary["final_test_acc_per_seed"] == per_seed
@@ -191,12 +192,12 @@ def test_ablate_unknown_technique_lists_the_valid_ones(tmp_path):
 
 
 @pytest.mark.slow
-def test_tensorboard_event_files_are_written_when_installed(cifar_mini, tmp_path):
+def test_tensorboard_event_files_are_written_when_installed(cifar_sample, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "tb"
-    summary = train(cifar_mini, out, "--epochs", "2", "--limit-train", "500")
+    summary = train(cifar_sample, out, "--epochs", "2", "--limit-train", "100")
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     test_acc = [e.value for e in events.Scalars("accuracy/test_acc")]

@@ -4,6 +4,8 @@
     run = cifarlab.train("basic-cnn", "cifar10", recipe="article-basic-cnn")
     run.plot()
 
+    cifarlab.train("basic-cnn", "cifar10", data_dir=cifarlab.sample_dir(), epochs=2)   # offline: the shipped sample
+
 The names below load on first use, so `import cifarlab` (and `cifarlab --help`) stays fast.
 """
 
@@ -31,7 +33,7 @@ from cifarlab.errors import CifarlabError, UsageError  # noqa: E402  (no torch: 
 _API = {"train": "cifarlab.api", "resume": "cifarlab.api", "compare": "cifarlab.api", "ablate": "cifarlab.api",
         "reproduce": "cifarlab.api", "tune": "cifarlab.api",
         "load_run": "cifarlab.run", "Run": "cifarlab.run",
-        "register_model": "cifarlab.models", "TrainConfig": "cifarlab.config"}
+        "register_model": "cifarlab.models", "TrainConfig": "cifarlab.config", "sample_dir": "cifarlab.sample"}
 
 __all__ = ["CifarlabError", "UsageError", "__version__", *_API]
 

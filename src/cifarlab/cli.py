@@ -50,15 +50,32 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="an extra keyword for your own model's factory (repeatable; VALUE as a Python literal)")
     add_train_flags(p)
+    _add_sample(p)
 
 
+SAMPLE_SCALE = 0.5    # reproduce --sample: half the epochs on 100 images, a minute or two on 2 idle CPU cores
+SAMPLE_HELP = ("use the real CIFAR-10/100 sample shipped with cifarlab as --data-dir (200 train and 100 test "
+               "images each): offline, nothing is downloaded")
+
+
+def _add_sample(p: argparse.ArgumentParser, help: str = SAMPLE_HELP) -> None:
+    p.add_argument("--sample", action="store_true", help=help)
+
+
+def _use_sample(args, datasets: tuple[str | None, ...]) -> None:
+    """--sample: the shipped sample becomes --data-dir, and nothing is downloaded."""
+    if args.sample:
+        from cifarlab.sample import as_data_dir
+
+        args.data_dir, args.download = as_data_dir(args.data_dir, datasets), False
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cifarlab", description="Train, compare and ablate image classifiers on MNIST, Fashion-MNIST, "
                      "CIFAR-10, CIFAR-100 and your own images (--dataset folder:PATH), with your own models "
                      "(--model module:factory).",
-                     epilog="Example: cifarlab train --model basic-cnn --dataset cifar10 --recipe article-basic-cnn")
+                     epilog="First run, offline: cifarlab reproduce --sample. Example: cifarlab train --model basic-cnn "
+                     "--dataset cifar10 --recipe article-basic-cnn")
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_train_and_ablate(sub)
@@ -162,14 +179,19 @@ def _add_study_commands(sub) -> None:
                                description="Run the article's study (basic-cnn, deeper-cnn, resnet18 on CIFAR-10/100) "
                                "with its recipes; writes one folder per run, reproduce.json, report.md and report.html. "
                                "A second invocation reuses finished runs.",
-                               epilog="Example: cifarlab reproduce --data-dir ~/data --scale 0.1 --out runs/quick")
+                               epilog="Examples: cifarlab reproduce --sample (offline, on the shipped sample); "
+                               "cifarlab reproduce --data-dir ~/data --scale 0.1 --out runs/quick")
     reproduce.add_argument("--data-dir", help="dataset root (default $CIFARLAB_DATA or ~/.cache/cifarlab)")
-    reproduce.add_argument("--scale", type=float, default=1.0,
-                           help="multiply epochs and train-set size by F in (0, 1] for a quick pass (default 1)")
+    _add_sample(reproduce, "run the study offline on the real CIFAR-10/100 sample shipped with cifarlab (200 train "
+                f"and 100 test images each), at --scale {SAMPLE_SCALE:g} unless given: a first look in minutes")
+    reproduce.add_argument("--scale", type=float,
+                           help="multiply epochs and train-set size by F in (0, 1] for a quick pass (default 1; "
+                           f"{SAMPLE_SCALE:g} with --sample)")
     reproduce.add_argument("--tuned", action="store_true",
                            help="add our tuned recipes side by side (tuned-<model>[-<dataset>]; at full scale "
                            "the deeper-cnn and resnet18 ones take hours on a CPU)")
-    reproduce.add_argument("--out", default="runs/reproduce", help="study folder (default runs/reproduce)")
+    reproduce.add_argument("--out", help="study folder (default runs/reproduce; runs/reproduce-sample with --sample, "
+                           "so that the full study never meets the sample's runs)")
     _add_jobs(reproduce)
     reproduce.add_argument("--device", choices=DEVICES)
     reproduce.add_argument("--no-download", dest="download", action="store_const", const=False)
@@ -230,6 +252,7 @@ def _add_listing_commands(sub) -> None:
     data.add_argument("--image-size", type=int, metavar="N", help="as in train: describe the images resized to NxN")
     data.add_argument("--channels", type=int, choices=(1, 3), help="as in train: describe them with 1 or 3 channels")
     data.add_argument("--json", action="store_true", help="print the facts as JSON")
+    _add_sample(data, "describe or verify the CIFAR-10/100 sample shipped with cifarlab")
 
 
 def _model_args(pairs: list[str] | None) -> dict | None:
@@ -255,6 +278,7 @@ def _train_config(args, default_recipe: bool = False):
 
     if args.model is None and args.recipe is None or args.dataset is None:
         raise UsageError(f"{args.command} needs --model and --dataset (see `cifarlab models`)")
+    _use_sample(args, (args.dataset,))
     overrides = {**given_settings(args), "model_args": _model_args(args.model_arg)}
     return train_config(overrides, args.recipe, default_recipe, note=lambda m: print(m, file=sys.stderr))
 
@@ -267,6 +291,7 @@ def _check_seeds(seeds: int) -> None:
 def _resume(args) -> None:
     from cifarlab.api import resume
 
+    _use_sample(args, ())
     # Everything given is passed on, so that resume_config() names a setting that may not change.
     changes = {**given_settings(args), "recipe": args.recipe, "model_arg": args.model_arg}
     if args.seeds != 1:
@@ -319,12 +344,19 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from cifarlab.study.reproduce import reproduce
+    from cifarlab.study.reproduce import FULL_STUDY, reproduce
 
+    _use_sample(args, ())
+    if args.scale is None:
+        args.scale = SAMPLE_SCALE if args.sample else 1.0
+    args.out = args.out or ("runs/reproduce-sample" if args.sample else "runs/reproduce")
     overrides = {k: getattr(args, k) for k in ("device", "download", "quiet") if getattr(args, k) is not None}
     result = reproduce(args.data_dir, args.scale, args.tuned, args.out, overrides, _launch(args))
     print(result, end="")
     print(f"report: {Path(result['folder']) / 'report.html'} (and report.md)")
+    if args.sample:
+        print("That was the shipped sample: 200 train images per dataset, far too few for the article's accuracies. "
+              f"The full study downloads CIFAR-10 and CIFAR-100 (340 MB) and takes hours on a CPU:\n  {FULL_STUDY}")
     return 0
 
 
@@ -408,6 +440,7 @@ def cmd_recipes(args) -> int:
 def cmd_data(args) -> int:
     from cifarlab.data.describe import describe_dataset, format_description
 
+    _use_sample(args, (args.dataset,))
     facts = describe_dataset(args.dataset, args.data_dir, args.image_size, args.channels,
                              download_missing=args.action == "download", verify=args.action == "verify")
     if args.json:

@@ -217,7 +217,7 @@ def write_report(out: Path, jobs: list[Job], runs: dict[str, Run], evaluations: 
         f"Scale {scale:g}: " + ("full epochs and train set." if scale >= 1 else
                                f"{scale:g} x the epochs and train images (a quick pass; not comparable in "
                                "absolute terms with the article's full runs).")
-        + f" Data: {result['data_dir'] or 'default data folder'}. Wall time {result['wall_time_s']:.0f} s.")
+        + f" Data: {data_text(result['data_dir'])}. Wall time {result['wall_time_s']:.0f} s.")
     curves = plots.curves({key: runs[key].rows for key in labels}, figures / "all_curves.png", "All runs")
     report.section("Results beside the article").pre(results_table(jobs, runs)).image(
         bars, "Final test accuracy per run, ours beside the article's figures").image(
@@ -226,6 +226,20 @@ def write_report(out: Path, jobs: list[Job], runs: dict[str, Run], evaluations: 
     for job in jobs:
         run_section(report, job, runs[job.key], evaluations[job.key], figures)
     report.write(out)
+
+
+FULL_STUDY = "cifarlab reproduce --out runs/reproduce"
+
+
+def data_text(data_dir: str | None) -> str:
+    """Where the data came from, in the report's words: the shipped sample is named as what it is."""
+    from cifarlab import sample
+
+    if data_dir and Path(data_dir).resolve() == sample.DATA_DIR:
+        return (f"the sample shipped with cifarlab ({sample.TRAIN_IMAGES} train and {sample.TEST_IMAGES} test images "
+                f"per dataset: a first look, far too few for the article's accuracies; `{FULL_STUDY}` runs the full "
+                "study)")
+    return data_dir or "default data folder"
 
 
 def comparisons_section(report: Report, jobs: list[Job], runs: dict[str, Run]) -> None:
