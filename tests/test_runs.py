@@ -123,7 +123,7 @@ def test_overwrite_leaves_nothing_of_the_old_run_even_if_the_new_one_dies_before
 
     def dies(*args, **kwargs):
         raise RuntimeError("the new run dies before its first save")
-    monkeypatch.setattr(engine, "build_run_model", dies)
+    monkeypatch.setattr(engine, "make_loaders", dies)          # after the folder is replaced, before any save
     with pytest.raises(RuntimeError):
         engine.fit(dataclasses.replace(cfg, overwrite=True, lr=0.05))
     folder = tmp_path / "full" / "seed-0"

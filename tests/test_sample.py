@@ -59,8 +59,9 @@ def test_build_sample_rebuilds_the_shipped_files_byte_for_byte(cifar_mini, tmp_p
 def test_data_verify_sample_reads_the_shipped_files(capsys):
     assert main(["data", "verify", "--sample", "--dataset", "cifar100"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"CIFAR-100 in {cifarlab.sample_dir() / 'cifar-100-python'}: 200 train, 100 test, "
-                          "100 classes")
+    assert out.startswith(f"cifar100 (CIFAR-100) in {cifarlab.sample_dir() / 'cifar-100-python'}\n  100 classes: "
+                          "apple, aquarium_fish,")
+    assert "  train: 200 images (2 to 2 per class)\n  test: 100 images (1 to 1 per class)\n" in out
 
 
 @pytest.mark.parametrize("args,line", [

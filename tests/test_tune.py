@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cifarlab.config import build_config
+from cifarlab.config import build_config, config_from_dict
 from cifarlab.errors import UsageError
 from cifarlab.study.tune import load_space
 from conftest import render_in_chromium, run_cli
@@ -149,13 +149,16 @@ def test_the_best_recipe_holds_every_fixed_setting_and_the_confirmation_trains_f
     out, result = tuned
     recipe = (out / "best-recipe.toml").read_text()
     assert 'optimizer = "sgd"' in recipe and "momentum = 0.8" in recipe and "nesterov = true" in recipe
-    best = json.loads((Path(result["best"]["run"]) / "config.json").read_text())
+    recorded = json.loads((Path(result["best"]["run"]) / "config.json").read_text())
+    best = config_from_dict(recorded).to_dict()    # what the trial trained with (a switch it lacks, null, as default)
     assert best["optimizer"] == "sgd" and best["lr"] == 0.01
     # training from the file gives the best trial's settings, every one a recipe holds
     from_file = build_config({"model": "basic-cnn", "dataset": "cifar10"}, str(result.recipe)).to_dict()
     assert {k: from_file[k] for k in RECIPE_FIELDS} == {k: best[k] for k in RECIPE_FIELDS}
     # and the confirmation was trained from that file: the same settings on the whole train split
     confirmed = json.loads((Path(result["confirm"]["folder"]) / "config.json").read_text())
+    assert confirmed["recipe"] == str(result.recipe)
+    confirmed = config_from_dict(confirmed).to_dict()
     assert confirmed["recipe"] == str(result.recipe)
     assert {k: confirmed[k] for k in RECIPE_FIELDS} == {**{k: best[k] for k in RECIPE_FIELDS}, "val_size": 0}
     assert confirmed["test"] is True and best["test"] is False
