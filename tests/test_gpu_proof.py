@@ -1,5 +1,5 @@
-"""benchmarks/gpu_proof.sh and gpu_proof.py: the whole device proof rehearsed on the CPU (--dry-run), its
-flags, the airbench output it reads and the report of a run whose parts did not all end well."""
+"""benchmarks/gpu_proof.sh, gpu_proof.py and its parts (gpu_*.py): the whole device proof rehearsed on the CPU
+(--dry-run), its flags, the airbench output it reads and the report of a run whose parts did not all end well."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_proof.sh"
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu_airbench  # noqa: E402
+import gpu_correctness  # noqa: E402
 import gpu_proof  # noqa: E402
+import gpu_report  # noqa: E402
 
 PARTS = ("env", "data", "correctness", "throughput", "fast94", "airbench", "reproduce")
 
@@ -99,30 +102,30 @@ def test_the_correctness_verdict_fails_a_path_that_disagrees():
     """What the rehearsal cannot show on one CPU, shown on rows: a device whose numbers differ is NOT OK."""
     good = {"fp32": {"loss": 2.0, "loss_rel_diff": 0.0, "grad_rel_err": 0.0}, "bf16": {"loss": 2.01,
             "loss_rel_diff": 0.005}, "fp16": {"skipped": "left out"}, "compiled": {"loss": 2.0, "loss_rel_diff": 0.0}}
-    assert gpu_proof.verdict(good)
+    assert gpu_correctness.verdict(good)
     for label, path in (("fp32", {**good["fp32"], "grad_rel_err": 0.05}),
                         ("fp32", {**good["fp32"], "loss_rel_diff": 0.01}),
                         ("bf16", {**good["bf16"], "loss_rel_diff": 0.05}), ("bf16", {**good["bf16"], "loss": math.nan}),
                         ("fp16", {"failed": "fp16 autocast on cuda: RuntimeError"}),
                         ("compiled", {"failed": "torch.compile(backend='inductor'): CppCompileError"})):
-        assert not gpu_proof.verdict({**good, label: path}), (label, path)
+        assert not gpu_correctness.verdict({**good, label: path}), (label, path)
 
 
 def test_each_correctness_path_is_measured_with_tf32_as_training_sets_it(real_batch, monkeypatch):
     """Training turns TF32 on for bf16 and fp16 and off for fp32: the proof measures those paths, not others."""
     seen = []
-    measure = gpu_proof.loss_and_grad
+    measure = gpu_correctness.loss_and_grad
 
     def spy(model, x, y, dtype=None):
         seen.append((None if dtype is None else str(dtype).split(".")[-1], torch.backends.cuda.matmul.allow_tf32,
                      torch.backends.cudnn.allow_tf32))
         return measure(model, x, y, dtype)
 
-    monkeypatch.setattr(gpu_proof, "loss_and_grad", spy)
+    monkeypatch.setattr(gpu_correctness, "loss_and_grad", spy)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)  # put back
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
     x, y = real_batch(4)
-    row = gpu_proof.check_model("basic-cnn", x, y, "cpu", "eager", ["bf16", "fp16"])
+    row = gpu_correctness.check_model("basic-cnn", x, y, "cpu", "eager", ["bf16", "fp16"])
     # the CPU reference, the device's fp32, bf16, fp16 (skipped or run), then compiled
     assert seen[1] == (None, False, False) and seen[2] == ("bfloat16", True, True)
     assert seen[3] == ("float16", True, True) and seen[-1] == (None, False, False)
@@ -170,8 +173,8 @@ def test_the_dry_run_report_shows_every_part_with_its_numbers(dry_run):
                "fast94": f"{part(out, 'fast94')['runs'][0]['final_test_acc']:.2f}", "airbench": "62.01",
                "reproduce": f"{part(out, 'reproduce')['runs'][0]['article_test_acc']:.2f}"}
     for name, number in numbers.items():
-        assert html.escape(gpu_proof.TITLES[name]) in page and number in page, name
-        assert gpu_proof.TITLES[name] in summary and number in summary, name
+        assert html.escape(gpu_report.TITLES[name]) in page and number in page, name
+        assert gpu_report.TITLES[name] in summary and number in summary, name
 
 
 def test_a_bad_flag_is_one_line_on_stderr_and_exit_status_2(tmp_path):
@@ -194,8 +197,8 @@ def test_airbench_muon_output_gives_each_run_but_the_warmup():
              "|       0  |      0  |     0.5000  |   0.6000  |               |        0.3000  |",
              "|          |   eval  |     0.9000  |   0.9390  |       0.9412  |        2.6100  |", "-" * len(header),
              "|       1  |      0  |     0.5000  |   0.6000  |               |        0.3000  |"]   # cut off here
-    assert gpu_proof.parse_airbench("\n".join(lines)) == [{"run": "0", "tta_val_acc": 0.9412, "time_s": 2.61}]
-    assert gpu_proof.parse_airbench("Traceback (most recent call last):\n  ...") == []
+    assert gpu_airbench.parse_airbench("\n".join(lines)) == [{"run": "0", "tta_val_acc": 0.9412, "time_s": 2.61}]
+    assert gpu_airbench.parse_airbench("Traceback (most recent call last):\n  ...") == []
 
 
 def test_the_report_says_which_parts_did_not_run_timed_out_or_failed(tmp_path):
