@@ -50,6 +50,11 @@ PARTS = {"env": part_env, "data": part_data, "correctness": part_correctness, "t
          "fast94": part_fast94, "airbench": part_airbench, "reproduce": part_reproduce}
 
 
+def help_of(function) -> str:
+    """A part's docstring as its --help line; argparse reads % as a format, and the docstrings say "94%"."""
+    return function.__doc__.replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="part", required=True)
@@ -59,39 +64,39 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default="cuda", help="cuda, or cpu for the dry run")
     data = argparse.ArgumentParser(add_help=False, parents=[common])
     data.add_argument("--data-dir", required=True, help="CIFAR root in the official layout")
-    sub.add_parser("env", parents=[common], help=part_env.__doc__)
-    p = sub.add_parser("data", parents=[data], help=part_data.__doc__)
+    sub.add_parser("env", parents=[common], help=help_of(part_env))
+    p = sub.add_parser("data", parents=[data], help=help_of(part_data))
     p.add_argument("--pack", help="chunk folders to unpack into --data-dir")
     p.add_argument("--copy-from", help="a CIFAR root to copy a few images of every file from (dry run)")
     p.add_argument("--images", type=int, default=100, help="with --copy-from: images per file (default 100)")
-    p = sub.add_parser("correctness", parents=[data], help=part_correctness.__doc__)
+    p = sub.add_parser("correctness", parents=[data], help=help_of(part_correctness))
     p.add_argument("--images", type=int, default=64, help="test images in the batch (default 64)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (dry run: eager)")
     p.add_argument("--autocast", default="bf16,fp16", help="autocast dtypes to check (default bf16,fp16)")
-    p = sub.add_parser("throughput", parents=[data], help=part_throughput.__doc__)
+    p = sub.add_parser("throughput", parents=[data], help=help_of(part_throughput))
     p.add_argument("--precision", default="bf16")
     p.add_argument("--models", default="", help="comma list (default: every model that needs no download)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager only")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--limit-train", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=256)
-    p = sub.add_parser("fast94", parents=[data], help=part_fast94.__doc__)
+    p = sub.add_parser("fast94", parents=[data], help=help_of(part_fast94))
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (default eager)")
     p.add_argument("--epochs", type=int, help="instead of the recipe's 10 (dry run)")
     p.add_argument("--limit-train", type=int, help="train on N images (dry run)")
-    p = sub.add_parser("airbench", parents=[data], help=part_airbench.__doc__)
+    p = sub.add_parser("airbench", parents=[data], help=help_of(part_airbench))
     p.add_argument("--airbench", required=True, help="a checkout of KellerJordan/cifar10-airbench")
     p.add_argument("--script", help=f"its file to run (default: the first of {', '.join(AIRBENCH_SCRIPTS)})")
     p.add_argument("--work", required=True, help="its working folder (cifar10/*.pt are written there)")
     p.add_argument("--log", required=True)
     p.add_argument("--grace-s", type=float, default=10.0, help="from SIGTERM to SIGKILL")
-    p = sub.add_parser("reproduce", parents=[data], help=part_reproduce.__doc__)
+    p = sub.add_parser("reproduce", parents=[data], help=help_of(part_reproduce))
     p.add_argument("--study", required=True, help="the study folder (kept between calls)")
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--log", required=True)
     p.add_argument("--grace-s", type=float, default=20.0, help="from SIGTERM (checkpoint, exit) to SIGKILL")
-    p = sub.add_parser("report", help=write_report.__doc__)
+    p = sub.add_parser("report", help=help_of(write_report))
     p.add_argument("--out", required=True, help="the results folder")
     return parser
 
