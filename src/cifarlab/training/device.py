@@ -51,8 +51,8 @@ def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
     """True where the CPU has bf16 instructions (AVX512-BF16 / AMX) and oneDNN uses them.
 
     oneDNN alone is not enough: it reports bf16 support on any AVX-512 CPU, where bf16 is emulated
-    and 3-4x *slower* than fp32 (measured on a Xeon whose hypervisor hides AMX: basic-cnn 132-345 vs
-    520-706 images/s). So the CPU's own flags must list a bf16 instruction too.
+    and *slower* than fp32 (measured on CPUs without AVX512-BF16 and AMX: BENCHMARKS.md, "Figures
+    behind choices in the code"). So the CPU's own flags must list a bf16 instruction too.
     """
     try:
         onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -46,8 +46,9 @@ def _param_groups(model: nn.Module, weight_decay: float, lr: float, backbone_lr_
 
 
 def _fused(model: nn.Module) -> dict:
-    # One fused kernel per step instead of ~8 elementwise passes per tensor: the optimizer
-    # was ~15% of a basic-cnn step on a 2-core CPU. Fused kernels exist for CPU and CUDA.
+    # One fused kernel per step instead of ~8 elementwise passes per tensor: unfused, the optimizer
+    # is a real share of a small model's step on a CPU (measured: BENCHMARKS.md, "Figures behind
+    # choices in the code"). Fused kernels exist for CPU and CUDA.
     device = next(model.parameters()).device.type
     return {"fused": True} if device in ("cpu", "cuda") else {}
 
