@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -359,6 +360,7 @@ def test_tune_jobs_runs_trials_in_parallel_processes_of_one_study(cifar_mini, tm
 
 class SleepingWorker:
     """Stands in for a study's worker process: one that would run for minutes unless ended."""
+    own_cpus = None
 
     def __init__(self):
         import subprocess
@@ -380,7 +382,7 @@ def test_a_failing_parent_ends_its_workers_and_starts_no_more_than_trials_left(c
     from cifarlab.study.runs import Launch
     started = []
 
-    def start_workers(launch, args, out):
+    def start_workers(launch, args, out, threads=None):
         started.append((launch.jobs, SleepingWorker()))
         return started[-1][1]
 
@@ -416,14 +418,17 @@ def test_main_with_jobs_from_python_runs_at_most_one_process_per_trial(cifar_min
 
     from cifarlab.cli import main
     out = tmp_path / "jobs"
-    threads = torch.get_num_threads()
-    try:
-        code = main(["tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
-                     "--epochs", "1", "--limit-train", "300", "--eval-batch-size", "500", "--precision", "fp32",
-                     "--trials", "2", "--jobs", "4", "--confirm-seeds", "0", "--out", str(out), "--quiet"])
-    finally:
-        torch.set_num_threads(threads)                   # --jobs set this process's share of the cores
+    threads, cpus = torch.get_num_threads(), os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    code = main(["tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
+                 "--epochs", "1", "--limit-train", "300", "--eval-batch-size", "500", "--precision", "fp32",
+                 "--trials", "2", "--jobs", "4", "--confirm-seeds", "0", "--out", str(out), "--quiet"])
     assert code == 0
+    # this process is as it was (its trials trained with the recorded count, on its share, then let go)
+    assert torch.get_num_threads() == threads
+    assert cpus is None or os.sched_getaffinity(0) == cpus
+    per_run = max(1, len(cpus or range(os.cpu_count())) // 2)
+    for trial in (out / "trials").iterdir():
+        assert json.loads((trial / "config.json").read_text())["threads"] == per_run   # 2 trials, 2 processes
     saved = json.loads((out / "tune.json").read_text())
     assert saved["counts"]["complete"] + saved["counts"]["pruned"] >= 2
     assert [log.name for log in (out / "workers").glob("*.log")] == ["worker-1.log"]     # 2 trials: 2 processes

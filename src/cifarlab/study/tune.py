@@ -20,7 +20,6 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,9 +30,11 @@ except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
 from cifarlab.config import FIELD_TYPES, TrainConfig, config_from_dict, validate
-from cifarlab.errors import CifarlabError, Diverged, Interrupted, UsageError
+from cifarlab.errors import Diverged, Interrupted, UsageError
 from cifarlab.run import atomic_write_json
+from cifarlab.study.launch import with_threads
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out
+from cifarlab.study.tune_workers import Workers, check_importable, pinned, start_workers
 
 # The default search space: the knobs that matter for a small CNN, and augmentation strength.
 DEFAULT_SPACE = {
@@ -150,18 +151,22 @@ def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, out=str(out))
     storage = storage or f"sqlite:///{(out / 'tune.db').resolve()}"
+    if launch.parallel:
+        check_importable(model, launch)
+        cfg = with_threads(cfg, launch)    # every trial, here or in a worker, trains with (and records) this count
     study = join_study(optuna, study_name or f"{cfg.model}-{cfg.dataset}", storage, cfg, space)
     remaining = trials - len(counted(study, optuna))
     workers = Workers()
     try:
         if remaining > 0 and launch.parallel:
             # never more workers than trials left: an idle one would only find the study done
+            launch = dataclasses.replace(launch, jobs=min(launch.jobs, remaining))
             atomic_write_json(out / WORKER_FILE, {"config": cfg.to_dict(), "space": space, "trials": trials})
-            workers = start_workers(dataclasses.replace(launch, jobs=min(launch.jobs, remaining)),
-                                    ["tune", "--worker-of", str(out / WORKER_FILE), "--storage", storage,
-                                     "--study", study.study_name], out)
+            workers = start_workers(launch, ["tune", "--worker-of", str(out / WORKER_FILE), "--storage", storage,
+                                             "--study", study.study_name], out, cfg.threads)
         if not launch.ray and remaining > 0:
-            run_trials(study, cfg, space, trials, optuna, model)
+            with pinned(workers.own_cpus):
+                run_trials(study, cfg, space, trials, optuna, model)
         workers.wait()
     finally:
         workers.stop()             # the parent failed or was stopped: its workers must not go on unseen
@@ -247,62 +252,6 @@ def optimize(study, objective, enough) -> None:
         study.optimize(checked, callbacks=[stopping])
     if stop.signum is not None:
         raise stopped()
-
-
-class Workers:
-    """The other processes of a parallel study: started with it, waited for before the summary, or ended."""
-
-    def __init__(self, processes: list | None = None, ray_codes=None, logs: list[Path] | None = None):
-        self.processes, self.ray_codes, self.logs = processes or [], ray_codes, logs or []
-
-    def wait(self) -> None:
-        from cifarlab.study.launch import exit_code
-
-        codes = [exit_code(p.wait()) for p in self.processes] + (self.ray_codes() if self.ray_codes else [])
-        failed = [i for i, code in enumerate(codes) if code != 0]
-        if failed:
-            where = f"; see {self.logs[failed[0]]}" if failed[0] < len(self.logs) else ""
-            raise CifarlabError(f"{len(failed)} of {len(codes)} tune workers failed{where}")
-
-    def stop(self) -> None:
-        """End the workers still running (the parent failed: they must not train on, unseen); SIGTERM lets a
-        trial save and end as failed. Ray tasks are left to Ray."""
-        running = [p for p in self.processes if p.poll() is None]
-        for p in running:
-            p.terminate()
-        for p in running:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def start_workers(launch: Launch, args: list[str], out: Path) -> Workers:
-    """`cifarlab ARGS` in jobs-1 more processes here, or in `jobs` Ray tasks; each worker's output goes to
-    OUT/workers/worker-K.log. Here the launcher places them: cores/N threads each, worker K pinned to the K-th
-    share of the cores and given the K-th GPU (this process keeps the first share's thread count)."""
-    if not launch.parallel:
-        return Workers()
-    command = [sys.executable, "-m", "cifarlab", *args]
-    if launch.ray:
-        from cifarlab.study.cluster import run_commands_on_ray
-        return Workers(ray_codes=run_commands_on_ray([command] * launch.jobs, launch.ray, launch.ray_cpus, out))
-    from cifarlab.study.launch import environment, slots, start_process, threads_per_run
-
-    threads = threads_per_run(launch.jobs)
-    import torch
-    torch.set_num_threads(threads)
-    (out / "workers").mkdir(parents=True, exist_ok=True)
-    places = slots(launch.jobs)
-    logs = [out / "workers" / f"worker-{k}.log" for k in range(1, launch.jobs)]
-    processes = []
-    for slot, log in zip(places[1:], logs):
-        with open(log, "a") as sink:       # the worker holds its own copy of the descriptor
-            # in this process group, as before: a terminal's Ctrl-C reaches every tune process at once
-            processes.append(start_process(command, environment(slot, threads), slot.cpus, own_session=False,
-                                           stdout=sink, stderr=subprocess.STDOUT))
-    return Workers(processes, logs=logs)
 
 
 def join_study(optuna, name: str, storage: str, cfg: TrainConfig, space: dict):
