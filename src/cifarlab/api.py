@@ -88,11 +88,13 @@ def resume(run: Run | str | Path, model=None, **changes) -> Run:
     """Continue a stopped run exactly where it stopped; only data_dir, device, quiet, download,
     checkpoint_every and tensorboard may change."""
     from cifarlab.config import resume_config
+    from cifarlab.fingerprint import check_same_data
     from cifarlab.training.engine import fit
 
     run = run if isinstance(run, Run) else load_run(run, model)
     supplied = model if model is not None else run.supplied_model
     cfg = resume_config(run.config, changes, str(run.path), supplied)
+    check_same_data(cfg, run.config)
     fit(cfg, resume=True, model=supplied)
     return load_run(run.path, supplied)
 

@@ -41,10 +41,12 @@ DEFAULTS = {f.name: (f.default if f.default is not MISSING else f.default_factor
 SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in NOT_NUMBERS and f.name not in RESOLVED)
 
 
-def fingerprint(cfg: TrainConfig, model=None) -> dict:
+def fingerprint(cfg: TrainConfig, model=None, resolve: bool = True) -> dict:
     """Every setting that changes the numbers of the run `cfg` describes (see the module's docstring).
 
-    model: the Python object behind cfg.model, when it is one (its switches are read from it)."""
+    model: the Python object behind cfg.model, when it is one (its switches are read from it).
+    resolve=False: leave out what the device, threads and precision resolve to (a Ray study's driver: they
+    resolve on the node that trains, whose worker checks them again before it reuses or resumes)."""
     import torch
 
     from cifarlab.training.device import Precision, resolve_device
@@ -52,6 +54,9 @@ def fingerprint(cfg: TrainConfig, model=None) -> dict:
     out = {name: getattr(cfg, name) for name in SETTINGS}
     out.update(recorded_switches(cfg.model, {name: getattr(cfg, name) for name in SWITCHES}, model))
     out["data_files"] = data_identity(cfg)
+    if not resolve:
+        out["cifarlab"] = compatible_version()
+        return json.loads(json.dumps(out))
     device = resolve_device(cfg.device)
     out["device"] = device.type
     out["threads"] = (cfg.threads or torch.get_num_threads()) if device.type == "cpu" else None
@@ -82,12 +87,13 @@ def compatible_version(version: str | None = None) -> str:
 
 # ---------------------------------------------------------------- reuse
 
-def reuse_state(cfg: TrainConfig, model=None) -> str:
+def reuse_state(cfg: TrainConfig, model=None, resolve: bool = True) -> str:
     """What a study does with cfg.out: "new" (nothing trained there), "finished" (a finished run of exactly these
     settings: reuse it) or "resume" (an unfinished run of exactly these settings, with checkpoints/last.pt).
 
     Any other run there is refused in one line naming the first setting that differs. With cfg.overwrite, every
-    folder is "new": whatever is there is replaced (the run starts from an empty folder)."""
+    folder is "new": whatever is there is replaced (the run starts from an empty folder). resolve: as in
+    fingerprint()."""
     run = Run(cfg.out)
     if cfg.overwrite or (not run.finished and not run.checkpoint_path(LAST).is_file()):
         return "new"
@@ -95,7 +101,7 @@ def reuse_state(cfg: TrainConfig, model=None) -> str:
         raise UsageError(f"{cfg.out} holds a checkpoint but no config.json, so what trained it is unknown: use "
                          "another --out or --overwrite")
     recorded = run.config
-    wanted = fingerprint(cfg, model)
+    wanted = fingerprint(cfg, model, resolve)
     had = recorded.get("fingerprint")
     if not isinstance(had, dict):
         had = legacy_fingerprint(recorded, wanted, model)
@@ -105,6 +111,17 @@ def reuse_state(cfg: TrainConfig, model=None) -> str:
         raise UsageError(f"{cfg.out} was trained with {LABELS.get(name, name.replace('_', '-'))} {_show(then)}, "
                          f"this study asks {_show(now)}: use another --out or --overwrite")
     return "finished" if run.finished else "resume"
+
+
+def check_same_data(cfg: TrainConfig, recorded: dict) -> None:
+    """A resumed run continues on the files it started on: a --data-dir (or --sample) that holds other files
+    is refused in one line (the rest of the settings are the run's own: config.resume_config)."""
+    had = (recorded.get("fingerprint") or {}).get("data_files")
+    now = data_identity(cfg)
+    if had and now and had != now:
+        where = f"--data-dir {cfg.data_dir}" if cfg.data_dir else "the default data folder"
+        raise UsageError(f"{cfg.out} was trained on other {cfg.dataset} files (sha256 {had[:12]}) than {where} holds "
+                         f"({now[:12]}): resume it with the --data-dir it started from")
 
 
 def first_difference(had: dict, wanted: dict) -> tuple[str, object, object] | None:

@@ -166,7 +166,7 @@ def plan(cfgs: list, launch, model=None) -> list:
     placed = [with_threads(cfg, launch) for cfg in cfgs]
     todo = []
     for cfg in placed:
-        if not cfg.overwrite and reuse_state(cfg, model) == "finished":
+        if not cfg.overwrite and reuse_state(cfg, model, resolve=not launch.ray) == "finished":
             if not cfg.quiet:
                 say(f"cifarlab: {cfg.out} already finished, reusing it")
         else:
@@ -184,12 +184,14 @@ def plan(cfgs: list, launch, model=None) -> list:
 def fetch_data_once(cfgs: list) -> None:
     """Download each missing dataset here, once, before the workers start (each would otherwise download it
     at the same time, into the same file)."""
-    from cifarlab.data.sources import dataset_info, default_data_dir, download, is_custom, missing_files
+    from cifarlab.data.sources import data_root, dataset_info, download, is_custom, missing_files
 
     seen = set()
     for cfg in cfgs:
-        root = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
-        if is_custom(cfg.dataset) or not cfg.download or (cfg.dataset, root) in seen:
+        if is_custom(cfg.dataset):
+            continue
+        root = data_root(cfg.data_dir)        # a --data-dir that does not exist: one line, as in a lone run
+        if not cfg.download or (cfg.dataset, root) in seen:
             continue
         seen.add((cfg.dataset, root))
         info = dataset_info(cfg.dataset)
