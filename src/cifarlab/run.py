@@ -44,6 +44,24 @@ def _read_json(path: Path):
         raise UsageError(f"{path}: unreadable ({e})") from None
 
 
+
+# What cifarlab itself writes in a run folder: --overwrite replaces a folder that holds nothing else.
+RUN_ENTRIES = {CONFIG, METRICS, SUMMARY, SUMMARY_TEXT, WEIGHTS, CHECKPOINTS, STUDY_LOG, "tensorboard",
+               *EXPORT_FILES.values()}
+
+
+def _check_only_run_files(out: Path) -> None:
+    """--overwrite empties the folder: refuse one that holds anything cifarlab did not write there (the user's
+    notes, code, the current folder) rather than delete it."""
+    if out.resolve() == Path.cwd().resolve():
+        raise UsageError(f"--out {out} is the current folder: --overwrite would empty it; choose a run folder")
+    foreign = sorted(p.name for p in out.iterdir()
+                     if p.name not in RUN_ENTRIES and not p.name.startswith((".", "evaluation-")))
+    if foreign:
+        raise UsageError(f"--out {out} holds files that are not a run's ({', '.join(foreign[:3])}"
+                         f"{' ...' if len(foreign) > 3 else ''}): --overwrite replaces a run folder only; choose "
+                         "another folder")
+
 class Run:
     """A run folder. `cifarlab.load_run(path)` opens one; `cifarlab.train(...)` returns one.
 
@@ -99,6 +117,7 @@ class Run:
         out.mkdir(parents=True, exist_ok=True)
         lock_folder(out)            # before anything in it is replaced
         if held:
+            _check_only_run_files(out)
             replace_folder(out, keep=(STUDY_LOG,))
         (out / CHECKPOINTS).mkdir(exist_ok=True)
         return cls(out)

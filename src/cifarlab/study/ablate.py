@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cifarlab.config import TrainConfig
 from cifarlab.errors import UsageError
+from cifarlab.fingerprint import reuse_state
 from cifarlab.models import model_spec
 from cifarlab.report.document import Report, markdown_table, text_table
 from cifarlab.report.stats import (confidence_interval, interval_text, mean_rows, mean_std, plural, plus_minus,
@@ -98,6 +99,9 @@ def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int
     plan, skipped = variants(cfg, techniques, remove_all, model)
     if len(plan) == 1:
         raise UsageError(f"nothing to ablate: the recipe for {cfg.model} uses none of {', '.join(techniques)}")
+    if not cfg.test and not cfg.val_size:     # refused before any training, not after all of it
+        raise UsageError("--no-test without --val-size: the runs would score neither test nor val, and there "
+                         "would be nothing to compare; pass --val-size N")
     start = time.perf_counter()
     configs = {name: [dataclasses.replace(cfg, **overrides, seed=cfg.seed + i,
                                           out=str(base / name / f"seed-{cfg.seed + i}")) for i in range(seeds)]
@@ -106,6 +110,8 @@ def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int
         runs = iter(run_all([c for group in configs.values() for c in group], launch, model))
         results = {name: [next(runs) for _ in group] for name, group in configs.items()}
     else:
+        for c in (c for group in configs.values() for c in group):
+            reuse_state(c, model)   # every folder checked before the first run trains
         results = {name: [_announced(c, name, model) for c in group] for name, group in configs.items()}
     result = Ablation(summarize(cfg, plan, results, skipped, seeds))
     result["wall_time_s"] = time.perf_counter() - start

@@ -99,9 +99,12 @@ def compare(runs: list, plot: str | Path | None = None) -> Comparison:
                          "dataset")
     split = scored_split(summaries)
     if split is None:
-        unscored = next(r for r in results if scored_split([r.summary]) is None)
-        raise UsageError(f"{unscored.path} scored neither test nor val (--no-test without --val-size): nothing to "
-                         "compare")
+        unscored = next((r for r in results if scored_split([r.summary]) is None), None)
+        if unscored is not None:
+            raise UsageError(f"{unscored.path} scored neither test nor val (--no-test without --val-size): nothing "
+                             "to compare")
+        scored = ", ".join(f"{r.path} {scored_split([r.summary])} only" for r in results)
+        raise UsageError(f"no split was scored by every run ({scored}): nothing to compare")
     result = Comparison(results, split)
     if plot:
         from cifarlab.report.plots import comparison_figure, save

@@ -16,6 +16,7 @@ from cifarlab.errors import UsageError
 from cifarlab.report.document import Report, text_table
 from cifarlab.report.summary import article_summary, comparison_block
 from cifarlab.run import Run, atomic_write_json
+from cifarlab.fingerprint import reuse_state
 from cifarlab.study.runs import SEQUENTIAL, Launch, run_all
 
 
@@ -154,6 +155,9 @@ def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str |
     runs, evaluations = {}, {}
     if launch.parallel:
         runs = dict(zip([job.key for job in jobs], run_all([job.cfg for job in jobs], launch)))
+    else:
+        for job in jobs:        # every folder checked before the first run trains
+            reuse_state(job.cfg)
     for i, job in enumerate(jobs, 1):
         if job.key not in runs:
             if not job.cfg.quiet:

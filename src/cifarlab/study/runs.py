@@ -79,6 +79,8 @@ def run_all(cfgs: list[TrainConfig], launch: Launch = SEQUENTIAL, model=None) ->
     (worker processes here, or Ray tasks), with one line per run on the console and its output in RUN/train.log.
     On the parallel paths every folder is checked before anything starts."""
     if not launch.parallel:
+        for cfg in cfgs:            # every folder checked before the first run trains, as on the parallel paths
+            reuse_state(cfg, model)
         if cfgs:
             say_if_busy(cfgs[0])
         return [run_or_reuse(cfg, model) for cfg in cfgs]
