@@ -110,11 +110,25 @@ def write_best_recipe(path: Path, cfg: TrainConfig, result: dict) -> None:
              f"# {best['val_acc']:.2f}% validation accuracy on {result['val_images']:,} held-out train images; "
              f"{cfg.model} on {cfg.dataset}, from recipe {cfg.recipe or '(defaults)'}",
              "# Training from this file repeats that trial (its val split and seed); the confirmation trains it",
-             "# with val_size = 0, on the whole train split.",
+             "# with val_size = 0, on the whole train split. Settings a recipe does not hold are in the command:",
+             f"#   {repeat_command(cfg, path)}",
              f'description = "tuned by cifarlab tune: trial {best["number"]} of {result["study"]}"',
              f"models = [{_toml_value(cfg.model)}]"]
     lines += [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def repeat_command(cfg: TrainConfig, recipe: Path) -> str:
+    """The `cifarlab train` command that repeats the best trial from the file: the settings a recipe may not
+    hold (the model's arguments, image size, channels, the CPU thread count the trials recorded) on it."""
+    import shlex
+
+    parts = ["cifarlab", "train", "--model", cfg.model, "--dataset", cfg.dataset, "--recipe", str(recipe)]
+    parts += [f for key, value in sorted(cfg.model_args.items()) for f in ("--model-arg", f"{key}={value!r}")]
+    for name in ("image_size", "channels", "threads"):
+        if getattr(cfg, name) is not None:
+            parts += [f"--{name.replace('_', '-')}", str(getattr(cfg, name))]
+    return shlex.join(parts)
 
 
 def _toml_value(value) -> str:
