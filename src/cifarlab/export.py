@@ -120,7 +120,7 @@ def export_safetensors(model: torch.nn.Module, path: Path, metadata: dict) -> st
 
 
 def export_run(source, fmt: str, out: str | Path | None = None, model=None) -> Exported:
-    """Export the run's model (the weights of Run.weights_file()) to `out`, default RUN_DIR/EXPORT_FORMATS[fmt]."""
+    """Export the run's model (the weights of Run.weights_to_load()) to `out`, default RUN_DIR/EXPORT_FORMATS[fmt]."""
     from cifarlab.run import open_source
 
     if fmt not in EXPORT_FORMATS:
