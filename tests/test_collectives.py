@@ -109,7 +109,7 @@ def test_under_torchrun_a_gpu_run_agrees_on_its_flags_every_50_steps_not_every_s
     monkeypatch.setattr(torch.distributed, "gather_object", gather_object)
     monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
     monkeypatch.setattr(distributed, "wrap", lambda model, d, device: model)     # no DDP without a real group
-    monkeypatch.setattr(engine, "CHECK_EVERY", {})                               # every device as a GPU: 50
+    monkeypatch.setattr(engine, "CHECK_EVERY_CPU", engine.CHECK_EVERY_ACCELERATOR)  # the CPU checks as a GPU: 50
 
     write_cifar10(tmp_path / "data", per_batch=128, test=20)
     data = tmp_path / "data"

@@ -12,7 +12,7 @@ from pathlib import Path
 from cifarlab import __version__
 from cifarlab.config import DEVICES, RESUME_MAY_CHANGE, TrainConfig, flag_text, flags
 from cifarlab.errors import CifarlabError, Interrupted, UsageError
-from cifarlab.run import EXPORT_FILES as EXPORT_FORMATS   # no torch import: --help stays fast
+from cifarlab.run import EXPORT_FORMATS   # no torch import: --help stays fast
 
 
 class _Parser(argparse.ArgumentParser):

@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 
 from cifarlab.errors import CifarlabError, UsageError
-from cifarlab.run import EXPORT_FILES
+from cifarlab.run import EXPORT_FORMATS
 
-FORMATS = EXPORT_FILES
 OPSET = 18
 INSTALL_HINT = "pip install 'cifarlab[export]'"
 
@@ -121,16 +120,16 @@ def export_safetensors(model: torch.nn.Module, path: Path, metadata: dict) -> st
 
 
 def export_run(source, fmt: str, out: str | Path | None = None, model=None) -> Exported:
-    """Export the run's model (its best checkpoint) to `out`, default RUN_DIR/FORMATS[fmt]."""
+    """Export the run's model (the weights of Run.weights_to_load()) to `out`, default RUN_DIR/EXPORT_FORMATS[fmt]."""
     from cifarlab.run import open_source
 
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown export format '{fmt}' (choose from {', '.join(FORMATS)})")
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"unknown export format '{fmt}' (choose from {', '.join(EXPORT_FORMATS)})")
     run, weights = open_source(source, model)
     cfg, info = run.train_config(), run.dataset_info()
     model = run.model(weights)
     metadata = export_metadata(cfg, info, run.classes)
-    path = Path(out) if out else run.path / FORMATS[fmt]
+    path = Path(out) if out else run.path / EXPORT_FORMATS[fmt]
     path.parent.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
     # Batch 2 to trace: torch.export specialises a size-1 dimension, which would pin the batch to 1.

@@ -31,8 +31,9 @@ CONFIG, METRICS, SUMMARY, SUMMARY_TEXT, WEIGHTS = (
     "config.json", "metrics.jsonl", "summary.json", "summary.txt", "model.safetensors")
 CHECKPOINTS, LAST, BEST = "checkpoints", "last.pt", "best.pt"
 STUDY_LOG = "train.log"   # a study's parallel run appends its output here; the parent holds it open
-# `cifarlab export` formats and the file each writes in the run folder by default.
-EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.export.safetensors"}
+# `cifarlab export`: each format and the file it writes in the run folder by default.
+EXPORT_FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt",
+                  "safetensors": "model.export.safetensors"}
 
 
 # ---------------------------------------------------------------- the run folder
@@ -232,7 +233,8 @@ class Run:
             return list(info.default_classes)
         return [str(i) for i in range(info.num_classes)]
 
-    def best_weights_file(self) -> Path:
+    def weights_to_load(self) -> Path:
+        """The weights the run loads: checkpoints/best.pt, else checkpoints/last.pt, else model.safetensors."""
         for candidate in (self.checkpoint_path(BEST), self.checkpoint_path(LAST), self.weights_path):
             if candidate.is_file():
                 return candidate
@@ -244,7 +246,7 @@ class Run:
 
         cfg = self.train_config()
         info = self.dataset_info()
-        source = Path(weights) if weights else self.best_weights_file()
+        source = Path(weights) if weights else self.weights_to_load()
         if source.suffix == ".safetensors":
             from safetensors.torch import load_file
             state = load_file(str(source))
@@ -311,11 +313,11 @@ def load_run(path: str | Path, model=None) -> Run:
 def open_source(source: str | Path | Run, model=None) -> tuple[Run, Path]:
     """A run folder, or a checkpoint / safetensors file inside one: (the run, the weights to load)."""
     if isinstance(source, Run):
-        return source, source.best_weights_file()
+        return source, source.weights_to_load()
     source = Path(source)
     if source.is_dir():
         run = load_run(source, model)
-        return run, run.best_weights_file()
+        return run, run.weights_to_load()
     if not source.is_file():
         raise UsageError(f"{source}: no such run folder or checkpoint")
     folder = source.parent.parent if source.parent.name == CHECKPOINTS else source.parent

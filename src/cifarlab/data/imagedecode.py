@@ -33,7 +33,8 @@ from typing import Callable
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-FORMATS = ("PNG", "JPEG", "BMP", "WEBP")     # what Pillow may try: a file is never handed to another plugin
+# The only Pillow decoders a file may reach: it is never handed to another of Pillow's plugins.
+PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # Pillow's modes for 16-bit grayscale PNGs ("I" in older releases). Pillow itself turns 16-bit RGB(A) PNGs
 # into 8-bit RGB(A) by keeping each value's high byte, which scales without clipping (at most 1 level from
@@ -81,7 +82,7 @@ def open_image(path: str) -> Image.Image:
             image = PngImagePlugin.PngImageFile(io.BytesIO(data))
             _check_pixels(image.size)
         else:
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            image = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
         image.load()           # decodes now: a truncated file fails here, not later
     except UnidentifiedImageError:
         raise DecodeError(path, "cannot read image (not a PNG, JPEG, BMP or WebP file)") from None
@@ -139,7 +140,7 @@ def image_header(path: str) -> tuple[str, tuple[int, int]] | None:
     The orientation is seen only where it is in the header (an EXIF block after a PNG's pixels is not).
     """
     try:
-        with Image.open(path, formats=FORMATS) as image:
+        with Image.open(path, formats=PILLOW_FORMATS) as image:
             width, height = image.size
             if not ORIENTATION_SOURCES.isdisjoint(image.info) and image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):
                 width, height = height, width       # turned by a quarter

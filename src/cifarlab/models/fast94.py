@@ -25,12 +25,16 @@ from cifarlab.models.registry import register_model
 
 WIDTHS = (64, 256, 256)
 WHITEN_KERNEL = 2
+WHITEN_EPS = 5e-4      # added to the eigenvalues: the faintest patch directions are not blown up to unit variance
+# PyTorch's momentum (weight of the new batch): the running statistics follow the weights closely in a
+# 10-epoch run. airbench94's 0.6 is the old statistics' weight, so the same average.
+BN_MOMENTUM = 0.4
+BN_EPS = 1e-12
 LOGIT_SCALE = 1 / 9
 
 
 def _norm(channels: int) -> nn.BatchNorm2d:
-    # momentum 0.4: the running statistics follow the weights closely in a 10-epoch run.
-    norm = nn.BatchNorm2d(channels, momentum=0.4, eps=1e-12)
+    norm = nn.BatchNorm2d(channels, momentum=BN_MOMENTUM, eps=BN_EPS)
     norm.weight.requires_grad_(False)   # frozen scale: the next conv's weights carry it
     return norm
 
@@ -62,7 +66,7 @@ class Fast94(nn.Module):
         self.head = nn.Linear(widths[-1], num_classes, bias=False)
 
     @torch.no_grad()
-    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4, chunk: int = 500) -> None:
+    def init_from_data(self, images: torch.Tensor, eps: float = WHITEN_EPS, chunk: int = 500) -> None:
         """Set the stem to whiten 2x2 patches of `images` (N, C, H, W, normalised floats).
 
         Computed on the CPU in float64 (eigh is not available on every device), a chunk of

@@ -35,9 +35,13 @@ from cifarlab.training.state import RunState, StopSignals
 from cifarlab.training.trainer import Trainer, compile_model
 
 
-# Reading the loss check back (and under torchrun agreeing on the stop flags) is a host sync: every 50 steps
-# on a GPU, so a signal or a due checkpoint waits up to 50 steps there; every step on the CPU.
-CHECK_EVERY = {"cpu": 1}
+# Steps between reads of the loss check (and, under torchrun, agreements on the stop flags). A read is a host
+# sync: free on the CPU, so every step there; on a GPU (any device but the CPU) every 50 steps, so a signal or
+# a due checkpoint waits up to 50 steps there.
+CHECK_EVERY_CPU = 1
+CHECK_EVERY_ACCELERATOR = 50
+# A model with a data-dependent init (fast94's whitening stem) fits it to this many training images.
+DATA_INIT_IMAGES = 5000
 
 
 def fit(cfg: TrainConfig, resume: bool = False, model=None, on_epoch=None) -> dict:
@@ -172,7 +176,7 @@ def train_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, int, float]
     correct = torch.tensor(state.partial["correct"], device=device, dtype=torch.long)
     seen, start = state.partial["seen"], time.perf_counter() - state.partial["seconds"]
     bad = torch.zeros((), device=device, dtype=torch.bool)
-    check_every = CHECK_EVERY.get(device.type, 50)
+    check_every = CHECK_EVERY_CPU if device.type == "cpu" else CHECK_EVERY_ACCELERATOR
     last_save = time.monotonic()
     loader.set_position(epoch - 1, state.step)
     trainer.progress.start_epoch(epoch, len(loader), state.step)
@@ -272,9 +276,9 @@ def build_run_model(cfg: TrainConfig, data: Data, device: torch.device, channels
     if spec.pretrained is not None and not resume:
         spec.pretrained(model, cfg.download)
     init_time = 0.0
-    if spec.data_init and not resume:  # fast94's whitening stem: from 5,000 train images
+    if spec.data_init and not resume:
         start = time.perf_counter()
-        sample = data.train.images[:5000].float().div_(255)
+        sample = data.train.images[:DATA_INIT_IMAGES].float().div_(255)
         model.init_from_data(normalize(sample, torch.tensor(info.mean), torch.tensor(info.std)))
         init_time = time.perf_counter() - start
     if channels_last:
