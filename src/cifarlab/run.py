@@ -48,7 +48,7 @@ def _read_json(path: Path):
 
 # What cifarlab itself writes in a run folder: --overwrite replaces a folder that holds nothing else.
 RUN_ENTRIES = {CONFIG, METRICS, SUMMARY, SUMMARY_TEXT, WEIGHTS, CHECKPOINTS, STUDY_LOG, "tensorboard",
-               *EXPORT_FILES.values()}
+               *EXPORT_FORMATS.values()}
 
 
 def _check_only_run_files(out: Path) -> None:
