@@ -23,13 +23,13 @@ RENAME = ("a checkpoint from before cifarlab renamed ResNet layers to torchvisio
 def has_old_layer_names(own: Iterable[str], saved: Iterable[str]) -> bool:
     """True when `saved` uses the old names and the model's own keys (`own`) are torchvision's."""
     own, saved = set(own), set(saved)
-    # A ViT or fast94 has a `head` of its own: only a model with torchvision's names and none of the old ones counts.
+    # A ViT or fast94 has a `head` of its own: only a model with torchvision's names and none of the old ones counts,
+    # and only a state with both a stem and numbered layers (every old ResNet's had them) is old.
     model_renamed = ("conv1.weight" in own and any(k.startswith("layer1.") for k in own)
                      and not any(k.startswith(OLD_PREFIXES) for k in own))
-    saved_before = (any(k.startswith(OLD_PREFIXES) for k in saved)
+    saved_before = (any(k.startswith("stem.") for k in saved) and any(k.startswith("layers.") for k in saved)
                     and not any(k.startswith("layer1.") for k in saved))
     return model_renamed and saved_before
-
 
 def refuse_old_layer_names(model: nn.Module, state: dict, source) -> None:
     """UsageError naming the rename when `state` (without compile/DDP prefixes) predates it."""
