@@ -31,6 +31,7 @@ def has_old_layer_names(own: Iterable[str], saved: Iterable[str]) -> bool:
                     and not any(k.startswith("layer1.") for k in saved))
     return model_renamed and saved_before
 
+
 def refuse_old_layer_names(model: nn.Module, state: dict, source) -> None:
     """UsageError naming the rename when `state` (without compile/DDP prefixes) predates it."""
     if has_old_layer_names(model.state_dict().keys(), state.keys()):
