@@ -309,3 +309,54 @@ def test_an_import_path_that_is_not_there_gets_advice_for_where_it_was_typed(use
     assert gone.value.cli.startswith("model __main__:GoneNet was defined in a notebook or script (__main__), which "
                                      "the command line cannot import: from Python, cifarlab.load_run(path, "
                                      "model=GoneNet); or move GoneNet into a module")
+
+
+def _before_the_rename(state: dict) -> dict:
+    """resnet18's keys as cifarlab saved them before torchvision's names: stem.0/stem.1, layers.0-7 (two blocks
+    a stage), shortcut inside a block, head.2 for the classifier."""
+    def old(key):
+        first, rest = key.split(".", 1)
+        if first in ("conv1", "bn1"):
+            return f"stem.{0 if first == 'conv1' else 1}.{rest}"
+        if first == "fc":
+            return f"head.2.{rest}"
+        block, rest = rest.split(".", 1)
+        return f"layers.{2 * (int(first[-1]) - 1) + int(block)}.{rest.replace('downsample.', 'shortcut.')}"
+    return {old(k): v for k, v in state.items()}
+
+
+def test_a_checkpoint_with_the_old_resnet_layer_names_is_refused_with_the_rename(tmp_path):
+    write_cifar10(tmp_path / "data", per_batch=8, test=8)
+    run = cifarlab.train("resnet18", "cifar10", data_dir=tmp_path / "data", epochs=1, batch_size=40, download=False,
+                         quiet=True, precision="fp32", out=tmp_path / "run")
+    for name in ("best.pt", "last.pt"):
+        path = run.path / "checkpoints" / name
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["model"] = _before_the_rename(checkpoint["model"])
+        torch.save(checkpoint, path)
+    rename = ("a checkpoint from before cifarlab renamed ResNet layers to torchvision's (stem -> conv1/bn1, "
+              "layers.N -> layer1-layer4, shortcut/projection -> downsample, head -> fc): retrain it")
+    result = run_cli("evaluate", str(run.path))
+    assert result.returncode == 2
+    assert result.stderr == f"cifarlab: error: {run.path / 'checkpoints' / 'best.pt'}: {rename}\n"
+    with pytest.raises(UsageError) as error:             # --resume meets the same line, for last.pt
+        cifarlab.resume(run.path, quiet=True)
+    assert str(error.value) == f"{run.path / 'checkpoints' / 'last.pt'}: {rename}"
+
+
+def test_only_old_resnet_names_meet_the_rename_line():
+    """A ViT's or fast94's own `head`, loaded into resnet18, is another model: the generic line, not the rename."""
+    from cifarlab.models.renames import has_old_layer_names
+
+    with torch.device("meta"):
+        keys = {name: build_model(name, 10).state_dict().keys()
+                for name in ("resnet18", "preact-resnet18", "wrn-16-8", "vit-tiny", "fast94")}
+    old_resnet18 = _before_the_rename(dict.fromkeys(keys["resnet18"]))
+    old_preact = {"stem.weight", "layers.0.bn1.weight", "layers.2.projection.weight", "head.0.weight", "head.4.bias"}
+    assert has_old_layer_names(keys["resnet18"], old_resnet18)
+    assert has_old_layer_names(keys["preact-resnet18"], old_preact)
+    assert has_old_layer_names(keys["wrn-16-8"], old_preact)
+    assert not has_old_layer_names(keys["resnet18"], keys["resnet18"])
+    assert not has_old_layer_names(keys["resnet18"], keys["vit-tiny"])
+    assert not has_old_layer_names(keys["resnet18"], keys["fast94"])
+    assert not has_old_layer_names(keys["vit-tiny"], old_resnet18)      # the model itself has no torchvision names

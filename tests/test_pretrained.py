@@ -42,6 +42,22 @@ def test_imagenet_weights_are_loaded_and_the_stem_adapted(torch_home):
     assert out.shape == (2, 10)
 
 
+def test_imagenet_weights_load_into_our_resnet18_without_a_key_map(torch_home):
+    """Our resnet18 has torchvision's names and shapes, so ImageNet's state dict fills it as it fills
+    resnet18-imagenet (torchvision's own model): the same network, computing the same."""
+    _, state = torch_home
+    pretrained = load_imagenet_weights(build_model("resnet18-imagenet", 10), download=False).eval()
+    ours = build_model("resnet18", 10)
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == \
+        [(k, v.shape) for k, v in pretrained.state_dict().items()]
+    load_imagenet_weights(ours, download=False).eval()
+    assert torch.equal(ours.layer4[1].bn2.running_mean, state["layer4.1.bn2.running_mean"])
+    assert torch.equal(ours.conv1.weight, pretrained.conv1.weight)      # the same adapted 3x3 stem
+    ours.fc.load_state_dict(pretrained.fc.state_dict())                 # the one layer left random in each
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(ours(x), pretrained(x), rtol=0, atol=0)
+
+
 def test_grayscale_stem_sums_the_rgb_kernels():
     kernel = torch.randn(64, 3, 7, 7)
     gray = adapt_stem(kernel, 1)

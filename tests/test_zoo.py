@@ -185,6 +185,36 @@ def test_every_layer_has_the_shape_of_torchvisions_implementation(name):
         assert _shapes(build_model(name, 100)) == _shapes(TORCHVISION[name]())
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+def test_state_dicts_exchange_with_torchvisions_resnets(name):
+    """torchvision's names and order, key for key: each model loads the other's weights and computes the same."""
+    factory = getattr(torchvision.models, name)
+    torch.manual_seed(0)
+    ours, theirs = build_model(name, 10).eval(), _torchvision_resnet(factory, 10).eval()
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == \
+        [(k, v.shape) for k, v in theirs.state_dict().items()]
+    x = torch.randn(2, 3, 32, 32)
+    theirs.load_state_dict(ours.state_dict())         # ours -> torchvision
+    torch.testing.assert_close(theirs(x), ours(x), rtol=0, atol=0)
+    torch.manual_seed(1)
+    theirs = _torchvision_resnet(factory, 10).eval()
+    ours.load_state_dict(theirs.state_dict())         # torchvision -> ours
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,stages", [("preact-resnet18", 4), ("wrn-16-8", 3)])
+def test_pre_activation_resnets_share_the_resnets_names(name, stages):
+    """conv1, layerN.B.{bn1,conv1,bn2,conv2,downsample}, fc as in resnet18; `bn` is the final pre-activation BN."""
+    with torch.device("meta"):
+        keys = build_model(name, 10).state_dict().keys()
+    assert list(dict.fromkeys(k.split(".")[0] for k in keys)) == \
+        ["conv1", *(f"layer{i}" for i in range(1, stages + 1)), "bn", "fc"]
+    assert {k.split(".", 2)[2] for k in keys if k.startswith("layer2.0.")} == {
+        "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked", "conv1.weight",
+        "bn2.weight", "bn2.bias", "bn2.running_mean", "bn2.running_var", "bn2.num_batches_tracked", "conv2.weight",
+        "downsample.weight"}
+
+
 @pytest.mark.parametrize("name", [n for n in ZOO if n != "vit-tiny"])
 def test_no_batchnorm_removes_every_norm_layer(name):
     with torch.device("meta"):

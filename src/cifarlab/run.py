@@ -243,6 +243,7 @@ class Run:
     def model(self, weights: str | Path | None = None, device: str = "cpu"):
         """The trained model in eval mode, with the best weights (or the file `weights`)."""
         from cifarlab.models import build_model
+        from cifarlab.models.renames import refuse_old_layer_names
 
         cfg = self.train_config()
         info = self.dataset_info()
@@ -255,6 +256,7 @@ class Run:
         model = build_model(cfg.model, info.num_classes, info.channels, info.size, batchnorm=cfg.batchnorm,
                             init="auto", dropout=cfg.dropout, model_args=cfg.model_args,
                             supplied=self.supplied_model)
+        refuse_old_layer_names(model, strip_prefixes(state), source)
         load_weights(model, state, source)
         return model.to(device).eval()
 

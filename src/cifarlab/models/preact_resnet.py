@@ -11,6 +11,10 @@ The stem is a bare conv (the first block pre-activates it), and after the
 last block an extra BN -> ReLU precedes the pooling, as the paper prescribes
 for the final unit (kuangliu/pytorch-cifar's PreActResNet18 leaves it out:
 1,024 parameters fewer).
+
+The layers carry our ResNet's names, which are torchvision's (conv1,
+layer1-layerN, fc; in a block bn1/conv1/bn2/conv2/downsample); the final
+BN is `bn`.
 """
 
 from torch import nn
@@ -37,11 +41,11 @@ class PreActBlock(nn.Module):
         # Not in place: without BN, bn1 is the identity and an in-place ReLU would overwrite the
         # block's input, which the identity shortcut still needs.
         self.relu = nn.ReLU()
-        self.projection = nn.Conv2d(cin, cout, 1, stride, bias=bias) if stride != 1 or cin != cout else None
+        self.downsample = nn.Conv2d(cin, cout, 1, stride, bias=bias) if stride != 1 or cin != cout else None
 
     def forward(self, x):
         out = self.relu(self.bn1(x))
-        shortcut = self.projection(out) if self.projection is not None else x
+        shortcut = self.downsample(out) if self.downsample is not None else x
         out = self.conv1(out)
         out = self.conv2(self.dropout(self.relu(self.bn2(out))))
         return out + shortcut
@@ -54,18 +58,25 @@ class PreActResNet(nn.Module):
     def __init__(self, blocks: list[int], widths=(64, 128, 256, 512), stem: int = 64, num_classes: int = 10,
                  in_channels: int = 3, batchnorm: bool = True, dropout: float = 0.0):
         super().__init__()
-        self.stem = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=not batchnorm)
-        layers, cin = [], stem
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=not batchnorm)
+        cin = stem
         for i, (n, cout) in enumerate(zip(blocks, widths)):
+            stage = []
             for j in range(n):
-                layers.append(PreActBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, batchnorm, dropout))
+                stage.append(PreActBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, batchnorm, dropout))
                 cin = cout
-        self.layers = nn.Sequential(*layers)
-        self.head = nn.Sequential(norm(cin, batchnorm), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten(), nn.Linear(cin, num_classes))
+            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
+        self.num_stages = len(widths)   # 4 in the pre-activation ResNet, 3 in a WRN
+        self.bn = norm(cin, batchnorm)
+        self.relu = nn.ReLU(inplace=True)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x):
-        return self.head(self.layers(self.stem(x)))
+        x = self.conv1(x)
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return self.fc(self.avgpool(self.relu(self.bn(x))).flatten(1))
 
 
 @register_model("preact-resnet18", title="PreAct ResNet-18", default_init="kaiming", min_size=8,

@@ -66,6 +66,7 @@ def adapt_stem(kernel: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 
 def load_imagenet_weights(model: nn.Module, download: bool = True) -> nn.Module:
+    """ImageNet's weights by their own names: torchvision's resnet18 and ours (models/resnet.py) share them."""
     state = fetch_imagenet_state(download)
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.startswith(("fc.", "conv1."))]

@@ -3,8 +3,12 @@
 3x3 stride-1 stem with no max-pool (a 32x32 image has no pixels to spare),
 four stages at 64/128/256/512 channels, the first block of stages 2-4 halving
 the resolution, global average pool, one FC layer. `out = F(x) + shortcut(x)`
-is the residual connection; the shortcut is a 1x1 projection (conv + BN) where
-the shape changes, the identity elsewhere.
+is the residual connection; the shortcut is a 1x1 projection (conv + BN,
+`downsample`) where the shape changes, the identity elsewhere.
+
+The layers carry torchvision's names (conv1, bn1, layer1-layer4, fc; in a block
+conv1/bn1/conv2/bn2[/conv3/bn3]/downsample), so a state dict loads into
+torchvision's resnet18/34/50 with the CIFAR stem swapped in, and back.
 
     resnet18: BasicBlock (3x3, 3x3)            x 2-2-2-2
     resnet34: BasicBlock (3x3, 3x3)            x 3-4-6-3
@@ -20,10 +24,10 @@ def _norm(channels: int, batchnorm: bool) -> nn.Module:
     return nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
 
 
-def _projection(cin: int, cout: int, stride: int, batchnorm: bool) -> nn.Module:
-    """Identity where the shape is unchanged, else a strided 1x1 conv + BN (option B of the paper)."""
+def _projection(cin: int, cout: int, stride: int, batchnorm: bool) -> nn.Module | None:
+    """None (the identity) where the shape is unchanged, else a strided 1x1 conv + BN (option B of the paper)."""
     if stride == 1 and cin == cout:
-        return nn.Sequential()
+        return None
     return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=not batchnorm), _norm(cout, batchnorm))
 
 
@@ -39,12 +43,12 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=bias)
         self.bn2 = _norm(planes, batchnorm)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = _projection(cin, planes, stride, batchnorm)
+        self.downsample = _projection(cin, planes, stride, batchnorm)
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        out += self.shortcut(x)
+        out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 
@@ -64,13 +68,13 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, cout, 1, bias=bias)
         self.bn3 = _norm(cout, batchnorm)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = _projection(cin, cout, stride, batchnorm)
+        self.downsample = _projection(cin, cout, stride, batchnorm)
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        out += self.shortcut(x)
+        out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 
@@ -78,19 +82,25 @@ class ResNet(nn.Module):
     def __init__(self, blocks: list[int], num_classes: int = 10, in_channels: int = 3,
                  batchnorm: bool = True, block: type[nn.Module] = BasicBlock):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=not batchnorm),
-                                  _norm(64, batchnorm), nn.ReLU(inplace=True))
-        layers, cin = [], 64
+        # The CIFAR stem: torchvision's conv1 at 3x3 stride 1, and no maxpool.
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=not batchnorm)
+        self.bn1 = _norm(64, batchnorm)
+        self.relu = nn.ReLU(inplace=True)
+        cin = 64
         for i, (n, planes) in enumerate(zip(blocks, (64, 128, 256, 512))):
+            stage = []
             for j in range(n):
-                layers.append(block(cin, planes, 2 if (i > 0 and j == 0) else 1, batchnorm))
+                stage.append(block(cin, planes, 2 if (i > 0 and j == 0) else 1, batchnorm))
                 cin = planes * block.expansion
-        self.layers = nn.Sequential(*layers)
+            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         # Adaptive pooling, not avg_pool2d(4): any input size the stride plan allows works.
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x):
-        return self.head(self.layers(self.stem(x)))
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x).flatten(1))
 
 
 # min_size 8: three stride-2 stages still leave the last one >= 1 pixel.

@@ -16,6 +16,7 @@ import cifarlab
 from cifarlab.config import TrainConfig
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.errors import Diverged, Interrupted
+from cifarlab.models.renames import refuse_old_layer_names
 from cifarlab.run import LAST, Run, strip_prefixes
 from cifarlab.training import distributed
 from cifarlab.training.device import Precision
@@ -162,7 +163,9 @@ class Trainer:
         self.save()
 
     def restore(self, checkpoint: dict) -> None:
-        self.bare_model.load_state_dict(strip_prefixes(checkpoint["model"]))
+        state = strip_prefixes(checkpoint["model"])
+        refuse_old_layer_names(self.bare_model, state, self.run.checkpoint_path(LAST))
+        self.bare_model.load_state_dict(state)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.scaler is not None and checkpoint.get("scaler"):
