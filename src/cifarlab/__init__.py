@@ -9,7 +9,7 @@
 The names below load on first use, so `import cifarlab` (and `cifarlab --help`) stays fast.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # How OpenMP's idle threads wait: None keeps OpenMP's default (spin a while, then sleep); "PASSIVE" sleeps at
 # once, which leaves the cores to whatever else runs on them (two trainings at once). OpenMP reads it when
