@@ -1,4 +1,5 @@
-"""cifarlab tune: a real Optuna study on cifar-mini, selected on val, test scored only to confirm."""
+"""cifarlab tune: real Optuna studies on the shipped sample (the longer ones on cifar-mini), selected on val, test
+scored only to confirm."""
 
 from __future__ import annotations
 
@@ -412,7 +413,7 @@ def test_stopping_workers_ends_the_processes_still_running():
 
 
 @pytest.mark.slow            # a second process: cli.main's own argv reaches the worker, not pytest's
-def test_main_with_jobs_from_python_runs_at_most_one_process_per_trial(cifar_mini, tmp_path):
+def test_main_with_jobs_from_python_runs_at_most_one_process_per_trial(cifar_sample, tmp_path):
     pytest.importorskip("optuna")
     import torch
 
@@ -420,8 +421,8 @@ def test_main_with_jobs_from_python_runs_at_most_one_process_per_trial(cifar_min
     out = tmp_path / "jobs"
     threads = torch.get_num_threads()
     try:
-        code = main(["tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
-                     "--epochs", "1", "--limit-train", "300", "--eval-batch-size", "500", "--precision", "fp32",
+        code = main(["tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_sample),
+                     "--epochs", "1", "--limit-train", "150", "--eval-batch-size", "500", "--precision", "fp32",
                      "--trials", "2", "--jobs", "4", "--confirm-seeds", "0", "--out", str(out), "--quiet"])
     finally:
         torch.set_num_threads(threads)                   # --jobs set this process's share of the cores
