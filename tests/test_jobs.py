@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import hashlib
 import http.server
-import json
 import os
 import re
 import signal
