@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import hashlib
 import http.server
-import json
 import os
 import re
 import signal
@@ -27,7 +26,7 @@ from conftest import run_cli, without_timing, write_cifar10
 
 linux_only = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pinning is Linux's")
 QUICK = ["--model", "basic-cnn", "--dataset", "cifar10", "--recipe", "article-basic-cnn", "--epochs", "1",
-         "--limit-train", "400", "--precision", "fp32"]
+         "--limit-train", "200", "--precision", "fp32"]
 
 
 def same_runs(a, b) -> None:
@@ -103,17 +102,17 @@ def test_a_busy_machine_is_noted_at_the_start(monkeypatch):
 
 @pytest.mark.slow
 @linux_only
-def test_jobs_2_equals_a_sequential_study_with_the_thread_count_it_announces(cifar_mini, tmp_path):
+def test_jobs_2_equals_a_sequential_study_with_the_thread_count_it_announces(cifar_sample, tmp_path):
     """3 seeds on 2 workers: one worker trains two runs (torch imported once); each run's numbers equal the
     sequential study's run with --threads cores/2, which the first line names."""
-    par = run_cli("train", *QUICK, "--data-dir", str(cifar_mini), "--seeds", "3", "--jobs", "2",
+    par = run_cli("train", *QUICK, "--data-dir", str(cifar_sample), "--seeds", "3", "--jobs", "2",
                   "--out", str(tmp_path / "par"))
     assert par.returncode == 0, par.stderr
     threads = max(1, len(os.sched_getaffinity(0)) // 2)
     unit = "thread" if threads == 1 else "threads"
     assert par.stdout.splitlines()[0] == (f"cifarlab: --jobs 2: {threads} {unit} per run; the numbers equal a "
                                           f"sequential study with --threads {threads}")
-    seq = run_cli("train", *QUICK, "--data-dir", str(cifar_mini), "--seeds", "3", "--threads", str(threads),
+    seq = run_cli("train", *QUICK, "--data-dir", str(cifar_sample), "--seeds", "3", "--threads", str(threads),
                   "--out", str(tmp_path / "seq"), "--quiet")
     assert seq.returncode == 0, seq.stderr
     workers, shares = [], {}
@@ -135,10 +134,10 @@ def test_jobs_2_equals_a_sequential_study_with_the_thread_count_it_announces(cif
 
 
 @pytest.mark.slow
-def test_jobs_with_threads_equals_jobs_1_with_the_same_threads(cifar_mini, tmp_path):
+def test_jobs_with_threads_equals_jobs_1_with_the_same_threads(cifar_sample, tmp_path):
     runs = {}
     for jobs in ("1", "2"):
-        result = run_cli("train", *QUICK, "--data-dir", str(cifar_mini), "--seeds", "2", "--threads", "2",
+        result = run_cli("train", *QUICK, "--data-dir", str(cifar_sample), "--seeds", "2", "--threads", "2",
                          "--jobs", jobs, "--out", str(tmp_path / f"jobs-{jobs}"))
         assert result.returncode == 0, result.stderr
         runs[jobs] = result
@@ -152,12 +151,12 @@ def test_jobs_with_threads_equals_jobs_1_with_the_same_threads(cifar_mini, tmp_p
 
 
 @pytest.mark.slow
-def test_a_stale_folder_stops_a_parallel_study_before_any_work(cifar_mini, tmp_path):
+def test_a_stale_folder_stops_a_parallel_study_before_any_work(cifar_sample, tmp_path):
     out = tmp_path / "study"
-    first = run_cli("train", *QUICK, "--data-dir", str(cifar_mini), "--threads", "1", "--lr", "0.001",
+    first = run_cli("train", *QUICK, "--data-dir", str(cifar_sample), "--threads", "1", "--lr", "0.001",
                     "--out", str(out / "seed-0"), "--quiet")
     assert first.returncode == 0, first.stderr
-    again = run_cli("train", *QUICK, "--data-dir", str(cifar_mini), "--seeds", "2", "--jobs", "2", "--lr", "0.05",
+    again = run_cli("train", *QUICK, "--data-dir", str(cifar_sample), "--seeds", "2", "--jobs", "2", "--lr", "0.05",
                     "--out", str(out))
     assert again.returncode == 2
     [line] = again.stderr.strip().splitlines()
@@ -223,16 +222,16 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and locks")
-def test_sigterm_to_a_parallel_study_stops_its_workers_and_frees_their_folders(cifar_mini, tmp_path):
+def test_sigterm_to_a_parallel_study_stops_its_workers_and_frees_their_folders(cifar_sample, tmp_path):
     import fcntl
 
     out = tmp_path / "study"
-    study = subprocess.Popen([sys.executable, "-m", "cifarlab", "train", *QUICK, "--epochs", "40", "--data-dir",
-                              str(cifar_mini), "--seeds", "2", "--jobs", "2", "--out", str(out)],
+    study = subprocess.Popen([sys.executable, "-m", "cifarlab", "train", *QUICK, "--epochs", "400", "--data-dir",
+                              str(cifar_sample), "--seeds", "2", "--jobs", "2", "--out", str(out)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     logs = [out / f"seed-{s}" / "train.log" for s in (0, 1)]
     deadline = time.monotonic() + 120
-    while not all(log.is_file() and re.search(r"epoch +1/40", log.read_text()) for log in logs):   # both are training
+    while not all(log.is_file() and re.search(r"epoch +1/400", log.read_text()) for log in logs):   # both are training
         assert study.poll() is None and time.monotonic() < deadline, study.communicate()
         time.sleep(0.2)
     study.send_signal(signal.SIGTERM)
@@ -247,12 +246,12 @@ def test_sigterm_to_a_parallel_study_stops_its_workers_and_frees_their_folders(c
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)                           # free: no BlockingIOError
 
 
-def test_a_lone_train_on_a_busy_machine_says_so_first(cifar_mini, tmp_path, monkeypatch, capsys):
+def test_a_lone_train_on_a_busy_machine_says_so_first(cifar_sample, tmp_path, monkeypatch, capsys):
     from cifarlab.cli import main
 
     monkeypatch.delenv("CIFARLAB_LOAD_NOTE")
     monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
-    args = ["train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini), "--epochs", "1",
+    args = ["train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_sample), "--epochs", "1",
             "--limit-train", "100", "--no-tensorboard", "--out", str(tmp_path / "lone")]
     assert main(args) == 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -25,11 +25,11 @@ def tiny(data, out, **changes):
 
 
 @pytest.fixture(scope="module")
-def finished(cifar_mini, tmp_path_factory):
+def finished(cifar_sample, tmp_path_factory):
     """A finished tiny run at lr 0.001: (its settings, its folder). Tests copy the folder before changing it."""
     from cifarlab.training.engine import fit
 
-    cfg = tiny(cifar_mini, tmp_path_factory.mktemp("finished") / "full" / "seed-0", lr=0.001)
+    cfg = tiny(cifar_sample, tmp_path_factory.mktemp("finished") / "full" / "seed-0", lr=0.001)
     fit(cfg)
     return cfg
 
@@ -95,11 +95,11 @@ def test_a_folder_from_before_fingerprints_is_compared_on_what_it_records(finish
         reuse_state(dataclasses.replace(cfg, weight_decay=5e-4))
 
 
-def test_an_unfinished_run_of_other_settings_is_refused_not_resumed(cifar_mini, tmp_path, monkeypatch, capsys):
+def test_an_unfinished_run_of_other_settings_is_refused_not_resumed(cifar_sample, tmp_path, monkeypatch, capsys):
     from cifarlab.study.runs import run_or_reuse
     from cifarlab.training import engine
 
-    cfg = tiny(cifar_mini, tmp_path / "run", lr=0.001)
+    cfg = tiny(cifar_sample, tmp_path / "run", lr=0.001)
     monkeypatch.setattr(engine, "StopSignals", StopAtStep(2))
     with pytest.raises(Interrupted, match="stopped by SIGINT at epoch 1, step 2"):
         run_or_reuse(cfg)
@@ -178,7 +178,7 @@ def test_a_failed_weights_save_leaves_no_temporary_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_the_tensorboard_writer_is_closed_when_a_run_fails(cifar_mini, tmp_path, monkeypatch):
+def test_the_tensorboard_writer_is_closed_when_a_run_fails(cifar_sample, tmp_path, monkeypatch):
     from cifarlab.training import engine
 
     class Writer:
@@ -197,17 +197,17 @@ def test_the_tensorboard_writer_is_closed_when_a_run_fails(cifar_mini, tmp_path,
         raise RuntimeError("a trial pruned after its first epoch")
     monkeypatch.setattr(engine, "tensorboard_writer", lambda folder, enabled: Writer())
     with pytest.raises(RuntimeError):
-        engine.fit(tiny(cifar_mini, tmp_path / "run"), on_epoch=fails)
+        engine.fit(tiny(cifar_sample, tmp_path / "run"), on_epoch=fails)
     assert Writer.closed
 
 
 # ---------------------------------------------------------------- studies of runs that never scored test
 
 @pytest.fixture(scope="module")
-def no_test_seeds(cifar_mini, tmp_path_factory):
+def no_test_seeds(cifar_sample, tmp_path_factory):
     out = tmp_path_factory.mktemp("no-test") / "seeds"
     result = cifarlab.train("basic-cnn", "cifar10", recipe="article-basic-cnn", out=out, seeds=2, test=False,
-                            val_size=100, data_dir=cifar_mini, limit_train=200, epochs=1, quiet=True)
+                            val_size=50, data_dir=cifar_sample, limit_train=150, epochs=1, quiet=True)
     return out, result
 
 
@@ -229,9 +229,9 @@ def test_compare_of_runs_without_test_compares_val_accuracy_and_says_so(no_test_
     assert f"Improvement: {b['final_val_acc'] - a['final_val_acc']:+.2f}%" in text
 
 
-def test_ablate_without_test_measures_on_val_and_says_so(cifar_mini, tmp_path):
+def test_ablate_without_test_measures_on_val_and_says_so(cifar_sample, tmp_path):
     result = cifarlab.ablate("basic-cnn", "cifar10", without="dropout", seeds=1, out=tmp_path / "ab", test=False,
-                             val_size=100, data_dir=cifar_mini, limit_train=200, epochs=1, quiet=True)
+                             val_size=50, data_dir=cifar_sample, limit_train=150, epochs=1, quiet=True)
     full, gone = (json.loads((tmp_path / "ab" / v / "seed-0" / "summary.json").read_text())
                   for v in ("full", "no-dropout"))
     assert result["scored_on"] == "val"
@@ -241,10 +241,10 @@ def test_ablate_without_test_measures_on_val_and_says_so(cifar_mini, tmp_path):
     assert f"Removing dropout: val (test not scored) accuracy {gone['final_val_acc']:.2f}%" in text
 
 
-def test_compare_refuses_runs_on_different_datasets(finished, cifar_mini, tmp_path):
+def test_compare_refuses_runs_on_different_datasets(finished, cifar_sample, tmp_path):
     from cifarlab.training.engine import fit
 
-    other = tiny(cifar_mini, tmp_path / "c100", dataset="cifar100")
+    other = tiny(cifar_sample, tmp_path / "c100", dataset="cifar100")
     fit(other)
     with pytest.raises(UsageError) as refused:
         cifarlab.compare([finished.out, other.out])

@@ -1,4 +1,5 @@
-"""cifarlab tune: a real Optuna study on cifar-mini, selected on val, test scored only to confirm."""
+"""cifarlab tune: real Optuna studies on the shipped sample (the longer ones on cifar-mini), selected on val, test
+scored only to confirm."""
 
 from __future__ import annotations
 
@@ -39,13 +40,13 @@ def test_tune_refuses_a_study_without_a_validation_split(tmp_path):
                                      "(default: 10% of the train split)")
 
 
-def test_a_val_size_the_data_cannot_hold_is_one_line_before_any_trial(cifar_mini, tmp_path):
-    # cifar-mini's CIFAR-10 has 5,000 train images: the old hidden default, 5000, left nothing to train on
-    result = run_cli("tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
-                     "--trials", "2", "--val-size", "5000", "--out", str(tmp_path / "t"))
+def test_a_val_size_the_data_cannot_hold_is_one_line_before_any_trial(cifar_sample, tmp_path):
+    # the sample's CIFAR-10 has 200 train images: a val split of all of them leaves nothing to train on
+    result = run_cli("tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_sample),
+                     "--trials", "2", "--val-size", "200", "--out", str(tmp_path / "t"))
     assert result.returncode == 2
-    assert result.stderr == ("cifarlab: error: --val-size 5000 must be smaller than the train split "
-                             "(5000 images)\n")                       # no Optuna traceback above it
+    assert result.stderr == ("cifarlab: error: --val-size 200 must be smaller than the train split "
+                             "(200 images)\n")                        # no Optuna traceback above it
     assert not (tmp_path / "t" / "tune.db").exists()                   # refused before Optuna started
 
 
@@ -113,18 +114,19 @@ def test_a_study_selects_on_val_writes_a_recipe_and_continues(cifar_mini, tmp_pa
 
 # One small study from Python, shared by the tests below: sgd with a non-default momentum and Nesterov fixed,
 # lr searched between a value that trains and one that diverges (the seeded sampler draws 0.01, 1e5, 0.01).
-SETTINGS = {"epochs": 1, "limit_train": 300, "optimizer": "sgd", "momentum": 0.8, "nesterov": True,
+# Batches of 32: 150 images make 4 steps, enough for lr 1e5 to reach a non-finite loss (2 steps of 64 are not).
+SETTINGS = {"epochs": 1, "limit_train": 150, "batch_size": 32, "optimizer": "sgd", "momentum": 0.8, "nesterov": True,
             "precision": "fp32", "eval_batch_size": 500, "seed": 0, "quiet": True}
 SPACE = {"lr": {"type": "categorical", "choices": [1e5, 0.01]}}
 
 
 @pytest.fixture(scope="module")
-def tuned(cifar_mini, tmp_path_factory):
+def tuned(cifar_sample, tmp_path_factory):
     pytest.importorskip("optuna")
     import cifarlab
     out = tmp_path_factory.mktemp("tuned") / "study"
     result = cifarlab.tune("basic-cnn", "cifar10", trials=3, space=SPACE, confirm_seeds=1, out=out,
-                           data_dir=str(cifar_mini), **SETTINGS)
+                           data_dir=str(cifar_sample), **SETTINGS)
     return out, result
 
 
@@ -140,12 +142,12 @@ def test_a_diverging_trial_is_recorded_failed_and_the_study_goes_on(tuned):
 
 
 def test_the_default_val_size_comes_from_the_data(tuned):
-    out, result = tuned                     # no val_size given: 10% of cifar-mini's 5,000 train images
-    assert result["val_size"] == 500
-    assert json.loads((Path(result["best"]["run"]) / "config.json").read_text())["val_size"] == 500
+    out, result = tuned                     # no val_size given: 10% of the sample's 200 train images
+    assert result["val_size"] == 20
+    assert json.loads((Path(result["best"]["run"]) / "config.json").read_text())["val_size"] == 20
 
 
-def test_the_best_recipe_holds_every_fixed_setting_and_the_confirmation_trains_from_it(tuned, cifar_mini):
+def test_the_best_recipe_holds_every_fixed_setting_and_the_confirmation_trains_from_it(tuned):
     from cifarlab.study.tune_results import RECIPE_FIELDS
     out, result = tuned
     recipe = (out / "best-recipe.toml").read_text()
@@ -165,20 +167,20 @@ def test_the_best_recipe_holds_every_fixed_setting_and_the_confirmation_trains_f
     assert confirmed["test"] is True and best["test"] is False
 
 
-def tune_again(out, cifar_mini, *changes):
+def tune_again(out, data_dir, *changes):
     """`cifarlab tune` on the tuned study's folder with the fixture's settings, then `changes`."""
     space = out.parent / "space.toml"
     space.write_text('[lr]\ntype = "categorical"\nchoices = [1e5, 0.01]\n')
-    flags = ["--epochs", "1", "--limit-train", "300", "--optimizer", "sgd", "--momentum", "0.8", "--nesterov",
-             "--precision", "fp32", "--eval-batch-size", "500", "--seed", "0", "--quiet"]
-    return run_cli("tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
+    flags = ["--epochs", "1", "--limit-train", "150", "--batch-size", "32", "--optimizer", "sgd", "--momentum", "0.8",
+             "--nesterov", "--precision", "fp32", "--eval-batch-size", "500", "--seed", "0", "--quiet"]
+    return run_cli("tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(data_dir),
                    "--trials", "3", "--space", str(space), "--confirm-seeds", "1", "--out", str(out), *flags,
                    *changes)
 
 
-def test_the_command_prints_what_the_python_result_prints(tuned, cifar_mini):
+def test_the_command_prints_what_the_python_result_prints(tuned, cifar_sample):
     out, result = tuned
-    again = tune_again(out, cifar_mini)          # the same settings: nothing left to train, the same confirmation
+    again = tune_again(out, cifar_sample)          # the same settings: nothing left to train, the same confirmation
     assert again.returncode == 0, again.stderr
     assert again.stdout == str(result)
 
@@ -187,10 +189,10 @@ def test_the_command_prints_what_the_python_result_prints(tuned, cifar_mini):
     (["--optimizer", "adam"], "was tuned with optimizer sgd, this tune asks adam"),
     (["--epochs", "2"], "was tuned with epochs 1, this tune asks 2"),
 ])
-def test_a_study_tuned_with_other_fixed_settings_is_refused(tuned, cifar_mini, change, message):
+def test_a_study_tuned_with_other_fixed_settings_is_refused(tuned, cifar_sample, change, message):
     optuna = pytest.importorskip("optuna")
     out, _ = tuned
-    again = tune_again(out, cifar_mini, *change)
+    again = tune_again(out, cifar_sample, *change)
     assert again.returncode == 2
     assert again.stderr == (f"cifarlab: error: study basic-cnn-cifar10 in {(out / 'tune.db').resolve()} {message}: "
                             "use another --out or --study\n")
@@ -198,12 +200,12 @@ def test_a_study_tuned_with_other_fixed_settings_is_refused(tuned, cifar_mini, c
     assert len(study.trials) == 3                                  # no trial was added under the other settings
 
 
-def test_a_study_searched_over_another_space_is_refused(tuned, cifar_mini):
+def test_a_study_searched_over_another_space_is_refused(tuned, cifar_sample):
     import cifarlab
     out, _ = tuned
     with pytest.raises(UsageError, match=r"was tuned with lr searched over \[100000.0, 0.01\], this tune asks "
                                          r"searched over 0.001..0.1 \(log\)"):
-        cifarlab.tune("basic-cnn", "cifar10", trials=4, out=out, data_dir=str(cifar_mini),
+        cifarlab.tune("basic-cnn", "cifar10", trials=4, out=out, data_dir=str(cifar_sample),
                       space={"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}, **SETTINGS)
 
 
@@ -376,7 +378,8 @@ class SleepingWorker:
             self.process.wait()
 
 
-def test_a_failing_parent_ends_its_workers_and_starts_no_more_than_trials_left(cifar_mini, tmp_path, monkeypatch):
+def test_a_failing_parent_ends_its_workers_and_starts_no_more_than_trials_left(cifar_sample, tmp_path,
+                                                                               monkeypatch):
     pytest.importorskip("optuna")
     from cifarlab.study import tune as tune_module
     from cifarlab.study.runs import Launch
@@ -391,7 +394,7 @@ def test_a_failing_parent_ends_its_workers_and_starts_no_more_than_trials_left(c
 
     monkeypatch.setattr(tune_module, "start_workers", start_workers)
     monkeypatch.setattr(tune_module, "run_trials", run_trials)
-    cfg = build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(cifar_mini),
+    cfg = build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(cifar_sample),
                         "out": str(tmp_path / "t"), "quiet": True})
     with pytest.raises(UsageError, match="the parent's trial failed"):
         tune_module.tune(cfg, 2, SPACE, launch=Launch(jobs=5), val_size_given=False)
@@ -412,21 +415,21 @@ def test_stopping_workers_ends_the_processes_still_running():
 
 
 @pytest.mark.slow            # a second process: cli.main's own argv reaches the worker, not pytest's
-def test_main_with_jobs_from_python_runs_at_most_one_process_per_trial(cifar_mini, tmp_path):
+def test_main_with_jobs_from_python_runs_at_most_one_process_per_trial(cifar_sample, tmp_path):
     pytest.importorskip("optuna")
     import torch
 
     from cifarlab.cli import main
     out = tmp_path / "jobs"
     threads, cpus = torch.get_num_threads(), os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    code = main(["tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_mini),
-                 "--epochs", "1", "--limit-train", "300", "--eval-batch-size", "500", "--precision", "fp32",
+    code = main(["tune", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_sample),
+                 "--epochs", "1", "--limit-train", "150", "--eval-batch-size", "500", "--precision", "fp32",
                  "--trials", "2", "--jobs", "4", "--confirm-seeds", "0", "--out", str(out), "--quiet"])
     assert code == 0
     # this process is as it was (its trials trained with the recorded count, on its share, then let go)
     assert torch.get_num_threads() == threads
     assert cpus is None or os.sched_getaffinity(0) == cpus
-    per_run = max(1, len(cpus or range(os.cpu_count())) // 2)
+    per_run = max(1, len(cpus or range(os.cpu_count())) // 4)        # cores / the --jobs asked for
     for trial in (out / "trials").iterdir():
         assert json.loads((trial / "config.json").read_text())["threads"] == per_run   # 2 trials, 2 processes
     saved = json.loads((out / "tune.json").read_text())
