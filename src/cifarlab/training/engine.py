@@ -3,7 +3,8 @@
 fit() sets up a Trainer (data, run folder, model, optimizer; or the checkpoint of the run it resumes),
 runs the epochs (run_epoch: train_epoch, then score val and test, then metrics and checkpoints), and
 writes summary.json; it returns the summary, which its caller prints and writes as summary.txt through
-report/ (study/runs.py: train_run), so training imports nothing above it. The file reads in that order; the helpers come after, in the order they are called.
+report/ (study/runs.py: train_run), so training imports nothing above it. The file reads in that order; the
+helpers come after, in the order they are called.
 The Trainer (trainer.py) holds the run's objects and its checkpoint; evaluation.py scores a split.
 """
 
@@ -15,7 +16,7 @@ import time
 
 import torch
 
-from cifarlab import __version__ as cifarlab_version   # the package face; nothing above training
+from cifarlab import __version__ as cifarlab_version   # the version only: cifarlab.* names the API above
 from cifarlab.config import TrainConfig
 from cifarlab.data.augment import normalize
 from cifarlab.errors import UsageError

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from cifarlab import __version__ as cifarlab_version   # the package face; nothing above training
+from cifarlab import __version__ as cifarlab_version   # the version only: cifarlab.* names the API above
 from cifarlab.config import TrainConfig
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.errors import Diverged, Interrupted
