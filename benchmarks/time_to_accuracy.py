@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from cifarlab.cli import add_train_flags, given_settings
+from cifarlab.cli_flags import add_train_flags, given_settings
 from cifarlab.config import train_config
 from cifarlab.training.engine import fit
 

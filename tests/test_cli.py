@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from cifarlab.cli import EXPORT_FORMATS, build_parser, given_settings
+from cifarlab.cli_flags import EXPORT_FORMATS, build_parser, given_settings
 from cifarlab.config import TrainConfig, flags, train_config
 from cifarlab.models import MODELS
 

@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cifarlab.report.summary import article_summary
+
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow          # each test trains under torchrun (2 processes): 20-50 s on 2 CPU cores
@@ -54,8 +56,9 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(cifar_m
     assert sb["world_size"] == 2 and sa["world_size"] == 1
     assert sb["final_train_loss"] == pytest.approx(sa["final_train_loss"], rel=1e-5)
     assert abs(sb["final_test_acc"] - sa["final_test_acc"]) <= 0.1          # at most one of 1,000 images
-    # rank 0 alone writes: one metrics line per epoch, one config
+    # rank 0 alone writes: one metrics line per epoch, one config, and the summary block its caller makes of fit's
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (tmp_path / "two" / "summary.txt").read_text() == article_summary(sb)
 
 
 def test_resume_under_torchrun_after_sigterm_equals_the_uninterrupted_run(cifar_mini, tmp_path):

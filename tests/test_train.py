@@ -59,6 +59,38 @@ def test_same_seed_gives_the_same_metrics_on_cpu(cifar_sample, tmp_path):
     assert run("a") == run("b")
 
 
+def test_fit_returns_the_summary_and_every_caller_writes_and_prints_its_block(cifar_sample, tmp_path, capsys):
+    """fit() imports nothing from report/; study.runs.train_run, which every path that trains goes through (train,
+    --resume, studies and their workers, tune trials, torchrun ranks), writes summary.txt and prints the block."""
+    import dataclasses
+
+    import optuna
+
+    from cifarlab.report.summary import article_summary, publish_run
+    from cifarlab.study.runs import run_or_reuse
+    from cifarlab.study.tune import objective
+
+    def block_of(folder):
+        text = (folder / "summary.txt").read_text()
+        assert text == article_summary(json.loads((folder / "summary.json").read_text()))
+        return text
+
+    cfg = build_config({"model": "basic-cnn", "dataset": "cifar10", "data_dir": str(cifar_sample), "epochs": 1,
+                        "limit_train": 100, "tensorboard": False, "out": str(tmp_path / "run")})
+    run_or_reuse(cfg)                                                    # a study's run, as its worker trains it
+    block = block_of(tmp_path / "run")
+    assert "CIFAR-10 Basic CNN Results Summary" in block and block in capsys.readouterr().out
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(direction="maximize").ask()
+    objective(trial, dataclasses.replace(cfg, val_size=50), {"lr": {"type": "float", "low": 1e-3, "high": 2e-3}},
+              tmp_path / "tune", optuna)
+    assert "Final Test Accuracy: not scored (--no-test)" in block_of(tmp_path / "tune" / "trials" / "trial-0000")
+    capsys.readouterr()
+    # another torchrun rank's summary names no run folder: it writes and prints nothing
+    assert publish_run({"model": "basic-cnn"}, quiet=False) == {"model": "basic-cnn"}
+    assert capsys.readouterr().out == ""
+
+
 def test_recipe_values_are_overridden_by_flags():
     cfg = build_config({"model": "deeper-cnn", "dataset": "cifar10", "epochs": 2, "lr": 0.01},
                        "article-deeper-cnn")

@@ -72,15 +72,15 @@ def train(model, dataset, *, recipe: str | None = None, out: str | Path | None =
     gets cores/jobs threads, or `threads=` as given), or each as a task on the Ray cluster `ray` ("auto" or an
     address) with `ray_cpus` CPUs.
     """
+    from cifarlab.study.runs import train_run
     from cifarlab.study.seeds import train_seeds
-    from cifarlab.training.engine import fit
 
     launch = _launch(seeds, jobs, ray, ray_cpus)
     cfg, obj = _config(model, dataset, recipe, out, settings)
     if seeds > 1:
         return train_seeds(cfg, seeds, obj, launch)
     from torch import nn
-    summary = fit(cfg, model=copy.deepcopy(obj) if isinstance(obj, nn.Module) else obj)
+    summary = train_run(cfg, model=copy.deepcopy(obj) if isinstance(obj, nn.Module) else obj)
     return load_run(summary["run_dir"], obj)
 
 
@@ -89,13 +89,13 @@ def resume(run: Run | str | Path, model=None, **changes) -> Run:
     checkpoint_every and tensorboard may change."""
     from cifarlab.config import resume_config
     from cifarlab.fingerprint import check_same_data
-    from cifarlab.training.engine import fit
+    from cifarlab.study.runs import train_run
 
     run = run if isinstance(run, Run) else load_run(run, model)
     supplied = model if model is not None else run.supplied_model
     cfg = resume_config(run.config, changes, str(run.path), supplied)
     check_same_data(cfg, run.config)
-    fit(cfg, resume=True, model=supplied)
+    train_run(cfg, resume=True, model=supplied)
     return load_run(run.path, supplied)
 
 
@@ -163,3 +163,30 @@ def reproduce(data_dir: str | Path | None = None, *, scale: float = 1.0, tuned: 
     if unknown:
         raise UsageError(f"reproduce takes no setting '{unknown[0]}' (it takes: {', '.join(sorted(allowed))})")
     return run_study(str(data_dir) if data_dir else None, scale, tuned, str(out) if out else None, settings, launch)
+
+
+# ---------------------------------------------------------------- what the command line calls
+# cli.py parses the flags and prints; these turn the flags' values (None: not given) into the work.
+
+def command_config(settings: dict, recipe: str | None = None, sample: bool = False, default_recipe: bool = False):
+    """The settings of `cifarlab train`, `ablate` or `tune` from its flags: --sample is the data folder, and a
+    recipe fills what the flags leave out. A bad value is refused here, before torch is imported."""
+    from cifarlab.config import train_config
+    from cifarlab.sample import with_sample
+
+    settings = with_sample(settings, sample, (settings["dataset"],))
+    return train_config(settings, recipe, default_recipe, note=_note)
+
+
+def train_command(cfg, seeds: int, launch) -> None:
+    """`cifarlab train` without --resume: `seeds` runs (a study), or one, after the note that other work on the
+    cores slows a lone run's timings too; the summary is printed as each run ends."""
+    from cifarlab.study.launch import say_if_busy
+    from cifarlab.study.runs import train_run
+    from cifarlab.study.seeds import train_seeds
+
+    if seeds > 1:
+        train_seeds(cfg, seeds, launch=launch)
+    else:
+        say_if_busy(cfg)
+        train_run(cfg)

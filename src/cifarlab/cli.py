@@ -1,131 +1,15 @@
-"""Command-line interface: parsing and printing only; the work happens in the modules it calls."""
+"""Command-line interface: parsing (the flags: cli_flags.py) and printing only; each command hands its flags
+to one call below and prints what comes back."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
-from cifarlab import __version__
-from cifarlab.config import DEVICES, RESUME_MAY_CHANGE, TrainConfig, flag_text, flags
+from cifarlab.cli_flags import build_parser, given_settings, train_settings
 from cifarlab.errors import CifarlabError, Interrupted, UsageError
-from cifarlab.run import EXPORT_FORMATS   # no torch import: --help stays fast
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse's own errors become our one-line, exit-2 errors.
-    def error(self, message):
-        raise UsageError(message)
-
-
-_FLAG_TYPES = {"int": int, "int | None": int, "float": float}   # from the annotation; other values stay text
-
-
-def add_train_flags(p: argparse.ArgumentParser) -> None:
-    """A flag for every TrainConfig field that has one, as its setting() in config.py describes it.
-
-    Every default is None ("not given"), so a recipe fills what the command line leaves out.
-    """
-    for f in fields(TrainConfig):
-        meta = f.metadata
-        for i, flag in enumerate(flags(f)):
-            if f.type == "bool":   # --X turns it on, --no-X off; the second of a pair has its own help
-                p.add_argument(flag, dest=f.name, action="store_const", const=not flag.startswith("--no-"),
-                               help=meta["off_help"] if i else meta["help"])
-            else:   # augment stays text here; train_config() splits the comma list
-                p.add_argument(flag, dest=f.name, type=_FLAG_TYPES.get(f.type), choices=meta["choices"],
-                               metavar=meta["metavar"], help=meta["help"])
-
-
-def given_settings(args: argparse.Namespace) -> dict:
-    """The values of add_train_flags' flags in `args` (None: not given)."""
-    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if flags(f)}
-
-
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", help="a named recipe (see `cifarlab recipes`) or a .toml file; flags override it")
-    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
-                   help="an extra keyword for your own model's factory (repeatable; VALUE as a Python literal)")
-    add_train_flags(p)
-    _add_sample(p)
-
-
-SAMPLE_SCALE = 0.5    # reproduce --sample: half the epochs on 100 images, a minute or two on 2 idle CPU cores
-SAMPLE_HELP = ("use the real CIFAR-10/100 sample shipped with cifarlab as --data-dir (200 train and 100 test "
-               "images each): offline, nothing is downloaded")
-
-
-def _add_sample(p: argparse.ArgumentParser, help: str = SAMPLE_HELP) -> None:
-    p.add_argument("--sample", action="store_true", help=help)
-
-
-def _use_sample(args, datasets: tuple[str | None, ...]) -> None:
-    """--sample: the shipped sample becomes --data-dir, and nothing is downloaded."""
-    if args.sample:
-        from cifarlab.sample import as_data_dir
-
-        args.data_dir, args.download = as_data_dir(args.data_dir, datasets), False
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cifarlab", description="Train, compare and ablate image classifiers on MNIST, Fashion-MNIST, "
-                     "CIFAR-10, CIFAR-100 and your own images (--dataset folder:PATH), with your own models "
-                     "(--model module:factory).",
-                     epilog="First run, offline: cifarlab reproduce --sample. Example: cifarlab train --model basic-cnn "
-                     "--dataset cifar10 --recipe article-basic-cnn")
-    parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    _add_train_and_ablate(sub)
-    _add_tune_command(sub)
-    _add_study_commands(sub)
-    _add_run_commands(sub)
-    _add_listing_commands(sub)
-    return parser
-
-
-def _add_train_and_ablate(sub) -> None:
-    """`train` and `ablate`: the settings flags, generated from TrainConfig, plus their own."""
-    train = sub.add_parser("train", help="train one model and write a run folder",
-                           description="Train a model; writes config.json, metrics.jsonl, summary.json, summary.txt, "
-                           "checkpoints/ and model.safetensors to the run folder.")
-    _add_train_args(train)
-    train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue RUN_DIR exactly where it stopped (its saved settings; only "
-                       f"{', '.join(flag_text(name) for name in RESUME_MAY_CHANGE)} may be given)")
-    train.add_argument("--seeds", type=int, default=1,
-                       help="train K seeds (--seed, --seed+1, ...) into OUT/seed-S; summary.json gets mean +- std")
-    _add_jobs(train)
-
-    ablate = sub.add_parser("ablate", help="full recipe vs each technique removed, over seeds",
-                            description="Train the full recipe and variants without BatchNorm / Kaiming init / "
-                            "dropout / augmentation; writes ablation.json, ablation.md, plots and report.html.",
-                            epilog="Example: cifarlab ablate --model deeper-cnn --dataset cifar10 --epochs 3 "
-                            "--seeds 2 --limit-train 10000")
-    _add_train_args(ablate)
-    ablate.add_argument("--seeds", type=int, default=2, help="seeds per variant (default 2)")
-    _add_jobs(ablate)
-    ablate.add_argument("--without", help="comma list of batchnorm,kaiming,dropout,augment (default: each), "
-                        "or all = each and everything removed at once")
-
-
-JOBS_HELP = ("run up to N runs at once in N worker processes: one GPU each (round robin over the allowed ones), and "
-             "on a CPU cores/N threads per run on its own cores (pinned on Linux; the numbers equal a sequential "
-             "study with --threads cores/N), or --threads T as given; each run's output goes to RUN/train.log "
-             "(default 1: one after another)")
-
-
-RAY_HELP = ("run each run as a task on a Ray cluster: auto (the one this machine belongs to) or HOST:PORT; --out "
-            'must be on a filesystem every node sees (pip install "cifarlab[ray]")')
-
-
-def _add_jobs(parser, jobs_help: str = JOBS_HELP, ray_help: str = RAY_HELP) -> None:
-    parser.add_argument("--jobs", type=int, default=1, metavar="N", help=jobs_help)
-    parser.add_argument("--ray", metavar="ADDRESS", help=ray_help)
-    parser.add_argument("--ray-cpus", type=int, default=1, metavar="N", help="CPUs per Ray task (default 1; on a "
-                        "GPU cluster each task also takes one GPU)")
 
 
 def _launch(args):
@@ -134,187 +18,25 @@ def _launch(args):
     return Launch(args.jobs, args.ray, args.ray_cpus).check()
 
 
-def _add_tune_command(sub) -> None:
-    """`tune`: a recipe search with Optuna, selected on a validation split."""
-    tune = sub.add_parser("tune", help="search a recipe with Optuna on a validation split; best-recipe.toml",
-                          description="Each trial trains a run folder under OUT/trials/ and is scored on the "
-                          "validation split only (pruned when it falls behind); the best settings go to "
-                          "OUT/best-recipe.toml, tune.json and report.html, and with --confirm-seeds K they are "
-                          "retrained on the whole train split and scored on test, once. Needs Optuna "
-                          '(pip install "cifarlab[tune]").',
-                          epilog="Example: cifarlab tune --model basic-cnn --dataset cifar10 --trials 20 --epochs 3 "
-                          "--out runs/tune")
-    _add_train_args(tune)
-    next(a for a in tune._actions if a.dest == "val_size").help = (
-        "hold out N train images (class-balanced, seeded) that the trials are selected on (default: 10%% of the "
-        "train split, at least one per class; a folder dataset's own val/ split where it has one)")
-    tune.add_argument("--trials", type=int, help="trials in the study in all (required; a second run of the "
-                      "same command continues up to this number, and refuses other fixed settings)")
-    tune.add_argument("--worker-of", metavar="FILE", help=argparse.SUPPRESS)   # a --jobs study's other processes
-    tune.add_argument("--space", metavar="FILE.toml", help="the search space: tables [setting] with type = "
-                      '"float" | "int" | "categorical" and low/high (log = true) or choices (default: lr, '
-                      "weight decay, label smoothing, batch size, schedule, warm-up, augmentation)")
-    tune.add_argument("--storage", metavar="URL", help="Optuna storage shared by several processes or machines, "
-                      "e.g. postgresql://user:pass@host/db (default: sqlite file OUT/tune.db)")
-    tune.add_argument("--study", help="study name in the storage (default MODEL-DATASET)")
-    tune.add_argument("--confirm-seeds", type=int, default=2, metavar="K",
-                      help="retrain the best settings on the whole train split over K seeds and score test "
-                      "(default 2; 0: skip)")
-    _add_jobs(tune, "run N trials at once: N tune processes share the study (cores/N threads each, the others "
-                    "pinned to their own cores and logging to OUT/workers/)", "run the N (--jobs) tune workers as tasks on a Ray cluster instead "
-                    "(auto or HOST:PORT); --out must be on a filesystem every node sees, and the storage reachable "
-                    "from every node (--storage postgresql://... across machines)")
-
-
-def _add_study_commands(sub) -> None:
-    """`compare` and `reproduce`: studies over finished or new runs."""
-    compare = sub.add_parser("compare", help="the article's COMPARISON block for two runs, a table for more",
-                             description="Compare finished run folders: test accuracies, improvement, parameters "
-                             "and their ratio.", epilog="Example: cifarlab compare runs/basic runs/deeper --plot cmp.png")
-    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    compare.add_argument("--plot", metavar="FILE.png", help="write a bar chart + overlaid test-accuracy curves")
-    compare.add_argument("--json", action="store_true", help="print the runs' summaries as JSON")
-
-    reproduce = sub.add_parser("reproduce", help="the article's six runs, its figures beside ours, one report",
-                               description="Run the article's study (basic-cnn, deeper-cnn, resnet18 on CIFAR-10/100) "
-                               "with its recipes; writes one folder per run, reproduce.json, report.md and report.html. "
-                               "A second invocation reuses finished runs.",
-                               epilog="Examples: cifarlab reproduce --sample (offline, on the shipped sample); "
-                               "cifarlab reproduce --data-dir ~/data --scale 0.1 --out runs/quick")
-    reproduce.add_argument("--data-dir", help="dataset root (default $CIFARLAB_DATA or ~/.cache/cifarlab)")
-    _add_sample(reproduce, "run the study offline on the real CIFAR-10/100 sample shipped with cifarlab (200 train "
-                f"and 100 test images each), at --scale {SAMPLE_SCALE:g} unless given: a first look in minutes")
-    reproduce.add_argument("--scale", type=float,
-                           help="multiply epochs and train-set size by F in (0, 1] for a quick pass (default 1; "
-                           f"{SAMPLE_SCALE:g} with --sample)")
-    reproduce.add_argument("--tuned", action="store_true",
-                           help="add our tuned recipes side by side (tuned-<model>[-<dataset>]; at full scale "
-                           "the deeper-cnn and resnet18 ones take hours on a CPU)")
-    reproduce.add_argument("--out", help="study folder (default runs/reproduce; runs/reproduce-sample with --sample, "
-                           "so that the full study never meets the sample's runs)")
-    _add_jobs(reproduce)
-    reproduce.add_argument("--device", choices=DEVICES)
-    reproduce.add_argument("--no-download", dest="download", action="store_const", const=False)
-    reproduce.add_argument("--quiet", action="store_const", const=True)
-
-
-def _add_run_commands(sub) -> None:
-    """`evaluate`, `predict`, `export`: what to do with a trained run."""
-    evaluate = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix of a trained model",
-                              description="Reload a run folder (its best checkpoint) or a checkpoint file and "
-                              "evaluate it; writes evaluation.json, confusion.png and per_class.png.",
-                              epilog="Example: cifarlab evaluate runs/basic --tta flip")
-    evaluate.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
-    evaluate.add_argument("--split", choices=("test", "val"), default="test")
-    evaluate.add_argument("--tta", choices=("none", "flip", "flip-shift"), default="none",
-                          help="flip = average with the mirror; flip-shift = also with copies moved 1 pixel "
-                          "up-left and down-right (what the fast94 recipe's final evaluation uses)")
-    evaluate.add_argument("--data-dir")
-    evaluate.add_argument("--device", choices=DEVICES, default="auto")
-    evaluate.add_argument("--out", help="folder for the results (default RUN_DIR/evaluation-SPLIT)")
-    evaluate.add_argument("--json", action="store_true")
-
-    predict = sub.add_parser("predict", help="top-k labels for image files",
-                             description="Classify image files (PNG, JPEG, any size) with a trained model: each is "
-                             "converted to RGB (grayscale for MNIST-style models), resized to the dataset's size and "
-                             "normalised as in training.",
-                             epilog="Example: cifarlab predict runs/resnet18 cat.png ship.jpg --top-k 3")
-    predict.add_argument("source", metavar="CHECKPOINT|RUN_DIR")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
-    predict.add_argument("--top-k", type=int, default=5, help="labels to show per image (default 5)")
-    predict.add_argument("--json", action="store_true")
-
-    export = sub.add_parser("export", help="write a trained model as ONNX, TorchScript or safetensors",
-                            description="Export a run's model (its best checkpoint) for use outside cifarlab. Input: "
-                            "float32 NCHW images, pixels / 255 normalised with the dataset's mean/std (stored in the "
-                            "file's metadata with the class names). ONNX: input 'images', output 'logits', dynamic "
-                            "batch; needs `pip install 'cifarlab[export]'`.",
-                            epilog="Example: cifarlab export runs/resnet18 --format onnx --out resnet18.onnx")
-    export.add_argument("source", metavar="RUN_DIR")
-    export.add_argument("--format", choices=EXPORT_FORMATS, required=True)
-    export.add_argument("--out", metavar="FILE",
-                        help="output file (default RUN_DIR/" + ", RUN_DIR/".join(EXPORT_FORMATS.values()) + ")")
-
-
-def _add_listing_commands(sub) -> None:
-    """`models`, `recipes`, `data`: what is there to use."""
-    models = sub.add_parser("models", help="list models with their parameter counts")
-    models.add_argument("--dataset", default="cifar10", help="count parameters for this dataset (default cifar10)")
-    models.add_argument("--json", action="store_true")
-
-    recipes = sub.add_parser("recipes", help="list the named recipes and what they set")
-    recipes.add_argument("--json", action="store_true")
-
-    data = sub.add_parser("data", help="download, verify or describe datasets (built-in, folder:PATH, npz:FILE)")
-    data.add_argument("action", choices=("download", "verify", "info"))
-    data.add_argument("--dataset", default="cifar10")
-    data.add_argument("--data-dir")
-    data.add_argument("--image-size", type=int, metavar="N", help="as in train: describe the images resized to NxN")
-    data.add_argument("--channels", type=int, choices=(1, 3), help="as in train: describe them with 1 or 3 channels")
-    data.add_argument("--json", action="store_true", help="print the facts as JSON")
-    _add_sample(data, "describe or verify the CIFAR-10/100 sample shipped with cifarlab")
-
-
-def _model_args(pairs: list[str] | None) -> dict | None:
-    """['width=64', 'act="gelu"'] -> {'width': 64, 'act': 'gelu'}; a VALUE that is no literal stays a string."""
-    import ast
-
-    if not pairs:
-        return None
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise UsageError(f"--model-arg {pair}: write KEY=VALUE, e.g. --model-arg width=64")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
-def _train_config(args, default_recipe: bool = False):
-    from cifarlab.config import train_config
-
-    if args.model is None and args.recipe is None or args.dataset is None:
-        raise UsageError(f"{args.command} needs --model and --dataset (see `cifarlab models`)")
-    _use_sample(args, (args.dataset,))
-    overrides = {**given_settings(args), "model_args": _model_args(args.model_arg)}
-    return train_config(overrides, args.recipe, default_recipe, note=lambda m: print(m, file=sys.stderr))
-
-
 def _check_seeds(seeds: int) -> None:
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
 
 
-def _resume(args) -> None:
-    from cifarlab.api import resume
-
-    _use_sample(args, ())
-    # Everything given is passed on, so that resume_config() names a setting that may not change.
-    changes = {**given_settings(args), "recipe": args.recipe, "model_arg": args.model_arg}
-    if args.seeds != 1:
-        changes["seeds"] = args.seeds
-    resume(args.resume, **changes)
-
-
 def cmd_train(args) -> int:
+    from cifarlab.api import command_config, resume, train_command
+    from cifarlab.sample import with_sample
+
     if args.resume:
-        _resume(args)
+        # Everything given is passed on, so that resume_config() names a setting that may not change.
+        changes = {**given_settings(args), "recipe": args.recipe, "model_arg": args.model_arg}
+        if args.seeds != 1:
+            changes["seeds"] = args.seeds
+        resume(args.resume, **with_sample(changes, args.sample, ()))
         return 0
     _check_seeds(args.seeds)
-    cfg = _train_config(args)      # a bad number is refused here, before torch is imported
-    launch = _launch(args)
-
-    from cifarlab.study.launch import say_if_busy
-    from cifarlab.study.seeds import train_seeds
-    from cifarlab.training.engine import fit
-    if args.seeds > 1:
-        train_seeds(cfg, args.seeds, launch=launch)
-    else:
-        say_if_busy(cfg)       # other work on the cores: a lone run's timings are slower too
-        fit(cfg)
+    cfg = command_config(train_settings(args), args.recipe, args.sample)
+    train_command(cfg, args.seeds, _launch(args))
     return 0
 
 
@@ -332,26 +54,26 @@ def cmd_compare(args) -> int:
 
 
 def cmd_ablate(args) -> int:
+    from cifarlab.api import command_config
     from cifarlab.study.ablate import ablate, parse_without
 
     _check_seeds(args.seeds)
     launch = _launch(args)
     techniques, remove_all = parse_without(args.without)
-    result = ablate(_train_config(args, default_recipe=True), techniques, remove_all, args.seeds, launch=launch)
+    cfg = command_config(train_settings(args), args.recipe, args.sample, default_recipe=True)
+    result = ablate(cfg, techniques, remove_all, args.seeds, launch=launch)
     print(result, end="")
     print(f"ablation.json, ablation.md, ablation.png, report.html in {result['folder']}")
     return 0
 
 
 def cmd_reproduce(args) -> int:
+    from cifarlab.sample import study_settings
     from cifarlab.study.reproduce import FULL_STUDY, reproduce
 
-    _use_sample(args, ())
-    if args.scale is None:
-        args.scale = SAMPLE_SCALE if args.sample else 1.0
-    args.out = args.out or ("runs/reproduce-sample" if args.sample else "runs/reproduce")
     overrides = {k: getattr(args, k) for k in ("device", "download", "quiet") if getattr(args, k) is not None}
-    result = reproduce(args.data_dir, args.scale, args.tuned, args.out, overrides, _launch(args))
+    data_dir, scale, out, overrides = study_settings(args.data_dir, args.scale, args.out, overrides, args.sample)
+    result = reproduce(data_dir, scale, args.tuned, out, overrides, _launch(args))
     print(result, end="")
     print(f"report: {Path(result['folder']) / 'report.html'} (and report.md)")
     if args.sample:
@@ -391,35 +113,17 @@ def cmd_export(args) -> int:
 
 
 def cmd_models(args) -> int:
-    import torch
-
     from cifarlab.data.sources import dataset_info
-    from cifarlab.models import MODELS, build_model, count_params
-    from cifarlab.models.registry import load_entry_points
+    from cifarlab.models.listing import format_models, model_rows
 
     info = dataset_info(args.dataset)
-    load_entry_points()   # models that installed packages add (the cifarlab.models entry-point group)
-    rows = []
-    for name, spec in MODELS.items():
-        params = None
-        if info.size >= spec.min_size:
-            # On the meta device nothing is allocated or initialised: counting 36M parameters is instant.
-            try:
-                with torch.device("meta"):
-                    params = count_params(build_model(name, info.num_classes, info.channels, info.size,
-                                                      dataset=args.dataset))
-            except UsageError as e:   # a plug-in that cannot be built for this dataset
-                print(f"cifarlab: warning: {e}", file=sys.stderr)
-        rows.append({"name": name, "params": params, "dataset": args.dataset, "description": spec.summary,
-                     "switches": sorted(spec.switches), "origin": spec.origin})
+    rows, warnings = model_rows(info.num_classes, info.channels, info.size, args.dataset)
+    for warning in warnings:   # a plug-in that cannot be built for this dataset
+        print(f"cifarlab: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        width = max(len(name) for name in MODELS)
-        print(f"{'model':<{width}} {'params (' + args.dataset + ')':>20}  description")
-        for r in rows:
-            count = f"{r['params']:,}" if r["params"] is not None else "n/a"
-            print(f"{r['name']:<{width}} {count:>20}  {r['description']}")
+        print(format_models(rows, args.dataset), end="")
     return 0
 
 
@@ -439,9 +143,10 @@ def cmd_recipes(args) -> int:
 
 def cmd_data(args) -> int:
     from cifarlab.data.describe import describe_dataset, format_description
+    from cifarlab.sample import as_data_dir
 
-    _use_sample(args, (args.dataset,))
-    facts = describe_dataset(args.dataset, args.data_dir, args.image_size, args.channels,
+    data_dir = as_data_dir(args.data_dir, (args.dataset,)) if args.sample else args.data_dir
+    facts = describe_dataset(args.dataset, data_dir, args.image_size, args.channels,
                              download_missing=args.action == "download", verify=args.action == "verify")
     if args.json:
         print(json.dumps(facts, indent=2))
@@ -451,6 +156,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from cifarlab.api import command_config
     from cifarlab.study.tune import load_space, tune, work
 
     if args.worker_of:        # one of the processes `--jobs N` started: the parent's settings are in the file
@@ -458,8 +164,8 @@ def cmd_tune(args) -> int:
         return 0
     if args.trials is None:
         raise UsageError("the following arguments are required: --trials")
-    result = tune(_train_config(args), args.trials, load_space(args.space), args.storage, args.study,
-                  args.confirm_seeds, _launch(args), val_size_given=args.val_size is not None)
+    result = tune(command_config(train_settings(args), args.recipe, args.sample), args.trials, load_space(args.space),
+                  args.storage, args.study, args.confirm_seeds, _launch(args), val_size_given=args.val_size is not None)
     print(result, end="")
     return 0
 

@@ -2,7 +2,7 @@
 
 Each field is declared with `setting(...)`, which says everything else about it: the help of its
 `cifarlab train` flag, its choices, whether a recipe may carry it and whether `--resume` may change
-it. cli.py makes the flags from these declarations. This module imports no torch, so `--help` is fast.
+it. cli_flags.py makes the flags from these declarations. This module imports no torch, so `--help` is fast.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def setting(default=MISSING, help: str | None = None, *, factory=MISSING, choice
 
     Its flag is --NAME (with - for _), given as `help` describes; a bool that defaults to true is
     turned off by --no-NAME instead, and one given `off_help` gets both --NAME and --no-NAME.
-    flag=False: no flag of its own (a recipe, or a hand-written flag in cli.py, sets it).
+    flag=False: no flag of its own (a recipe, or a hand-written flag in cli_flags.py, sets it).
     in_recipes=False: a recipe may not set it (where data and results live is the user's business).
     on_resume=True: `--resume` may change it (where the data is, where to run, what to print, how often to save).
     """
@@ -60,14 +60,14 @@ class TrainConfig:
         "cifar10", in_recipes=False,
         help="cifar10 | cifar100 | mnist | fashion-mnist, or your own images: folder:PATH (PATH/train/<class>/*.png, "
         "PATH/test/<class>/..., optional PATH/val/) or npz:FILE")
-    # extra keywords for your own model's factory; cli.py fills it from --model-arg KEY=VALUE
+    # extra keywords for your own model's factory; cli_flags.py fills it from --model-arg KEY=VALUE
     model_args: dict = setting(factory=dict, flag=False, in_recipes=False)
     image_size: int | None = setting(
         None, "folder:/npz: resize every image to NxN (antialiased); needed when sizes differ", metavar="N",
         in_recipes=False)
     channels: int | None = setting(
         None, "folder:/npz: 1 = grayscale, 3 = RGB (default: as the first image)", choices=(1, 3), in_recipes=False)
-    recipe: str | None = setting(None, flag=False, in_recipes=False)   # the recipe's name; cli.py's --recipe
+    recipe: str | None = setting(None, flag=False, in_recipes=False)   # the recipe's name; the CLI's --recipe
     epochs: int = setting(10)
     batch_size: int = setting(64)
     eval_batch_size: int = setting(1000, "batch size for evaluation (default 1000)")

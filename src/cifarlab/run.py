@@ -141,8 +141,11 @@ class Run:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    def write_summary(self, summary: dict, block: str) -> None:
+    def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.summary_path, summary)
+
+    def write_summary_text(self, block: str) -> None:
+        """summary.txt: the article's block, which report/ makes of summary.json."""
         atomic_write_text(self.path / SUMMARY_TEXT, block)
 
     def save_checkpoint(self, state: dict, name: str = LAST) -> None:

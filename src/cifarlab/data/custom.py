@@ -25,7 +25,7 @@ from cifarlab.data.foldercache import CACHE_VERSION, Decoded, atomic_file, cache
 from cifarlab.data.folder import SPLITS, ChannelChoice, FolderListing, choose_channels, fingerprint, scan_folder, \
     skipped_summary
 from cifarlab.data.formats import Split
-from cifarlab.data.sources import Dataset, DatasetInfo
+from cifarlab.data.dataset import Dataset, DatasetInfo
 from cifarlab.errors import DataError, UsageError
 
 

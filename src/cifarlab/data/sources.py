@@ -1,4 +1,5 @@
-"""Where each dataset lives on disk, how it is downloaded, and how it is loaded.
+"""Where each dataset lives on disk, how it is downloaded, and how it is loaded (the built-in ones here; the
+user's own `folder:` and `npz:` images in custom.py, which load_dataset hands them to).
 
 Layouts are the official ones (and torchvision's folders for MNIST-style sets,
 so an existing torchvision download is reused). Downloads use torchvision's
@@ -9,33 +10,17 @@ from __future__ import annotations
 
 import os
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from cifarlab.data.formats import Split, concat, read_cifar_batch, read_cifar_names, read_idx_split
+from cifarlab.data.dataset import Dataset, DatasetInfo
+from cifarlab.data.formats import concat, read_cifar_batch, read_cifar_names, read_idx_split
 from cifarlab.errors import DataError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    title: str                      # as printed in the article's summary blocks
-    num_classes: int
-    channels: int
-    size: int
-    mean: tuple[float, ...]         # true per-channel statistics of the train split, pixels in [0, 1]
-    std: tuple[float, ...]
-    folder: str
-    train_files: tuple[str, ...]
-    test_files: tuple[str, ...]
-    archives: tuple[tuple[str, str], ...]   # (url, md5) of what to download
-    default_classes: tuple[str, ...] = field(default=())
 
 
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
@@ -69,15 +54,6 @@ DATASETS: dict[str, DatasetInfo] = {
          (_FASHION_URL + "t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310")),
         tuple(FASHION_CLASSES)),
 }
-
-
-@dataclass
-class Dataset:
-    info: DatasetInfo
-    train: Split
-    test: Split
-    classes: list[str]
-    val: Split | None = None        # a fixed val split (an image folder's val/); else --val-size carves one
 
 
 CUSTOM_PREFIXES = ("folder:", "npz:")

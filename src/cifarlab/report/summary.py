@@ -11,10 +11,26 @@ def write_summary(folder, summary: dict, block: str, quiet: bool) -> dict:
     """summary.json + summary.txt (atomically), the block printed unless quiet; returns summary + run_dir."""
     from cifarlab.run import Run
 
-    Run(folder).write_summary(summary, block)
+    Run(folder).write_summary(summary)
+    return _write_block({**summary, "run_dir": str(folder)}, block, quiet)
+
+
+def publish_run(summary: dict, quiet: bool) -> dict:
+    """A run that fit() finished: the article's block beside its summary.json in summary.txt, printed unless quiet;
+    returns `summary`. Under torchrun only rank 0's summary names its run_dir: the other ranks write and print
+    nothing."""
+    if "run_dir" not in summary:
+        return summary
+    return _write_block(summary, article_summary(summary), quiet)
+
+
+def _write_block(summary: dict, block: str, quiet: bool) -> dict:
+    from cifarlab.run import Run
+
+    Run(summary["run_dir"]).write_summary_text(block)
     if not quiet:
         print(block, end="", flush=True)
-    return {**summary, "run_dir": str(folder)}
+    return summary
 
 
 def model_title(name: str) -> str:

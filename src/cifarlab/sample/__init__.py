@@ -35,3 +35,27 @@ def as_data_dir(data_dir: str | None, datasets: tuple[str | None, ...]) -> str:
             raise UsageError(f"--sample holds {' and '.join(DATASETS)}, not {dataset}: pass --data-dir DIR, or leave "
                              "--sample out to download it")
     return str(DATA_DIR)
+
+
+def with_sample(settings: dict, sample: bool, datasets: tuple[str | None, ...]) -> dict:
+    """`settings` (data_dir, download, ...) with --sample applied: the shipped sample is the data folder and
+    nothing is downloaded; without --sample, `settings` as they are."""
+    if not sample:
+        return settings
+    return {**settings, "data_dir": as_data_dir(settings.get("data_dir"), datasets), "download": False}
+
+
+# reproduce --sample: half the epochs on 100 images, a minute or two on 2 idle CPU cores
+STUDY_SCALE = 0.5
+
+
+def study_settings(data_dir: str | None, scale: float | None, out: str | None, overrides: dict,
+                   sample: bool) -> tuple[str | None, float, str, dict]:
+    """`cifarlab reproduce`'s data folder, scale, study folder and setting overrides (None: not given), with the
+    defaults --sample changes: the sample's folder, scale STUDY_SCALE and a study folder of its own, so that the
+    full study never meets the sample's runs."""
+    if sample:
+        data_dir, overrides = as_data_dir(data_dir, ()), {**overrides, "download": False}
+    if scale is None:
+        scale = STUDY_SCALE if sample else 1.0
+    return data_dir, scale, out or ("runs/reproduce-sample" if sample else "runs/reproduce"), overrides

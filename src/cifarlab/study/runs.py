@@ -47,14 +47,22 @@ class Launch:
 SEQUENTIAL = Launch()
 
 
+def train_run(cfg: TrainConfig, resume: bool = False, model=None, on_epoch=None) -> dict:
+    """fit(), then its summary through report/: the article's block in summary.txt, printed unless cfg.quiet.
+    Every path that trains comes through here (train, --resume, studies, their workers, tune trials, torchrun
+    ranks), so each run folder gets the same summary.txt; returns fit's summary."""
+    from cifarlab.report.summary import publish_run
+    from cifarlab.training.engine import fit
+
+    return publish_run(fit(cfg, resume, model, on_epoch), cfg.quiet)
+
+
 def run_or_reuse(cfg: TrainConfig, model=None) -> Run:
     """Train `cfg` into cfg.out, reuse the finished run of exactly these settings already there, or resume the
     unfinished one (studies resume by skipping); a run of other settings there is refused (fingerprint.py).
 
     model: the Python class or factory behind cfg.model, when it is one.
     """
-    from cifarlab.training.engine import fit
-
     state = reuse_state(cfg, model)
     if state == "finished":
         if not cfg.quiet:
@@ -63,9 +71,9 @@ def run_or_reuse(cfg: TrainConfig, model=None) -> Run:
     # A module instance is copied: every run of a study starts from the same weights.
     fresh = copy.deepcopy(model) if isinstance(model, torch.nn.Module) else model
     if state == "resume":
-        fit(cfg, resume=True, model=fresh)  # an unfinished run of these settings: continue it where it stopped
+        train_run(cfg, resume=True, model=fresh)  # an unfinished run of these settings: continue it where it stopped
     else:   # nothing trained there; a run that died before its first save leaves its config.json to replace
-        fit(dataclasses.replace(cfg, overwrite=True), model=fresh)
+        train_run(dataclasses.replace(cfg, overwrite=True), model=fresh)
     return load_run(cfg.out, model)
 
 

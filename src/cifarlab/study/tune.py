@@ -33,7 +33,7 @@ from cifarlab.config import FIELD_TYPES, TrainConfig, config_from_dict, validate
 from cifarlab.errors import Diverged, Interrupted, UsageError
 from cifarlab.run import atomic_write_json
 from cifarlab.study.launch import with_threads
-from cifarlab.study.runs import SEQUENTIAL, Launch, default_out
+from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, train_run
 from cifarlab.study.tune_workers import Workers, check_importable, pinned, start_workers
 
 # The default search space: the knobs that matter for a small CNN, and augmentation strength.
@@ -315,8 +315,6 @@ def objective(trial, cfg: TrainConfig, space: dict, out: Path, optuna, model=Non
     Optuna records as failed, when it diverged)."""
     from torch import nn
 
-    from cifarlab.training.engine import fit
-
     settings = sample(trial, space)
     folder = out / "trials" / f"trial-{trial.number:04d}"
     trial_cfg = trial_config(cfg, settings, folder)
@@ -332,8 +330,8 @@ def objective(trial, cfg: TrainConfig, space: dict, out: Path, optuna, model=Non
     if not cfg.quiet:
         print(f"cifarlab tune: trial {trial.number}: {settings}", flush=True)
     try:
-        summary = fit(trial_cfg, on_epoch=report, model=copy.deepcopy(model) if isinstance(model, nn.Module)
-                      else model)
+        summary = train_run(trial_cfg, on_epoch=report, model=copy.deepcopy(model) if isinstance(model, nn.Module)
+                            else model)
     except Diverged as e:     # a setting of the space, not a fault of the study: the other trials go on
         trial.set_user_attr("failed", str(e).split(":")[0])
         if not cfg.quiet:

@@ -2,7 +2,9 @@
 
 fit() sets up a Trainer (data, run folder, model, optimizer; or the checkpoint of the run it resumes),
 runs the epochs (run_epoch: train_epoch, then score val and test, then metrics and checkpoints), and
-writes the summary. The file reads in that order; the helpers come after, in the order they are called.
+writes summary.json; it returns the summary, which its caller prints and writes as summary.txt through
+report/ (study/runs.py: train_run), so training imports nothing above it. The file reads in that order; the
+helpers come after, in the order they are called.
 The Trainer (trainer.py) holds the run's objects and its checkpoint; evaluation.py scores a split.
 """
 
@@ -14,14 +16,12 @@ import time
 
 import torch
 
-import cifarlab
+from cifarlab import __version__ as cifarlab_version   # the version only: cifarlab.* names the API above
 from cifarlab.config import TrainConfig
 from cifarlab.data.augment import normalize
 from cifarlab.errors import UsageError
 from cifarlab.fingerprint import SWITCHES, fingerprint, recorded_switches
 from cifarlab.models import build_model, count_params, model_spec
-from cifarlab.report.stats import plural
-from cifarlab.report.summary import article_summary
 from cifarlab.run import BEST, LAST, Run, release_folders
 from cifarlab.training import distributed
 from cifarlab.training.device import Precision, cpu_threads, resolve_device, use_tf32
@@ -45,7 +45,8 @@ DATA_INIT_IMAGES = 5000
 
 
 def fit(cfg: TrainConfig, resume: bool = False, model=None, on_epoch=None) -> dict:
-    """Train `cfg` end to end and write its run folder (locked for this process); returns the summary dict.
+    """Train `cfg` end to end and write its run folder (locked for this process); returns the summary dict,
+    with the run folder as "run_dir" on rank 0 (the caller prints it and writes summary.txt: study.runs.train_run).
 
     resume: continue the run in cfg.out from checkpoints/last.pt, exactly where it stopped.
     model: the class, factory or nn.Module behind cfg.model when it is a Python object.
@@ -106,7 +107,8 @@ def setup(cfg: TrainConfig, resume: bool, dist: Dist, supplied=None) -> Trainer:
     if checkpoint is not None:
         trainer.restore(checkpoint)
         if trainer.state.epoch >= cfg.epochs:
-            raise UsageError(f"{run.path} already finished its {plural(cfg.epochs, 'epoch')}; nothing to resume")
+            raise UsageError(f"{run.path} already finished its {cfg.epochs} epoch{'' if cfg.epochs == 1 else 's'}; "
+                             "nothing to resume")
         if dist.is_main:  # metrics.jsonl continues from the checkpoint: no duplicate or lost epochs.
             run.write_metrics(trainer.state.rows)
     elif dist.is_main:
@@ -217,7 +219,7 @@ def train_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, int, float]
 # ---------------------------------------------------------------- the summary
 
 def summarize(trainer: Trainer) -> dict:
-    """summary.json and summary.txt (on rank 0), printed unless quiet; returns the summary."""
+    """summary.json (on rank 0); returns the summary, with "run_dir" on rank 0 only."""
     cfg, state, rows = trainer.cfg, trainer.state, trainer.state.rows
     final = rows[-1]
     best_test = max((r for r in rows if r["test_acc"] is not None), key=lambda r: r["test_acc"],
@@ -242,10 +244,7 @@ def summarize(trainer: Trainer) -> dict:
     }
     if not trainer.dist.is_main:
         return summary
-    block = article_summary(summary)
-    trainer.run.write_summary(summary, block)
-    if not cfg.quiet:
-        print(block, end="", flush=True)
+    trainer.run.write_summary(summary)
     return {**summary, "run_dir": str(trainer.run.path)}
 
 
@@ -303,5 +302,5 @@ def run_config(trainer: Trainer, data: Data, channels_last: bool, model_origin: 
             "data_info": {"name": info.name, "title": info.title, "num_classes": info.num_classes,
                           "channels": info.channels, "size": info.size, "mean": list(info.mean),
                           "std": list(info.std)},
-            "versions": {"cifarlab": cifarlab.__version__, "torch": str(torch.__version__),
+            "versions": {"cifarlab": cifarlab_version, "torch": str(torch.__version__),
                          "python": platform.python_version()}}

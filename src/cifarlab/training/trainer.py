@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-import cifarlab
+from cifarlab import __version__ as cifarlab_version   # the version only: cifarlab.* names the API above
 from cifarlab.config import TrainConfig
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.errors import Diverged, Interrupted
@@ -150,7 +150,7 @@ class Trainer:
                       "scaler": self.scaler.state_dict() if self.scaler else None,
                       "config": self.run.config, "run": self.state.to_dict(),
                       "epoch": self.state.epoch, "step": self.state.step,
-                      "rng": rng_ranks[0], "rng_ranks": rng_ranks, "cifarlab": cifarlab.__version__,
+                      "rng": rng_ranks[0], "rng_ranks": rng_ranks, "cifarlab": cifarlab_version,
                       "lookahead": self.lookahead.state_dict() if self.lookahead else None}
         for name in names or (LAST,):
             self.run.save_checkpoint(checkpoint, name)
