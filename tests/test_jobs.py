@@ -203,6 +203,7 @@ def test_a_parallel_study_downloads_the_dataset_once_before_its_workers_start(tm
     calls = []
     real_download = sources.download
     monkeypatch.setattr(sources, "download", lambda *a: calls.append(a) or real_download(*a))
+    (tmp_path / "data").mkdir()    # a --data-dir must exist (a missing one is refused, not created)
     cfgs = [TrainConfig(model="basic-cnn", dataset="cifar10", data_dir=str(tmp_path / "data"), epochs=1, seed=s,
                         out=str(tmp_path / "runs" / f"seed-{s}"), quiet=True, tensorboard=False, precision="fp32")
             for s in (0, 1)]
