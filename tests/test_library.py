@@ -319,6 +319,7 @@ def test_run_objects_plot_evaluate_predict_export_and_compare(tiny_run, project,
     assert exported.path.stat().st_size > 0 and str(exported).startswith("safetensors: ")
 
     comparison = cifarlab.compare([run, tiny_run])
+    assert [type(r) for r in comparison.runs] == [cifarlab.Run] * 2      # a folder comes back as the user's Run
     cli = run_cli("compare", str(tiny_run), str(tiny_run))
     assert cli.stdout == str(comparison) and "COMPARISON" in cli.stdout and isinstance(comparison.plot(), Figure)
 
