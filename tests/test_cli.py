@@ -147,7 +147,7 @@ def test_export_flag_offers_exactly_the_formats_export_writes(tmp_path, monkeypa
 
     import torch
 
-    from cifarlab import export, run
+    from cifarlab import export, runfolder
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
@@ -156,7 +156,7 @@ def test_export_flag_offers_exactly_the_formats_export_writes(tmp_path, monkeypa
     stub = types.SimpleNamespace(path=tmp_path, classes=["a", "b"], train_config=lambda: None,
                                  model=lambda weights: torch.nn.Identity(),
                                  dataset_info=lambda: types.SimpleNamespace(channels=3, size=8))
-    monkeypatch.setattr(run, "open_source", lambda source, model: (stub, None))
+    monkeypatch.setattr(runfolder, "open_source", lambda source, model: (stub, None))
     monkeypatch.setattr(export, "export_metadata", lambda cfg, info, classes: {})
     called = []
     for name in offered:

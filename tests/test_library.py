@@ -4,11 +4,13 @@ and checkpoint errors that say what happened. Real cifar-mini images, real subpr
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -317,6 +319,7 @@ def test_run_objects_plot_evaluate_predict_export_and_compare(tiny_run, project,
     assert exported.path.stat().st_size > 0 and str(exported).startswith("safetensors: ")
 
     comparison = cifarlab.compare([run, tiny_run])
+    assert [type(r) for r in comparison.runs] == [cifarlab.Run] * 2      # a folder comes back as the user's Run
     cli = run_cli("compare", str(tiny_run), str(tiny_run))
     assert cli.stdout == str(comparison) and "COMPARISON" in cli.stdout and isinstance(comparison.plot(), Figure)
 
@@ -332,44 +335,110 @@ def test_arrays_train_like_a_registered_dataset(cifar10_mini, tmp_path, monkeypa
                                                           .tolist()), abs=1e-4)
 
 
-def cifarlab_imports(package: str) -> set[str]:
-    """Every cifarlab module a package's files import, at the top or inside a function, read with ast."""
+SRC = Path(cifarlab.__file__).parent
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+
+
+def module_name(path: Path) -> str:
+    """src/cifarlab/study/runs.py -> cifarlab.study.runs; a package's __init__.py is the package."""
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def src_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(SRC.rglob("*.py"))}
+
+
+def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every cifarlab module a file imports, at the top or inside a function, read with ast: `from cifarlab
+    import api` imports cifarlab.api, `from cifarlab.models import build_model` the package cifarlab.models."""
     import ast
-    from pathlib import Path
 
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     names = set()
-    for path in (Path(cifarlab.__file__).parent / package).glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                assert node.level == 0, f"{path.name}: relative import"        # so the check below sees it all
-                if node.module == "cifarlab":   # `from cifarlab import api` imports cifarlab.api
-                    names |= {f"cifarlab.{alias.name}" for alias in node.names}
-                else:
-                    names.add(node.module)
-            elif isinstance(node, ast.Import):
-                names |= {alias.name for alias in node.names}
-    return {name for name in names if name == "cifarlab" or name.startswith("cifarlab.")}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:      # relative: from .x import y
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            names |= {f"{base}.{alias.name}" for alias in node.names} | {base}
+    found = set()
+    for name in names:
+        while name and name not in modules:      # cifarlab.models.build_model -> cifarlab.models
+            name = name.rpartition(".")[0]
+        if name:
+            found.add(name)
+    return found - {module_name(path)}
 
 
-# The layers, bottom up: data -> models -> config -> run -> training -> report -> study -> api -> cli.
-# A package may import itself, errors.py and what is below it. Training returns the run's summary; its callers
-# print it through report/ (study.runs.train_run).
-@pytest.mark.parametrize("package, allowed", [
-    ("data", ("cifarlab.data",)),
-    ("models", ("cifarlab.models",)),
-    ("training", ("cifarlab.training", "cifarlab.data", "cifarlab.models", "cifarlab.config", "cifarlab.fingerprint",
-                  "cifarlab.storage", "cifarlab.run", "cifarlab.__version__")),
-    ("report", ("cifarlab.report", "cifarlab.data", "cifarlab.models", "cifarlab.run")),
-])
-def test_lower_layers_import_nothing_above_them(package, allowed):
-    imported = cifarlab_imports(package)
-    assert imported                                       # the walk found the imports
-    above = sorted(m for m in imported if m != "cifarlab.errors" and not any(m == a or m.startswith(a + ".")
-                                                                                 for a in allowed))
-    assert above == []
+def import_graph() -> dict[str, set[str]]:
+    modules = src_modules()
+    return {name: imports_of(path, modules) for name, path in modules.items()}
+
+
+def declared_layers() -> list[list[str]]:
+    """docs/architecture.md's layers, bottom to top: "1. `errors.py` `storage.py`: ..." -> [["cifarlab.errors",
+    "cifarlab.storage"], ...]; `data/` is the package and everything in it."""
+    text = ARCHITECTURE.read_text().split("## The layers", 1)[1].split("\n## ", 1)[0]
+    layers = []
+    for line in text.splitlines():
+        if re.match(r"\d+\. `", line):
+            names = re.findall(r"`([\w/.]+)`", line.split(":", 1)[0])
+            layers.append([module_name(SRC / (n + "__init__.py" if n.endswith("/") else n)) for n in names])
+    return layers
+
+
+def layer_of(module: str, layers: list[list[str]]) -> int:
+    """The declared layer of a module: its own entry, else its package's (the longest that matches)."""
+    best = max(((len(entry), n) for n, layer in enumerate(layers) for entry in layer
+                if module == entry or (entry != "cifarlab" and module.startswith(entry + "."))), default=None)
+    assert best is not None, f"{module} sits in no layer of docs/architecture.md"
+    return best[1]
+
+
+def test_every_import_points_down_the_declared_layers():
+    layers = declared_layers()
+    assert len(layers) >= 10 and ["cifarlab.errors", "cifarlab.storage", "cifarlab"] == layers[0]
+    graph = import_graph()
+    assert sum(map(len, graph.values())) > 100          # the walk found the imports, inside functions too
+    assert "cifarlab.evaluate" in graph["cifarlab.run"]     # Run.evaluate imports it inside the method
+    upward = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
+                    if layer_of(t, layers) > layer_of(m, layers))
+    assert upward == []
+
+
+def test_no_module_imports_itself_in_a_circle():
+    graph = import_graph()
+
+    def reachable(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    assert sorted(m for m in graph if m in reachable(m)) == []
+
+
+def test_architecture_table_names_exactly_the_files_in_src():
+    """Each row's first cell names files relative to src/cifarlab/ (`data/` is data/__init__.py)."""
+    rows = [line.split("|")[1] for line in ARCHITECTURE.read_text().splitlines()
+            if line.startswith("| `") and line.count("|") >= 3]
+    named = {n + "__init__.py" if n.endswith("/") else n for row in rows for n in re.findall(r"`([\w/.]+)`", row)}
+    files = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")}
+    assert sorted(named - files) == []           # no row names a file that is not there
+    assert sorted(files - named) == []           # every file has its row
 
 
 def test_report_reads_run_folders_without_importing_the_training_code():
-    imported = cifarlab_imports("report")
-    assert "cifarlab.run" in imported
+    graph = import_graph()
+    imported = set().union(*(targets for m, targets in graph.items() if m.startswith("cifarlab.report")))
+    assert "cifarlab.runfolder" in imported
     assert not [m for m in imported if m.startswith("cifarlab.training")]
+
+

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from cifarlab.config import TrainConfig, build_config, validate
 from cifarlab.errors import CifarlabError, Diverged, UsageError
-from cifarlab import run as ckpt
+from cifarlab import storage as ckpt
 from cifarlab.training.engine import fit
 
 from conftest import run_cli, without_timing

@@ -216,6 +216,7 @@ def test_seeds_without_test_report_val_accuracy_and_say_so(no_test_seeds):
     per_seed = [json.loads((out / f"seed-{s}" / "summary.json").read_text())["final_val_acc"] for s in (0, 1)]
     assert result["scored_on"] == "val" and result["final_val_acc_per_seed"] == per_seed
     assert result["final_val_acc_mean"] == pytest.approx(sum(per_seed) / 2)
+    assert [type(r) for r in result.runs] == [cifarlab.Run] * 2      # the user's Run: result.runs[0].evaluate()
     text = (out / "summary.txt").read_text()
     assert "Final Test Accuracy: not scored (--no-test)" in text
     assert f"Per-seed Val Accuracy (test not scored): {per_seed[0]:.2f}%, {per_seed[1]:.2f}%" in text

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from cifarlab.errors import UsageError
-from cifarlab.run import Run, load_run
+from cifarlab.run import Run, as_run, load_run, resume  # noqa: F401 - resume is cifarlab.resume
 
 
 def _model_ref(model) -> tuple[str, object]:
@@ -78,32 +78,26 @@ def train(model, dataset, *, recipe: str | None = None, out: str | Path | None =
     launch = _launch(seeds, jobs, ray, ray_cpus)
     cfg, obj = _config(model, dataset, recipe, out, settings)
     if seeds > 1:
-        return train_seeds(cfg, seeds, obj, launch)
+        return _as_runs(train_seeds(cfg, seeds, obj, launch))
     from torch import nn
     summary = train_run(cfg, model=copy.deepcopy(obj) if isinstance(obj, nn.Module) else obj)
     return load_run(summary["run_dir"], obj)
-
-
-def resume(run: Run | str | Path, model=None, **changes) -> Run:
-    """Continue a stopped run exactly where it stopped; only data_dir, device, quiet, download,
-    checkpoint_every and tensorboard may change."""
-    from cifarlab.config import resume_config
-    from cifarlab.fingerprint import check_same_data
-    from cifarlab.study.runs import train_run
-
-    run = run if isinstance(run, Run) else load_run(run, model)
-    supplied = model if model is not None else run.supplied_model
-    cfg = resume_config(run.config, changes, str(run.path), supplied)
-    check_same_data(cfg, run.config)
-    train_run(cfg, resume=True, model=supplied)
-    return load_run(run.path, supplied)
 
 
 def compare(runs: list, plot: str | Path | None = None):
     """The article's COMPARISON block for two finished runs (Run objects or folders), a table for more."""
     from cifarlab.study.compare import compare as compare_runs
 
-    return compare_runs(runs, plot)
+    return _as_runs(compare_runs(runs, plot))
+
+
+def _as_runs(result):
+    """A study's result with its runs as `Run`s (the study layer hands back `RunFolder`s), so a notebook can
+    call `result.runs[0].evaluate()`; a `--seeds` folder stays what it is."""
+    from cifarlab.runfolder import RunFolder
+
+    result.runs = [as_run(r) if isinstance(r, RunFolder) else r for r in result.runs]
+    return result
 
 
 def ablate(model, dataset, *, without: str | list[str] | None = None, seeds: int = 2, recipe: str | None = None,

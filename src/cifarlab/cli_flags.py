@@ -12,7 +12,7 @@ from dataclasses import fields
 from cifarlab import __version__
 from cifarlab.config import DEVICES, RESUME_MAY_CHANGE, TrainConfig, flag_text, flags
 from cifarlab.errors import UsageError
-from cifarlab.run import EXPORT_FORMATS   # no torch import: --help stays fast
+from cifarlab.runfolder import EXPORT_FORMATS   # no torch import: --help stays fast
 from cifarlab.sample import STUDY_SCALE
 
 

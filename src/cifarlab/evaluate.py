@@ -11,7 +11,7 @@ import torch
 
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.errors import UsageError
-from cifarlab.run import Run, atomic_write_json, open_source
+from cifarlab.runfolder import RunFolder, atomic_write_json, open_source
 from cifarlab.training.device import Precision, resolve_device, resolve_precision
 from cifarlab.training.evaluation import evaluate
 from cifarlab.training.splits import prepare_data
@@ -67,7 +67,7 @@ def most_confused(matrix: torch.Tensor, classes: list[str], k: int = 5) -> list[
             for v, i in zip(values, index) if v > 0]
 
 
-def evaluate_run(source: str | Path | Run, split: str = "test", tta: str | bool | None = None,
+def evaluate_run(source: str | Path | RunFolder, split: str = "test", tta: str | bool | None = None,
                  data_dir: str | None = None, out: str | Path | None = None, device: str = "auto",
                  model=None) -> Evaluation:
     """Evaluate and write evaluation.json, confusion.png, per_class.png; returns the result."""
@@ -96,7 +96,7 @@ def evaluate_run(source: str | Path | Run, split: str = "test", tta: str | bool 
     matrix = confusion(labels, preds, n)
     per_class = (matrix.diag().float() / matrix.sum(1).clamp(min=1).float() * 100).tolist()
     result = Evaluation({
-        "source": str(source.path if isinstance(source, Run) else source), "model": cfg.model,
+        "source": str(source.path if isinstance(source, RunFolder) else source), "model": cfg.model,
         "dataset": cfg.dataset, "split": split, "tta": flip, "tta_shift": shift,
         "images": len(labels), "accuracy": 100.0 * (preds == labels).float().mean().item(),
         "per_class": dict(zip(data.classes, per_class)), "classes": data.classes,

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from cifarlab.errors import CifarlabError, UsageError
-from cifarlab.run import EXPORT_FORMATS
+from cifarlab.runfolder import EXPORT_FORMATS
 
 OPSET = 18
 INSTALL_HINT = "pip install 'cifarlab[export]'"
@@ -121,7 +121,7 @@ def export_safetensors(model: torch.nn.Module, path: Path, metadata: dict) -> st
 
 def export_run(source, fmt: str, out: str | Path | None = None, model=None) -> Exported:
     """Export the run's model (the weights of Run.weights_to_load()) to `out`, default RUN_DIR/EXPORT_FORMATS[fmt]."""
-    from cifarlab.run import open_source
+    from cifarlab.runfolder import open_source
 
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format '{fmt}' (choose from {', '.join(EXPORT_FORMATS)})")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from cifarlab.config import TrainConfig
 from cifarlab.errors import CifarlabError, UsageError
-from cifarlab.run import LAST, Run, atomic_write_json
+from cifarlab.runfolder import LAST, RunFolder, atomic_write_json
 
 # TrainConfig fields that never change a run's numbers (where things live, what is printed).
 NOT_NUMBERS = frozenset({"out", "data_dir", "quiet", "overwrite", "tensorboard", "checkpoint_every", "download",
@@ -94,7 +94,7 @@ def reuse_state(cfg: TrainConfig, model=None, resolve: bool = True) -> str:
     Any other run there is refused in one line naming the first setting that differs. With cfg.overwrite, every
     folder is "new": whatever is there is replaced (the run starts from an empty folder). resolve: as in
     fingerprint()."""
-    run = Run(cfg.out)
+    run = RunFolder(cfg.out)
     if cfg.overwrite or (not run.finished and not run.checkpoint_path(LAST).is_file()):
         return "new"
     if not run.config_path.is_file():

@@ -15,7 +15,7 @@ import torch
 
 from cifarlab.data.augment import normalize
 from cifarlab.errors import UsageError
-from cifarlab.run import Run, open_source
+from cifarlab.runfolder import RunFolder, open_source
 
 
 def _to_image(image, channels: int, size: int) -> torch.Tensor:
@@ -77,7 +77,7 @@ def as_images(images, channels: int, size: int) -> tuple[torch.Tensor, list[str]
     return torch.stack(out), labels
 
 
-def predict(source: str | Path | Run, images, top_k: int = 5, batch_size: int = 256, model=None) -> list[dict]:
+def predict(source: str | Path | RunFolder, images, top_k: int = 5, batch_size: int = 256, model=None) -> list[dict]:
     """[{"image": NAME, "top": [{"label", "index", "probability"}, ...]}] in the order of `images`."""
     if top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {top_k}")

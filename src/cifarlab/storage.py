@@ -1,7 +1,7 @@
 """The files of a run folder, at the bottom of the layers: one writer per folder (an advisory lock), atomic
 writes that respect the umask, replacing a folder whole, and checkpoints that load weights only.
 
-`cifarlab.run.Run` owns the folder's layout and uses these; other modules that write files beside a run
+`cifarlab.runfolder.RunFolder` owns the folder's layout and uses these; other modules that write files beside a run
 (reports, tune's records) use the atomic writes too.
 """
 

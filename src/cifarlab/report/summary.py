@@ -9,9 +9,9 @@ RULE = "=" * 60
 
 def write_summary(folder, summary: dict, block: str, quiet: bool) -> dict:
     """summary.json + summary.txt (atomically), the block printed unless quiet; returns summary + run_dir."""
-    from cifarlab.run import Run
+    from cifarlab.runfolder import RunFolder
 
-    Run(folder).write_summary(summary)
+    RunFolder(folder).write_summary(summary)
     return _write_block({**summary, "run_dir": str(folder)}, block, quiet)
 
 
@@ -25,9 +25,9 @@ def publish_run(summary: dict, quiet: bool) -> dict:
 
 
 def _write_block(summary: dict, block: str, quiet: bool) -> dict:
-    from cifarlab.run import Run
+    from cifarlab.runfolder import RunFolder
 
-    Run(summary["run_dir"]).write_summary_text(block)
+    RunFolder(summary["run_dir"]).write_summary_text(block)
     if not quiet:
         print(block, end="", flush=True)
     return summary

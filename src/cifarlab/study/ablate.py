@@ -21,7 +21,7 @@ from cifarlab.report.document import Report, markdown_table, text_table
 from cifarlab.report.stats import (confidence_interval, interval_text, mean_rows, mean_std, plural, plus_minus,
                                    scored_split)
 from cifarlab.report.summary import model_title
-from cifarlab.run import atomic_write_json, atomic_write_text
+from cifarlab.runfolder import atomic_write_json, atomic_write_text
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_all
 
 # The article's deeper CNN, whose ablation claims these are: 15 epochs of the 50,000 CIFAR-10 train images.

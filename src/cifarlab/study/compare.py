@@ -14,7 +14,7 @@ from cifarlab.errors import UsageError
 from cifarlab.report.document import text_table
 from cifarlab.report.stats import confidence_interval, difference_interval, interval_text, mean_rows, scored_split
 from cifarlab.report.summary import comparison_block
-from cifarlab.run import SUMMARY, Run, load_run
+from cifarlab.runfolder import SUMMARY, RunFolder, open_run
 
 
 class SeedsFolder:
@@ -26,12 +26,12 @@ class SeedsFolder:
 
     @property
     def rows(self) -> list[dict]:
-        return mean_rows([load_run(self.path / f"seed-{s}").metrics for s in self.summary["seeds"]])
+        return mean_rows([open_run(self.path / f"seed-{s}").metrics for s in self.summary["seeds"]])
 
 
-def open_result(source) -> Run | SeedsFolder:
+def open_result(source) -> RunFolder | SeedsFolder:
     """A Run, a run folder, or a `train --seeds` folder (summary.json with per-seed values, no config.json)."""
-    if isinstance(source, (Run, SeedsFolder)):
+    if isinstance(source, (RunFolder, SeedsFolder)):
         return source
     path = Path(source)
     summary_file = path / SUMMARY
@@ -39,7 +39,7 @@ def open_result(source) -> Run | SeedsFolder:
         summary = json.loads(summary_file.read_text())
         if "final_test_acc_per_seed" in summary:
             return SeedsFolder(path, summary)
-    return load_run(path)
+    return open_run(path)
 
 
 def per_seed(result, split: str = "test") -> list[float]:
@@ -113,7 +113,7 @@ def compare(runs: list, plot: str | Path | None = None) -> Comparison:
     return result
 
 
-def comparison_table(runs: list[Run], split: str = "test") -> str:
+def comparison_table(runs: list[RunFolder], split: str = "test") -> str:
     """One row per run: its accuracies, parameters, time, and the final accuracy's change from the first run
     (on test; on val, said in the header, where test was never scored)."""
     key = f"final_{split}_acc"

@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 
 from cifarlab.errors import Interrupted
-from cifarlab.run import STUDY_LOG as LOG     # a parallel run's output, in its own folder
+from cifarlab.runfolder import STUDY_LOG as LOG     # a parallel run's output, in its own folder
 
 WORKER = [sys.executable, "-m", "cifarlab.study.worker"]     # see worker.py
 STOPPED = ("study stopped by a signal; every run saved its state: run the same command again to resume")
@@ -278,9 +278,9 @@ def say(line: str) -> None:
 
 
 def finished_line(cfg, number: int, total: int, code: int) -> str:
-    from cifarlab.run import Run
+    from cifarlab.runfolder import RunFolder
 
-    done = Run(cfg.out)
+    done = RunFolder(cfg.out)
     accuracy = done.summary.get("final_test_acc") if done.finished else None
     result = f"{accuracy:.2f}% test" if accuracy is not None else "done" if done.finished else f"exit {code}"
     return f"cifarlab: [{number}/{total}] {cfg.out} {'finished' if code == 0 else 'stopped'}: {result}"

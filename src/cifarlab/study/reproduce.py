@@ -15,7 +15,7 @@ from cifarlab.data.sources import DATASETS, default_data_dir, load_dataset, miss
 from cifarlab.errors import UsageError
 from cifarlab.report.document import Report, text_table
 from cifarlab.report.summary import article_summary, comparison_block
-from cifarlab.run import Run, atomic_write_json
+from cifarlab.runfolder import RunFolder, atomic_write_json
 from cifarlab.fingerprint import reuse_state
 from cifarlab.study.runs import SEQUENTIAL, Launch, run_all
 
@@ -183,7 +183,7 @@ def reuse_evaluation(run_dir: Path) -> dict | None:
     import json
 
     folder = run_dir / "evaluation-test"
-    weights = Run(run_dir).weights_path
+    weights = RunFolder(run_dir).weights_path
     result = folder / "evaluation.json"
     if not (result.is_file() and weights.is_file() and result.stat().st_mtime >= weights.stat().st_mtime
             and (folder / "confusion.png").is_file() and (folder / "per_class.png").is_file()):
@@ -191,7 +191,7 @@ def reuse_evaluation(run_dir: Path) -> dict | None:
     return {**json.loads(result.read_text()), "folder": str(folder)}
 
 
-def results_table(jobs: list[Job], runs: dict[str, Run]) -> str:
+def results_table(jobs: list[Job], runs: dict[str, RunFolder]) -> str:
     """Ours with the article's figure in brackets, one row per run."""
     headers = ["run", "recipe", "epochs", "train % (art.)", "test % (art.)", "best % (art.)", "params", "time s (art.)"]
     rows = []
@@ -205,7 +205,7 @@ def results_table(jobs: list[Job], runs: dict[str, Run]) -> str:
     return text_table(headers, rows)
 
 
-def write_report(out: Path, jobs: list[Job], runs: dict[str, Run], evaluations: dict[str, dict], result) -> None:
+def write_report(out: Path, jobs: list[Job], runs: dict[str, RunFolder], evaluations: dict[str, dict], result) -> None:
     """OUT/report.md and report.html: setup, every run beside the article, the article's comparisons, each run."""
     from cifarlab.report import plots
 
@@ -246,7 +246,7 @@ def data_text(data_dir: str | None) -> str:
     return data_dir or "default data folder"
 
 
-def comparisons_section(report: Report, jobs: list[Job], runs: dict[str, Run]) -> None:
+def comparisons_section(report: Report, jobs: list[Job], runs: dict[str, RunFolder]) -> None:
     """The article's three COMPARISON blocks: ours beside the article's."""
     articles = {job.key: job.article for job in jobs}
     section = report.section("Comparisons")
@@ -260,7 +260,7 @@ def comparisons_section(report: Report, jobs: list[Job], runs: dict[str, Run]) -
                                          ka, kb, title=f"{title} (article)")))
 
 
-def run_section(report: Report, job: Job, run: Run, evaluation: dict, figures: Path) -> None:
+def run_section(report: Report, job: Job, run: RunFolder, evaluation: dict, figures: Path) -> None:
     """One run: its summary beside the article's, its curves, confusion matrix and per-class accuracy."""
     from cifarlab.report import plots
 

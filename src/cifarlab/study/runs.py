@@ -21,7 +21,7 @@ import torch
 from cifarlab.config import TrainConfig
 from cifarlab.errors import CifarlabError, Interrupted, UsageError
 from cifarlab.fingerprint import reuse_state
-from cifarlab.run import Run, load_run
+from cifarlab.runfolder import RunFolder, open_run
 from cifarlab.study.launch import LOG, STOPPED, say_if_busy
 
 
@@ -57,7 +57,7 @@ def train_run(cfg: TrainConfig, resume: bool = False, model=None, on_epoch=None)
     return publish_run(fit(cfg, resume, model, on_epoch), cfg.quiet)
 
 
-def run_or_reuse(cfg: TrainConfig, model=None) -> Run:
+def run_or_reuse(cfg: TrainConfig, model=None) -> RunFolder:
     """Train `cfg` into cfg.out, reuse the finished run of exactly these settings already there, or resume the
     unfinished one (studies resume by skipping); a run of other settings there is refused (fingerprint.py).
 
@@ -67,14 +67,14 @@ def run_or_reuse(cfg: TrainConfig, model=None) -> Run:
     if state == "finished":
         if not cfg.quiet:
             print(f"cifarlab: {cfg.out} already finished, reusing it", flush=True)
-        return load_run(cfg.out, model)
+        return open_run(cfg.out, model)
     # A module instance is copied: every run of a study starts from the same weights.
     fresh = copy.deepcopy(model) if isinstance(model, torch.nn.Module) else model
     if state == "resume":
         train_run(cfg, resume=True, model=fresh)  # an unfinished run of these settings: continue it where it stopped
     else:   # nothing trained there; a run that died before its first save leaves its config.json to replace
         train_run(dataclasses.replace(cfg, overwrite=True), model=fresh)
-    return load_run(cfg.out, model)
+    return open_run(cfg.out, model)
 
 
 def default_out(prefix: str) -> Path:
@@ -82,7 +82,7 @@ def default_out(prefix: str) -> Path:
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{prefix}"
 
 
-def run_all(cfgs: list[TrainConfig], launch: Launch = SEQUENTIAL, model=None) -> list[Run]:
+def run_all(cfgs: list[TrainConfig], launch: Launch = SEQUENTIAL, model=None) -> list[RunFolder]:
     """Every config's run (reused where finished), in order: one after another, or spread as `launch` says
     (worker processes here, or Ray tasks), with one line per run on the console and its output in RUN/train.log.
     On the parallel paths every folder is checked before anything starts."""
@@ -110,4 +110,4 @@ def run_all(cfgs: list[TrainConfig], launch: Launch = SEQUENTIAL, model=None) ->
     if failed:
         raise CifarlabError(f"{len(failed)} of {len(todo)} runs failed; the first: {failed[0].out} "
                             f"(see {Path(failed[0].out) / LOG})")
-    return [load_run(cfg.out, model) for cfg in cfgs]
+    return [open_run(cfg.out, model) for cfg in cfgs]

@@ -8,7 +8,7 @@ from pathlib import Path
 from cifarlab.config import TrainConfig
 from cifarlab.report.stats import confidence_interval, interval_text, mean_std_or_none, plus_minus, scored_split
 from cifarlab.report.summary import results_block, summary_title, write_summary
-from cifarlab.run import Run
+from cifarlab.runfolder import RunFolder
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_all
 
 # summary.json keys that get a mean and a std over seeds.
@@ -19,7 +19,7 @@ SEED_KEYS = ("final_train_acc", "final_test_acc", "final_val_acc", "best_test_ac
 class Seeds(dict):
     """OUT/summary.json of `train --seeds K`; str() is its mean +- std block, plot() every seed's curves."""
 
-    def __init__(self, summary: dict, runs: list[Run]):
+    def __init__(self, summary: dict, runs: list[RunFolder]):
         super().__init__(summary)
         self.runs = runs
 

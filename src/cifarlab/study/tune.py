@@ -31,9 +31,10 @@ except ModuleNotFoundError:  # Python < 3.11
 
 from cifarlab.config import FIELD_TYPES, TrainConfig, config_from_dict, validate
 from cifarlab.errors import Diverged, Interrupted, UsageError
-from cifarlab.run import atomic_write_json
+from cifarlab.runfolder import atomic_write_json
 from cifarlab.study.launch import with_threads
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, train_run
+from cifarlab.study.tune_results import as_setting, finish, import_optuna, trial_config
 from cifarlab.study.tune_workers import Workers, check_importable, pinned, start_workers
 
 # The default search space: the knobs that matter for a small CNN, and augmentation strength.
@@ -109,25 +110,8 @@ def sample(trial, space: dict) -> dict:
             value = trial.suggest_int(name, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
         else:
             value = trial.suggest_float(name, spec["low"], spec["high"], log=bool(spec.get("log")))
-        values[name] = _as_setting(name, value)
+        values[name] = as_setting(name, value)
     return values
-
-
-def _as_setting(name: str, value):
-    if name == "augment" and isinstance(value, str):
-        return [] if value == "none" else [op.strip() for op in value.split(",") if op.strip()]
-    return value
-
-
-def _optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise UsageError('cifarlab tune needs Optuna: pip install "cifarlab[tune]"') from None
-    # ERROR, not WARNING: Optuna logs a failing trial's traceback as a warning before re-raising, so a bad
-    # setting would print a traceback above cifarlab's one-line error; tune reports each failed trial itself.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return optuna
 
 
 def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None, study_name: str | None = None,
@@ -139,9 +123,8 @@ def tune(cfg: TrainConfig, trials: int, space: dict, storage: str | None = None,
     holds this cfg) share the study with this one; with ray, the workers run as Ray tasks and this process
     only waits. The summary, the recipe, the report and the confirmation come from here, once they are done.
     val_size_given: False when the user gave no --val-size, so that it is chosen from the data."""
-    from cifarlab.study.tune_results import finish
 
-    optuna = _optuna()
+    optuna = import_optuna()
     if not isinstance(trials, int) or trials < 1:
         raise UsageError(f"--trials must be >= 1, got {trials}")
     if not isinstance(confirm_seeds, int) or confirm_seeds < 0:
@@ -219,7 +202,7 @@ def run_trials(study, cfg: TrainConfig, space: dict, trials: int, optuna, model=
 def work(path: str | Path, storage: str, study_name: str) -> None:
     """A worker of a parallel study (`cifarlab tune --worker-of FILE`): the parent's settings from FILE, its
     trials until the study is done; the parent summarises."""
-    optuna = _optuna()
+    optuna = import_optuna()
     job = json.loads(Path(path).read_text())
     cfg = dataclasses.replace(config_from_dict(job["config"]), quiet=True)
     study = join_study(optuna, study_name, storage, cfg, job["space"])
@@ -302,12 +285,6 @@ def open_study(optuna, name: str, storage: str, seed: int):
             if attempt == 4:
                 raise
             time.sleep(0.5 + attempt)
-
-
-def trial_config(cfg: TrainConfig, settings: dict, folder: Path) -> TrainConfig:
-    """What a trial trains: cfg with its sampled settings, scored on val each epoch (for the pruner), never on test."""
-    return dataclasses.replace(cfg, **settings, out=str(folder), quiet=True, overwrite=True, test=False,
-                               eval_every=1, tensorboard=False)
 
 
 def objective(trial, cfg: TrainConfig, space: dict, out: Path, optuna, model=None) -> float:

@@ -3,6 +3,7 @@ prints), best-recipe.toml, the confirmation on test, trained from that file itse
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
@@ -11,11 +12,35 @@ from pathlib import Path
 
 from cifarlab.config import TrainConfig, build_config
 from cifarlab.errors import UsageError
-from cifarlab.run import atomic_write_json, atomic_write_text, load_run
+from cifarlab.runfolder import atomic_write_json, atomic_write_text, open_run
 
 # The settings a recipe file may carry: best-recipe.toml holds every one of them, as the trials used it.
 RECIPE_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata["in_recipes"])
 STATES = ("complete", "pruned", "failed", "running")
+
+
+def as_setting(name: str, value):
+    """A sampled value as the setting takes it: augment choices are comma strings, 'none' is no augmentation."""
+    if name == "augment" and isinstance(value, str):
+        return [] if value == "none" else [op.strip() for op in value.split(",") if op.strip()]
+    return value
+
+
+def import_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise UsageError('cifarlab tune needs Optuna: pip install "cifarlab[tune]"') from None
+    # ERROR, not WARNING: Optuna logs a failing trial's traceback as a warning before re-raising, so a bad
+    # setting would print a traceback above cifarlab's one-line error; tune reports each failed trial itself.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna
+
+
+def trial_config(cfg: TrainConfig, settings: dict, folder: Path) -> TrainConfig:
+    """What a trial trains: cfg with its sampled settings, scored on val each epoch (for the pruner), never on test."""
+    return dataclasses.replace(cfg, **settings, out=str(folder), quiet=True, overwrite=True, test=False,
+                               eval_every=1, tensorboard=False)
 
 
 class Tuning(dict):
@@ -71,9 +96,8 @@ def _state(trial) -> str:
 
 
 def _settings(params: dict) -> dict:
-    from cifarlab.study.tune import _as_setting
 
-    return {k: _as_setting(k, v) for k, v in params.items()}
+    return {k: as_setting(k, v) for k, v in params.items()}
 
 
 def counts_text(counts: dict) -> str:
@@ -101,7 +125,6 @@ def tuning_text(result: dict) -> str:
 def write_best_recipe(path: Path, cfg: TrainConfig, result: dict) -> None:
     """Every recipe setting of the best trial, fixed or sampled: a TOML file `--recipe` accepts, from which
     the trial's own settings come back (`tune --optimizer sgd` gives optimizer = "sgd", not the default)."""
-    from cifarlab.study.tune import trial_config
 
     best = result["best"]
     trained = trial_config(cfg, best["params"], Path(best["run"]))
@@ -192,7 +215,7 @@ def write_report(out: Path, result: dict, study) -> None:
     report.section("Parallel coordinates").image(plots.save(parallel_figure(result["trials"]), figures /
                                                             "parallel.png"), "Each line a trial, coloured by accuracy")
     if (Path(best["run"]) / "metrics.jsonl").is_file():
-        best_rows = load_run(best["run"]).metrics
+        best_rows = open_run(best["run"]).metrics
         report.section("The best trial").image(plots.curves({f"trial {best['number']}": best_rows},
                                                             figures / "best_curves.png", "Best trial"), "Its curves")
     else:     # trained by another machine of a shared study
@@ -207,9 +230,8 @@ def write_report(out: Path, result: dict, study) -> None:
 
 def _importances(study) -> dict[str, float]:
     """Optuna's parameter importances, or {} where it cannot tell (fewer than 2 complete trials)."""
-    from cifarlab.study.tune import _optuna
 
-    optuna = _optuna()
+    optuna = import_optuna()
     try:
         with warnings.catch_warnings():     # e.g. "importances will be equal" on a few trials: the plot shows it
             warnings.simplefilter("ignore")

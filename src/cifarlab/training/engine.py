@@ -22,7 +22,7 @@ from cifarlab.data.augment import normalize
 from cifarlab.errors import UsageError
 from cifarlab.fingerprint import SWITCHES, fingerprint, recorded_switches
 from cifarlab.models import build_model, count_params, model_spec
-from cifarlab.run import BEST, LAST, Run, release_folders
+from cifarlab.runfolder import BEST, LAST, RunFolder, release_folders
 from cifarlab.training import distributed
 from cifarlab.training.device import Precision, cpu_threads, resolve_device, use_tf32
 from cifarlab.training.distributed import Dist
@@ -78,7 +78,7 @@ def setup(cfg: TrainConfig, resume: bool, dist: Dist, supplied=None) -> Trainer:
     config.json."""
     device = dist.device
     precision = Precision.for_training(cfg.precision, device)
-    checkpoint = Run(cfg.out).load_checkpoint(LAST) if resume else None
+    checkpoint = RunFolder(cfg.out).load_checkpoint(LAST) if resume else None
     load_start = time.perf_counter()
     data = prepare_data(cfg)
     load_time = time.perf_counter() - load_start
@@ -88,7 +88,7 @@ def setup(cfg: TrainConfig, resume: bool, dist: Dist, supplied=None) -> Trainer:
     channels_last = cfg.channels_last and device.type != "mps"
     # The model first: one that does not fit the data is refused before a run folder exists.
     bare_model, spec, init_time = build_run_model(cfg, data, device, channels_last, resume, supplied)
-    run = Run(dist.broadcast(make_run(cfg, resume).path if dist.is_main else None))
+    run = RunFolder(dist.broadcast(make_run(cfg, resume).path if dist.is_main else None))
     params = count_params(bare_model)
     uncompiled = distributed.wrap(bare_model, dist, device)
     model = compile_model(uncompiled, cfg)
@@ -250,10 +250,10 @@ def summarize(trainer: Trainer) -> dict:
 
 # ---------------------------------------------------------------- helpers, in the order they are called
 
-def make_run(cfg: TrainConfig, resume: bool = False) -> Run:
+def make_run(cfg: TrainConfig, resume: bool = False) -> RunFolder:
     if resume:
-        return Run.reopen(cfg.out)
-    return Run.create(cfg.out, cfg.overwrite, f"{_short(cfg.model)}-{_short(cfg.dataset)}")
+        return RunFolder.reopen(cfg.out)
+    return RunFolder.create(cfg.out, cfg.overwrite, f"{_short(cfg.model)}-{_short(cfg.dataset)}")
 
 
 def _short(name: str) -> str:

@@ -17,7 +17,7 @@ from cifarlab.config import TrainConfig
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.errors import Diverged, Interrupted
 from cifarlab.models.renames import refuse_old_layer_names
-from cifarlab.run import LAST, Run, strip_prefixes
+from cifarlab.runfolder import LAST, RunFolder, strip_prefixes
 from cifarlab.training import distributed
 from cifarlab.training.device import Precision
 from cifarlab.training.distributed import Dist
@@ -32,7 +32,7 @@ class Trainer:
     """The objects of one run: how a step runs, how it stops, how it is saved and restored."""
 
     cfg: TrainConfig
-    run: Run
+    run: RunFolder
     dist: Dist
     device: torch.device
     precision: Precision
