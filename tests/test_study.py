@@ -234,7 +234,7 @@ def test_the_budget_note_warns_below_a_tenth_of_the_articles():
 def seeds_folder(path, seeds, accs, model="basic-cnn"):
     path.mkdir(parents=True)
     summary = {"model": model, "dataset": "cifar10", "epochs": 1, "params": 545_098, "final_train_acc": 50.0,
-               "final_test_acc": statistics.mean(accs), "best_test_acc": max(accs), "train_time_s": 1.0,
+               "final_test_acc": statistics.mean(accs), "best_test_acc": max(accs), "train_and_eval_time_s": 1.0,
                "seeds": seeds, "final_test_acc_per_seed": accs}
     (path / "summary.json").write_text(json.dumps(summary))
     return path

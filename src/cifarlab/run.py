@@ -21,7 +21,8 @@ from cifarlab.errors import UsageError
 # The storage layer, re-exported: the run folder's users import these from here.
 from cifarlab.storage import (LOCK, atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: F401
                               load_checkpoint, load_weights, lock_folder, release_folders, replace_folder,
-                              save_checkpoint, save_weights, strip_prefixes)
+                              current_metrics_row, current_summary, save_checkpoint, save_weights,
+                              strip_prefixes)
 
 if TYPE_CHECKING:
     import torch
@@ -171,16 +172,15 @@ class Run:
         if not self.finished:
             hint = " (the run has not finished)" if self.config_path.is_file() else ""
             raise UsageError(f"{self.path}: not a finished cifarlab run folder, no summary.json{hint}")
-        return _read_json(self.summary_path)
+        return current_summary(_read_json(self.summary_path))
 
     @property
     def metrics(self) -> list[dict]:
         """metrics.jsonl: one dict per finished epoch."""
         if not self.metrics_path.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
-
-    rows = metrics
+        return [current_metrics_row(json.loads(line)) for line in self.metrics_path.read_text().splitlines()
+                if line.strip()]
 
     def metrics_frame(self):
         """The metrics as a pandas DataFrame, one row per epoch (needs pandas)."""

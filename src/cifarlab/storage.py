@@ -183,6 +183,32 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+# ---------------------------------------------------------------- names from older run folders
+
+# Keys renamed since cifarlab 0.1 (old name: new name), so that run folders already on disk still read.
+RENAMED_SUMMARY_KEYS = {"train_time_s": "train_and_eval_time_s"}   # in summary.json it counted evaluation too
+RENAMED_METRICS_KEYS = {"train_time_s": "train_only_time_s"}       # in a metrics.jsonl row it never did
+
+
+def current_summary(summary: dict) -> dict:
+    """A summary.json (a run's or a seeds folder's) with today's key names."""
+    return _renamed(summary, RENAMED_SUMMARY_KEYS)
+
+
+def current_metrics_row(row: dict) -> dict:
+    """A metrics.jsonl row with today's key names."""
+    return _renamed(row, RENAMED_METRICS_KEYS)
+
+
+def _renamed(record: dict, renames: dict[str, str]) -> dict:
+    out = dict(record)
+    for old, new in renames.items():
+        for suffix in ("", "_mean", "_std", "_per_seed"):    # a seeds summary's keys follow their key
+            if old + suffix in out and new + suffix not in out:
+                out[new + suffix] = out.pop(old + suffix)
+    return out
+
+
 # ---------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path: Path, state: dict) -> None:
