@@ -127,7 +127,8 @@ def render_fast94(section, d: dict) -> None:
                  f"{fmt(d.get('warm_train_and_eval_time_mean_s'))} s, wall {fmt(d.get('warm_wall_time_mean_s'))} s. "
                  + (d.get("stopped") or ""))
     rows = [[r["seed"], fmt(r["final_test_acc"]), fmt(r["time_to_target_s"]) if r["time_to_target_s"] is not None
-             else "not reached", fmt(r["train_only_time_s"]), fmt(r["train_and_eval_time_s"]), fmt(r["wall_time_s"], ".1f"),
+             else "not reached", fmt(r["train_only_time_s"]), fmt(r["train_and_eval_time_s"]),
+             fmt(r["wall_time_s"], ".1f"),
              ", ".join(f"epoch {c['epoch']}: {c['test_acc']:.2f}%" for c in r["curve"])] for r in d.get("runs", [])]
     section.table(["seed", "final test %", "time to 94% s", "training only s", "with evaluation s", "wall s",
                    "scored epochs"], rows)
