@@ -133,7 +133,7 @@ def figure_row(entry: Entry, out: Path, extra: list[str]) -> str:
     """The BENCHMARKS.md table row of a finished entry: mean ± std over its seeds, beside the article."""
     summaries = [json.loads((out / entry.folder(s) / "summary.json").read_text()) for s in entry.seeds]
     accs = [s["final_test_acc"] for s in summaries]
-    times = [s["train_time_s"] for s in summaries]
+    times = [s["train_and_eval_time_s"] for s in summaries]
     spread = f" ± {statistics.stdev(accs):.2f}% ({len(accs)} seeds)" if len(accs) > 1 else "% (1 seed)"
     article = ARTICLE.get(entry.article) if entry.article else None
     cited = (f"{article.test_acc:.2f}% in {article.epochs} epochs, {article.time_s:.0f} s (its hardware)"
@@ -186,7 +186,7 @@ def listing(entries: list[Entry], out: Path) -> str:
             now = state(folder)
             if now == "finished":
                 s = json.loads((folder / "summary.json").read_text())
-                now += f": {s['final_test_acc']:.2f}% in {s['train_time_s']:,.0f} s"
+                now += f": {s['final_test_acc']:.2f}% in {s['train_and_eval_time_s']:,.0f} s"
             elif now == "interrupted" and (folder / "metrics.jsonl").is_file():
                 now += f" after epoch {len((folder / 'metrics.jsonl').read_text().splitlines())}"
             lines.append(f"{entry.folder(seed):32} {now}")

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from cifarlab.storage import atomic_write_text
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import time_to_accuracy  # noqa: E402
@@ -64,7 +66,9 @@ def run(args, names: list[str]) -> dict:
             print(f"{name} seed {seed}: {outcome['final_test_acc']:.2f}%, training {outcome['train_only_time_s']:.1f} s",
                   flush=True)
             if args.json:
-                Path(args.json).write_text(json.dumps({"variants": VARIANTS, "results": results}, indent=1) + "\n")
+                # rewritten after every seed: atomic, so a run stopped mid-write keeps the seeds before
+                atomic_write_text(Path(args.json), json.dumps({"variants": VARIANTS, "results": results}, indent=1)
+                                  + "\n")
     return {"results": results}
 
 
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown variant {unknown[0]!r} (choose from {', '.join(VARIANTS)})")
     outcome = run(args, names)
     if args.json:
-        Path(args.json).write_text(json.dumps({"variants": VARIANTS, **outcome}, indent=1) + "\n")
+        atomic_write_text(Path(args.json), json.dumps({"variants": VARIANTS, **outcome}, indent=1) + "\n")
     print(report(outcome["results"]))
     if "stopped" in outcome:
         print(outcome["stopped"])

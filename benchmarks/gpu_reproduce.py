@@ -25,7 +25,7 @@ def study_runs(study: Path) -> list[dict]:
         if (folder / "summary.json").is_file():
             s = json.loads((folder / "summary.json").read_text())
             row.update(finished=True, final_test_acc=s["final_test_acc"], best_test_acc=s["best_test_acc"],
-                       train_time_s=s["train_time_s"], images_per_s=s["images_per_s"])
+                       train_and_eval_time_s=s["train_and_eval_time_s"], images_per_s=s["images_per_s"])
         else:
             metrics = folder / "metrics.jsonl"
             row.update(finished=False, epochs_done=len(metrics.read_text().splitlines()) if metrics.is_file() else 0)

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cifarlab.storage import atomic_write_bytes
+
 FORMAT = "cifarlab-pack-1"
 LAYOUT = {
     "cifar10": ("cifar-10-batches-py",
@@ -186,9 +188,7 @@ class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler: its dispatch tab
 def write_py2_pickle(obj, path: Path) -> None:
     buf = io.BytesIO()
     _Py2Pickler(buf).dump(obj)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def read_pickle(path: Path) -> dict:

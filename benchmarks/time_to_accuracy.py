@@ -27,6 +27,7 @@ import torch
 
 from cifarlab.cli_flags import add_train_flags, given_settings
 from cifarlab.config import train_config
+from cifarlab.storage import atomic_write_text
 from cifarlab.training.engine import fit
 
 
@@ -43,7 +44,7 @@ def one_run(args, seed: int, extra: dict) -> dict:
     with_eval, training, curve, reached = 0.0, 0.0, [], None
     for r in rows:
         with_eval += r["epoch_time_s"]
-        training += r["train_time_s"]
+        training += r["train_only_time_s"]
         if r["test_acc"] is None:          # an epoch --eval-every did not score
             continue
         curve.append({"epoch": r["epoch"], "seconds": round(with_eval, 2), "test_acc": r["test_acc"]})
@@ -52,7 +53,8 @@ def one_run(args, seed: int, extra: dict) -> dict:
     return {"seed": seed, "final_test_acc": summary["final_test_acc"],
             "time_to_target_s": reached["train_and_eval_s"] if reached else None,
             "train_only_to_target_s": reached["train_only_s"] if reached else None,
-            "train_time_s": summary["train_time_s"], "train_only_time_s": summary["train_only_time_s"],
+            "train_and_eval_time_s": summary["train_and_eval_time_s"],
+            "train_only_time_s": summary["train_only_time_s"],
             "wall_time_s": wall, "curve": curve}
 
 
@@ -98,7 +100,7 @@ def main() -> None:
                                          f"{result['time_to_target_mean_s']:.1f} s with evaluation" if times else "")
           + f"; wall (fit, data loading included) {result['wall_time_mean_s']:.1f} s")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(Path(args.json_out), json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

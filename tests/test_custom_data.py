@@ -204,6 +204,23 @@ def test_a_damaged_cache_is_rebuilt(tmp_path, cifar, cache, decodes, damage):
     assert len(decodes) == 2                   # the rebuilt cache is sound again
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_cache_files_take_their_mode_from_the_umask(tmp_path, cifar, cache, decodes, umask, mode):
+    write_folder(tmp_path / "d", cifar)
+    old = os.umask(umask)
+    try:
+        first = load_dataset(f"folder:{tmp_path / 'd'}")
+        arrays = custom.save_arrays(*pick(cifar.train, 1), *pick(cifar.test, 1))
+    finally:
+        os.umask(old)
+    [cached] = (cache / "folders").iterdir()
+    assert oct(cached.stat().st_mode & 0o777) == oct(mode)
+    assert oct(arrays.stat().st_mode & 0o777) == oct(mode)
+    again = load_dataset(f"folder:{tmp_path / 'd'}")           # the cache still reads back whole
+    assert len(decodes) == 1
+    assert torch.equal(again.train.images, first.train.images) and torch.equal(again.test.labels, first.test.labels)
+
+
 def test_an_unwritable_cache_only_warns(tmp_path, cifar, monkeypatch):
     write_folder(tmp_path / "d", cifar)
     (tmp_path / "a-file").write_text("")

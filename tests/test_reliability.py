@@ -217,23 +217,11 @@ def test_checkpoint_saved_from_a_wrapped_model_loads_without_prefixes(tmp_path, 
 def test_full_disk_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch):
     target = tmp_path / "last.pt"
     ckpt.save_checkpoint(target, {"epoch": 1})
-    real_fdopen = os.fdopen
 
-    class FullDisk:
-        def __init__(self, f):
-            self.f = f
+    def full_disk(fd):      # the new file's blocks are allocated (and refused) when it is flushed to disk
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, data):
-            self.f.write(data[:100])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(ckpt.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(CifarlabError, match="could not write \\(No space left on device\\); the previous file is kept"):
         ckpt.save_checkpoint(target, {"epoch": 2})
     assert torch.load(target, weights_only=True) == {"epoch": 1}

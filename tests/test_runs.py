@@ -148,6 +148,48 @@ def test_overwrite_keeps_the_folder_locked_while_the_old_run_is_replaced(finishe
         release_folders()
 
 
+# ---------------------------------------------------------------- run folders and checkpoints of cifarlab 0.1
+
+def test_a_run_folder_from_0_1_still_shows_its_times(finished, tmp_path):
+    from cifarlab.report.summary import article_summary
+
+    old = copy_of(finished, tmp_path).out
+    summary = json.loads((tmp_path / "full" / "seed-0" / "summary.json").read_text())
+    summary.pop("train_and_eval_time_s")
+    summary["train_time_s"] = 123.456             # 0.1's name for training plus evaluation
+    atomic_write_text(f"{old}/summary.json", json.dumps(summary))
+    rows = [json.loads(line) for line in open(f"{old}/metrics.jsonl")]
+    for row in rows:
+        row["train_time_s"] = row.pop("train_only_time_s")          # 0.1's name in a row: training only
+    atomic_write_text(f"{old}/metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    run = load_run(old)
+    assert run.summary["train_and_eval_time_s"] == 123.456 and "train_time_s" not in run.summary
+    assert [r["train_only_time_s"] for r in run.metrics] == [r["train_time_s"] for r in rows]
+    assert "Training Time: 123.46 seconds" in article_summary(run.summary)
+    table = str(cifarlab.compare([old, finished.out]))
+    assert "123.46" in table and f"{load_run(finished.out).summary['train_and_eval_time_s']:.2f}" in table
+
+
+def test_a_checkpoint_from_0_1_is_refused_naming_what_differs(finished, tmp_path):
+    import torch
+
+    cfg = copy_of(finished, tmp_path)
+    last = tmp_path / "full" / "seed-0" / "checkpoints" / "last.pt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert "rng" not in checkpoint                 # rank 0's random state is stored once, in rng_ranks
+    checkpoint["rng"], checkpoint["cifarlab"] = checkpoint["rng_ranks"][0], "0.1.0"
+    state = checkpoint["run"]
+    state["train_time"] = state.pop("train_and_eval_time")
+    state["partial"]["seconds"] = state["partial"].pop("init_and_earlier_s")
+    torch.save(checkpoint, last)
+    with pytest.raises(UsageError) as refused:
+        cifarlab.resume(cfg.out)
+    assert str(refused.value) == (
+        f"{last}: a checkpoint of another version of cifarlab (0.1.0; this is {cifarlab.__version__}), which this "
+        "one cannot resume: has rng; run state: has train_time, lacks train_and_eval_time; partial epoch: has "
+        "seconds, lacks init_and_earlier_s")
+
+
 # ---------------------------------------------------------------- files
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])

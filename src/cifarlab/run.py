@@ -13,7 +13,7 @@ from pathlib import Path
 from cifarlab.runfolder import (BEST, CHECKPOINTS, CONFIG, EXPORT_FORMATS, LAST, METRICS, STUDY_LOG,  # noqa: F401
                                 SUMMARY, SUMMARY_TEXT, WEIGHTS, RunFolder, open_run)
 from cifarlab.storage import (LOCK, atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: F401
-                              current_umask, load_checkpoint, load_weights, lock_folder, new_temp_file,
+                              load_checkpoint, load_weights, lock_folder,
                               release_folders, replace_folder, save_checkpoint, strip_prefixes)
 from cifarlab.errors import UsageError
 

@@ -15,16 +15,15 @@ from the user's own Python path, not from the run folder).
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cifarlab.errors import CifarlabError, UsageError
+from cifarlab.errors import UsageError
 # The storage layer, re-exported: the run folder's users import these from here.
 from cifarlab.storage import (LOCK, atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: F401
-                              current_umask, load_checkpoint, load_weights, lock_folder, new_temp_file,
-                              release_folders, replace_folder, save_checkpoint, strip_prefixes)
+                              current_metrics_row, current_summary, load_checkpoint, load_weights, lock_folder,
+                              release_folders, replace_folder, save_checkpoint, save_weights, strip_prefixes)
 
 if TYPE_CHECKING:
     import torch
@@ -154,22 +153,7 @@ class RunFolder:
         save_checkpoint(self.checkpoint_path(name), state)
 
     def save_weights(self, state_dict: dict) -> None:
-        """model.safetensors, written to a temporary file and renamed over; a failed write leaves no temporary."""
-        from safetensors.torch import save_file
-
-        buffer = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-        fd, tmp = new_temp_file(self.weights_path)
-        os.close(fd)
-        try:
-            save_file(buffer, tmp)
-            os.chmod(tmp, 0o666 & ~current_umask())     # safetensors writes a file of its own, 0600
-            os.replace(tmp, self.weights_path)
-        except BaseException as e:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(e, OSError):
-                raise CifarlabError(f"{self.weights_path}: could not write ({e.strerror or e}); the previous file "
-                                    "is kept") from None
-            raise
+        save_weights(self.weights_path, state_dict)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}('{self.path}')"
@@ -192,16 +176,15 @@ class RunFolder:
         if not self.finished:
             hint = " (the run has not finished)" if self.config_path.is_file() else ""
             raise UsageError(f"{self.path}: not a finished cifarlab run folder, no summary.json{hint}")
-        return _read_json(self.summary_path)
+        return current_summary(_read_json(self.summary_path))     # a 0.1 run's keys under their new names
 
     @property
     def metrics(self) -> list[dict]:
         """metrics.jsonl: one dict per finished epoch."""
         if not self.metrics_path.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
-
-    rows = metrics
+        return [current_metrics_row(json.loads(line)) for line in self.metrics_path.read_text().splitlines()
+                if line.strip()]
 
     def load_checkpoint(self, name: str = LAST) -> dict:
         return load_checkpoint(self.checkpoint_path(name))

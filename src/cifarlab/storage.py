@@ -15,9 +15,10 @@ import shlex
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from cifarlab.errors import CifarlabError, UsageError
 
@@ -100,38 +101,63 @@ def release_folders() -> None:
 # ---------------------------------------------------------------- atomic writes
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it.
-
-    A crash or a full disk mid-write leaves the previous file untouched.
-    """
+    """Write `data` to `path` atomically (see atomic_file). A crash or a full disk mid-write leaves the
+    previous file untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = new_temp_file(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            tmp.write_bytes(data)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise CifarlabError(f"{path}: could not write ({e.strerror or e}); the previous file is kept") from None
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
-def new_temp_file(path: Path) -> tuple[int, str]:
-    """(descriptor, name) of a new temporary file beside `path`, to be renamed over it. mkstemp creates it 0600;
-    its mode is set from the umask, as open() would, so teammates and web servers can read a run folder."""
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` for the block to write, by name, so that writers which want a file
+    name (safetensors, numpy) stream straight to disk; afterwards it gets the mode open() would give it
+    (from the umask: teammates and web servers read run folders and caches), is fsynced and renamed onto
+    `path`. Readers see the old file or the whole new one, never a part; on any error the temporary file
+    goes and the error passes on."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
+        yield tmp
+        _set_mode_from_umask(tmp)   # mkstemp makes 0600, and a writer may make a file of its own
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _set_mode_from_umask(path: Path) -> None:
+    try:
+        os.chmod(path, 0o666 & ~current_umask())
     except OSError:
         pass                        # a filesystem without modes (FAT, some network shares): nothing to set
-    return fd, tmp
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a folder (Windows cannot).
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def current_umask() -> int:
@@ -157,6 +183,32 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+# ---------------------------------------------------------------- names from older run folders
+
+# Keys renamed since cifarlab 0.1 (old name: new name), so that run folders already on disk still read.
+RENAMED_SUMMARY_KEYS = {"train_time_s": "train_and_eval_time_s"}   # in summary.json it counted evaluation too
+RENAMED_METRICS_KEYS = {"train_time_s": "train_only_time_s"}       # in a metrics.jsonl row it never did
+
+
+def current_summary(summary: dict) -> dict:
+    """A summary.json (a run's or a seeds folder's) with today's key names."""
+    return _renamed(summary, RENAMED_SUMMARY_KEYS)
+
+
+def current_metrics_row(row: dict) -> dict:
+    """A metrics.jsonl row with today's key names."""
+    return _renamed(row, RENAMED_METRICS_KEYS)
+
+
+def _renamed(record: dict, renames: dict[str, str]) -> dict:
+    out = dict(record)
+    for old, new in renames.items():
+        for suffix in ("", "_mean", "_std", "_per_seed"):    # a seeds summary's keys follow their key
+            if old + suffix in out and new + suffix not in out:
+                out[new + suffix] = out.pop(old + suffix)
+    return out
+
+
 # ---------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -165,6 +217,18 @@ def save_checkpoint(path: Path, state: dict) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_weights(path: Path, state_dict: dict) -> None:
+    """The weights alone as safetensors (no pickle), written atomically; a failed write keeps the old file."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    try:
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp))
+    except OSError as e:
+        raise CifarlabError(f"{path}: could not write ({e.strerror or e}); the previous file is kept") from None
 
 
 def _holds_objects(path: Path) -> bool:

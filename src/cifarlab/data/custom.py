@@ -20,13 +20,14 @@ import numpy as np
 import torch
 
 from cifarlab.data import imagedecode
-from cifarlab.data.foldercache import CACHE_VERSION, Decoded, atomic_file, cache_dir, folder_cache_path, \
-    read_folder_cache, write_folder_cache
+from cifarlab.data.foldercache import CACHE_VERSION, Decoded, cache_dir, folder_cache_path, read_folder_cache, \
+    write_folder_cache
 from cifarlab.data.folder import SPLITS, ChannelChoice, FolderListing, choose_channels, fingerprint, scan_folder, \
     skipped_summary
 from cifarlab.data.formats import Split
 from cifarlab.data.dataset import Dataset, DatasetInfo
 from cifarlab.errors import DataError, UsageError
+from cifarlab.storage import atomic_file
 
 
 def load_custom_dataset(spec: str, image_size: int | None = None, channels: int | None = None,

@@ -8,15 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from cifarlab.data.folder import SPLITS
 from cifarlab.data.formats import Split
+from cifarlab.storage import atomic_file
 
 # Bump when the cache's layout or the decoding changes: old files are then rebuilt.
 # 2: EXIF orientation applied, 16-bit grayscale scaled, channels from the majority of the images.
@@ -92,41 +90,3 @@ def read_folder_cache(path: Path, key: str) -> Decoded | None:
     if "train" not in splits or "test" not in splits:
         return None
     return splits, mean, std
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` to write; afterwards it is fsynced and renamed onto `path`.
-
-    Readers see the old file or the whole new one, never a part; on an error the temporary file goes.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDWR)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a folder (Windows cannot).
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -116,7 +116,7 @@ def comparison_figure(runs: list, split: str = "test"):
     bars.set_xticks(range(len(runs)), names, rotation=20, ha="right", fontsize=8)
     bars.set(ylabel=f"final {split} accuracy (%)", ylim=(0, 105), title=f"Final {what} accuracy")
     for i, r in enumerate(runs):
-        lines.plot(*scored(r.rows, f"{split}_acc"), color=f"C{i % 10}", marker="o", ms=3, label=r.name)
+        lines.plot(*scored(r.metrics, f"{split}_acc"), color=f"C{i % 10}", marker="o", ms=3, label=r.name)
     lines.set(xlabel="epoch", ylabel=f"{split} accuracy (%)", title=f"{what.capitalize()} accuracy per epoch")
     lines.grid(alpha=0.3)
     lines.legend(fontsize=7)

@@ -52,7 +52,7 @@ def article_summary(summary: dict) -> str:
     def number(key: str) -> str:
         if summary.get(key) is None:
             return "not scored (--no-test)"
-        return f"{summary[key]:.2f}" + (" seconds" if key == "train_time_s" else "%")
+        return f"{summary[key]:.2f}" + (" seconds" if key == "train_and_eval_time_s" else "%")
 
     extra = []
     if summary.get("best_val_acc") is not None:
@@ -75,7 +75,7 @@ def results_block(title: str, summary: dict, number: Callable[[str], str], extra
         *extra,
         f"Total Parameters: {summary['params']:,}",
         f"Total Epochs: {summary['epochs']}",
-        f"Training Time: {number('train_time_s')}",
+        f"Training Time: {number('train_and_eval_time_s')}",
         f"Overfitting Gap: {number('overfit_gap')}",
     ]
     return "\n".join(lines) + "\n"

@@ -139,7 +139,7 @@ def summarize(cfg, plan, results, skipped, seeds) -> dict:
         s = [r.summary for r in runs]
         row = {"variant": name, "removed": sorted(plan[name]), "seeds": [x["seed"] for x in s],
                "runs": [str(r.path) for r in runs]}
-        for key in ("final_train_acc", score, f"best_{split}_epoch", "train_time_s"):
+        for key in ("final_train_acc", score, f"best_{split}_epoch", "train_and_eval_time_s"):
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std([float(x[key]) for x in s])
         row["overfit_gap_mean"], row["overfit_gap_std"] = mean_std([x["final_train_acc"] - x[score] for x in s])
         row[f"{score}_per_seed"] = [x[score] for x in s]
@@ -212,7 +212,8 @@ def table(result: dict) -> tuple[list[str], list[list]]:
                "time s"]
     rows = [[r["variant"], plus_minus(r, "final_train_acc"), plus_minus(r, score_key(result)),
              "-" if r["variant"] == "full" else effect_text(r),
-             plus_minus(r, "overfit_gap"), plus_minus(r, f"best_{split}_epoch", 1), plus_minus(r, "train_time_s", 0)]
+             plus_minus(r, "overfit_gap"), plus_minus(r, f"best_{split}_epoch", 1),
+             plus_minus(r, "train_and_eval_time_s", 0)]
             for r in result["variants"]]
     return headers, rows
 
@@ -253,7 +254,7 @@ def write_outputs(base: Path, result: dict, results: dict) -> None:
     md = text_report(result).split("\n\n", 1)[0] + "\n\n" + markdown_table(headers, rows) + "\n" + \
         "\n".join(f"- {f}" for f in [result.get("budget", ""), *result["findings"]] if f) + "\n"
     atomic_write_text(base / "ablation.md", md)
-    series = {name: mean_rows([r.rows for r in runs]) for name, runs in results.items()}
+    series = {name: mean_rows([r.metrics for r in runs]) for name, runs in results.items()}
     curves = plots.curves(series, base / "ablation.png", "Ablation (mean over seeds)")
     names = [r["variant"] for r in result["variants"]]
     key, what = score_key(result), scored_text(result)

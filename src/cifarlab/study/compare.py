@@ -15,6 +15,7 @@ from cifarlab.report.document import text_table
 from cifarlab.report.stats import confidence_interval, difference_interval, interval_text, mean_rows, scored_split
 from cifarlab.report.summary import comparison_block
 from cifarlab.runfolder import SUMMARY, RunFolder, open_run
+from cifarlab.storage import current_summary
 
 
 class SeedsFolder:
@@ -25,7 +26,7 @@ class SeedsFolder:
         self.path, self.summary, self.name = path, summary, path.name
 
     @property
-    def rows(self) -> list[dict]:
+    def metrics(self) -> list[dict]:
         return mean_rows([open_run(self.path / f"seed-{s}").metrics for s in self.summary["seeds"]])
 
 
@@ -36,7 +37,7 @@ def open_result(source) -> RunFolder | SeedsFolder:
     path = Path(source)
     summary_file = path / SUMMARY
     if summary_file.is_file() and not (path / "config.json").is_file():
-        summary = json.loads(summary_file.read_text())
+        summary = current_summary(json.loads(summary_file.read_text()))
         if "final_test_acc_per_seed" in summary:
             return SeedsFolder(path, summary)
     return open_run(path)
@@ -123,7 +124,7 @@ def comparison_table(runs: list[RunFolder], split: str = "test") -> str:
                "params", "time s", "vs first"]
     rows = [[r.name, r.summary["model"], r.summary["dataset"], r.summary["epochs"], r.summary["final_train_acc"],
              r.summary[key], _interval_cell(r, split), r.summary["best_test_acc"], f"{r.summary['params']:,}",
-             r.summary["train_time_s"], f"{r.summary[key] - first:+.2f}"] for r in runs]
+             r.summary["train_and_eval_time_s"], f"{r.summary[key] - first:+.2f}"] for r in runs]
     return text_table(headers, rows)
 
 

@@ -70,7 +70,7 @@ def article_summary_dict(a: ArticleRun) -> dict:
     return {"model": a.model, "dataset": a.dataset, "params": a.params, "epochs": a.epochs,
             "final_train_acc": a.train_acc, "final_test_acc": a.test_acc,
             "best_test_acc": a.best_test_acc if a.best_test_acc is not None else a.test_acc,
-            "train_time_s": a.time_s, "overfit_gap": a.train_acc - a.test_acc}
+            "train_and_eval_time_s": a.time_s, "overfit_gap": a.train_acc - a.test_acc}
 
 
 def article_comparison_dict(a: ArticleRun) -> dict:
@@ -201,7 +201,7 @@ def results_table(jobs: list[Job], runs: dict[str, RunFolder]) -> str:
         rows.append([job.key, job.cfg.recipe, f"{s['epochs']} ({a.epochs})",
                      f"{s['final_train_acc']:.2f} ({a.train_acc:.2f})", f"{s['final_test_acc']:.2f} ({a.test_acc:.2f})",
                      f"{s['best_test_acc']:.2f} ({best_article})", f"{s['params']:,}",
-                     f"{s['train_time_s']:.0f} ({a.time_s:.0f})"])
+                     f"{s['train_and_eval_time_s']:.0f} ({a.time_s:.0f})"])
     return text_table(headers, rows)
 
 
@@ -222,7 +222,7 @@ def write_report(out: Path, jobs: list[Job], runs: dict[str, RunFolder], evaluat
                                f"{scale:g} x the epochs and train images (a quick pass; not comparable in "
                                "absolute terms with the article's full runs).")
         + f" Data: {data_text(result['data_dir'])}. Wall time {result['wall_time_s']:.0f} s.")
-    curves = plots.curves({key: runs[key].rows for key in labels}, figures / "all_curves.png", "All runs")
+    curves = plots.curves({key: runs[key].metrics for key in labels}, figures / "all_curves.png", "All runs")
     report.section("Results beside the article").pre(results_table(jobs, runs)).image(
         bars, "Final test accuracy per run, ours beside the article's figures").image(
         curves, "Test accuracy (solid) and train accuracy (dashed) per epoch, every run")
@@ -269,7 +269,7 @@ def run_section(report: Report, job: Job, run: RunFolder, evaluation: dict, figu
     section.side_by_side(("pre", article_summary(run.summary)),
                          ("pre", article_summary(article_summary_dict(job.article)).replace("Summary",
                                                                                             "Summary (article)")))
-    curve = plots.curves({key: run.rows}, figures / f"{key}-curves.png", key)
+    curve = plots.curves({key: run.metrics}, figures / f"{key}-curves.png", key)
     section.image(curve, f"{key}: accuracy and test loss per epoch")
     folder = Path(evaluation["folder"])
     section.side_by_side(("image", folder / "confusion.png", f"{key}: confusion matrix on test"),

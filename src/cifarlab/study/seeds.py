@@ -12,8 +12,8 @@ from cifarlab.runfolder import RunFolder
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_all
 
 # summary.json keys that get a mean and a std over seeds.
-SEED_KEYS = ("final_train_acc", "final_test_acc", "final_val_acc", "best_test_acc", "overfit_gap", "train_time_s",
-             "images_per_s")
+SEED_KEYS = ("final_train_acc", "final_test_acc", "final_val_acc", "best_test_acc", "overfit_gap",
+             "train_and_eval_time_s", "images_per_s")
 
 
 class Seeds(dict):
@@ -70,7 +70,7 @@ def seeds_block(summary: dict) -> str:
     def number(key: str) -> str:
         if summary.get(f"{key}_mean") is None:
             return "not scored (--no-test)"
-        return plus_minus(summary, key, unit=" s" if key == "train_time_s" else "%")
+        return plus_minus(summary, key, unit=" s" if key == "train_and_eval_time_s" else "%")
 
     title = f"{summary_title(summary)} (mean \u00b1 std over {len(summary['seeds'])} seeds)"
     split = summary.get("scored_on", "test")

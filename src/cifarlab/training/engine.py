@@ -103,7 +103,7 @@ def setup(cfg: TrainConfig, resume: bool, dist: Dist, supplied=None) -> Trainer:
         state=RunState(),
         progress=Progress(cfg.quiet, cfg.epochs), stop=StopSignals(), params=params, load_time=load_time,
         uncompiled=uncompiled, lookahead=Lookahead(bare_model, cfg.epochs * steps) if cfg.lookahead else None)
-    trainer.state.partial["seconds"] = init_time   # the data-dependent init counts as training time
+    trainer.state.partial["init_and_earlier_s"] = init_time   # the data-dependent init counts as training time
     if checkpoint is not None:
         trainer.restore(checkpoint)
         if trainer.state.epoch >= cfg.epochs:
@@ -126,7 +126,7 @@ def run_epoch(trainer: Trainer, epoch: int) -> None:
     state = trainer.state
     lr = trainer.optimizer.param_groups[0]["lr"] if state.step == 0 else state.partial.get("lr", 0.0)
     state.partial["lr"] = lr
-    start = time.perf_counter() - state.partial["seconds"]
+    start = time.perf_counter() - state.partial["init_and_earlier_s"]
     train_loss, train_acc, seen, train_seconds = train_epoch(trainer, epoch)
     final = epoch == trainer.cfg.epochs
     if final and trainer.lookahead is not None:
@@ -145,7 +145,7 @@ def run_epoch(trainer: Trainer, epoch: int) -> None:
     row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
            "val_loss": val.loss if val else None, "val_acc": val.accuracy if val else None,
            "test_loss": test.loss if test else None, "test_acc": test.accuracy if test else None,
-           "epoch_time_s": epoch_seconds, "train_time_s": train_seconds, "images_per_s": seen / train_seconds}
+           "epoch_time_s": epoch_seconds, "train_only_time_s": train_seconds, "images_per_s": seen / train_seconds}
     state.rows.append(row)
     state.train_and_eval_time += epoch_seconds
     state.train_phase += train_seconds
@@ -176,7 +176,7 @@ def train_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, int, float]
     trainer.model.train()
     loss_sum = torch.tensor(state.partial["loss_sum"], device=device)
     correct = torch.tensor(state.partial["correct"], device=device, dtype=torch.long)
-    seen, start = state.partial["seen"], time.perf_counter() - state.partial["seconds"]
+    seen, start = state.partial["seen"], time.perf_counter() - state.partial["init_and_earlier_s"]
     bad = torch.zeros((), device=device, dtype=torch.bool)
     check_every = CHECK_EVERY_CPU if device.type == "cpu" else CHECK_EVERY_ACCELERATOR
     last_save = time.monotonic()
@@ -235,7 +235,7 @@ def summarize(trainer: Trainer) -> dict:
         "best_val_epoch": best_val["epoch"] if best_val else None,
         "test_acc_at_best_val": best_val["test_acc"] if best_val else None,
         "overfit_gap": None if final["test_acc"] is None else final["train_acc"] - final["test_acc"],
-        "train_time_s": state.train_and_eval_time, "train_only_time_s": state.train_phase,
+        "train_and_eval_time_s": state.train_and_eval_time, "train_only_time_s": state.train_phase,
         "load_time_s": trainer.load_time,
         "images_per_s": state.images / max(state.train_phase, 1e-9),
         "device": str(trainer.device), "precision": trainer.precision.name, "seed": cfg.seed,

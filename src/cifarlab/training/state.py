@@ -3,6 +3,7 @@ and the signal handler that turns Ctrl-C / SIGTERM into "save, then stop"."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import signal
 import threading
@@ -18,8 +19,10 @@ class RunState:
 
     epoch: int = 0
     step: int = 0
-    # sums over the batches done so far in the current epoch (loss * images, correct, images, seconds)
-    partial: dict = field(default_factory=lambda: {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0})
+    # sums over the batches done so far in the current epoch (loss * images, correct, images), and the seconds
+    # it counts from before its loop began: a new run's data-dependent init, or the steps before a mid-epoch save
+    partial: dict = field(default_factory=lambda: {"loss_sum": 0.0, "correct": 0, "seen": 0,
+                                                   "init_and_earlier_s": 0.0})
     rows: list = field(default_factory=list)         # metrics.jsonl rows of the completed epochs
     best: dict | None = None
     train_and_eval_time: float = 0.0                 # training + evaluation wall time, completed epochs
@@ -35,10 +38,29 @@ class RunState:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunState":
-        """The state a checkpoint saved; checkpoints before the rename call train_and_eval_time train_time."""
-        if "train_time" in d:
-            d = {("train_and_eval_time" if k == "train_time" else k): v for k, v in d.items()}
+        """The state a checkpoint saved (checked by checkpoint_differences first)."""
         return cls(**d)
+
+
+# The entries of a checkpoint this version writes (Trainer.save) and reads back.
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "scaler", "config", "run", "epoch", "step", "rng_ranks",
+                   "cifarlab", "lookahead"}
+
+
+def checkpoint_differences(checkpoint: dict) -> list[str]:
+    """How a checkpoint's training state differs from the one this version saves ([] if it does not): what a
+    resume from another version names before it refuses."""
+    run = checkpoint.get("run") if isinstance(checkpoint.get("run"), dict) else {}
+    partial = run.get("partial") if isinstance(run.get("partial"), dict) else {}
+    fields = {f.name for f in dataclasses.fields(RunState)}
+    compared = (("", set(checkpoint), CHECKPOINT_KEYS), ("run state: ", set(run), fields),
+                ("partial epoch: ", set(partial) - {"lr"}, set(RunState().partial)))   # lr: once the epoch began
+    differences = []
+    for where, saved, expected in compared:
+        extra, missing = sorted(saved - expected), sorted(expected - saved)
+        if extra or missing:
+            differences.append(where + ", ".join([*(f"has {k}" for k in extra), *(f"lacks {k}" for k in missing)]))
+    return differences
 
 
 def rng_state(device: torch.device) -> dict:

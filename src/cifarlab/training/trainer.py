@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from cifarlab import __version__ as cifarlab_version   # the version only: cifarlab.* names the API above
 from cifarlab.config import TrainConfig
 from cifarlab.data.loader import DeviceLoader
-from cifarlab.errors import Diverged, Interrupted
+from cifarlab.errors import Diverged, Interrupted, UsageError
 from cifarlab.models.renames import refuse_old_layer_names
 from cifarlab.runfolder import LAST, RunFolder, strip_prefixes
 from cifarlab.training import distributed
@@ -24,7 +24,7 @@ from cifarlab.training.distributed import Dist
 from cifarlab.training.evaluation import global_sums
 from cifarlab.training.lookahead import Lookahead
 from cifarlab.training.progress import Progress
-from cifarlab.training.state import RunState, StopSignals, rng_state, set_rng_state
+from cifarlab.training.state import RunState, StopSignals, checkpoint_differences, rng_state, set_rng_state
 
 
 @dataclass
@@ -150,7 +150,7 @@ class Trainer:
                       "scaler": self.scaler.state_dict() if self.scaler else None,
                       "config": self.run.config, "run": self.state.to_dict(),
                       "epoch": self.state.epoch, "step": self.state.step,
-                      "rng": rng_ranks[0], "rng_ranks": rng_ranks, "cifarlab": cifarlab_version,
+                      "rng_ranks": rng_ranks, "cifarlab": cifarlab_version,
                       "lookahead": self.lookahead.state_dict() if self.lookahead else None}
         for name in names or (LAST,):
             self.run.save_checkpoint(checkpoint, name)
@@ -159,10 +159,11 @@ class Trainer:
         """last.pt in the middle of an epoch, with the epoch's sums so far (added over ranks) and its seconds."""
         total_loss, total_correct, total_seen = global_sums(self.dist, loss_sum, correct, seen)
         self.state.partial = {**self.state.partial, "loss_sum": total_loss, "correct": int(total_correct),
-                              "seen": int(total_seen), "seconds": time.perf_counter() - start}
+                              "seen": int(total_seen), "init_and_earlier_s": time.perf_counter() - start}
         self.save()
 
     def restore(self, checkpoint: dict) -> None:
+        refuse_other_version(checkpoint, self.run.checkpoint_path(LAST))
         state = strip_prefixes(checkpoint["model"])
         refuse_old_layer_names(self.bare_model, state, self.run.checkpoint_path(LAST))
         self.bare_model.load_state_dict(state)
@@ -175,12 +176,21 @@ class Trainer:
             self.lookahead.load_state_dict(checkpoint["lookahead"])
         if not self.dist.is_main:   # the saved partial sums are global: count them once, on rank 0
             self.state.partial.update(loss_sum=0.0, correct=0, seen=0)
-        ranks = checkpoint.get("rng_ranks") or [checkpoint["rng"]]
+        ranks = checkpoint["rng_ranks"]
         if len(ranks) == self.dist.world:     # each rank continues its own stream
             set_rng_state(ranks[self.dist.rank], self.device)
-        else:   # another world size (or a checkpoint from before rng_ranks): rank 0's state, reseeded per rank
-            set_rng_state(checkpoint["rng"], self.device)
+        else:   # another world size: rank 0's state, reseeded per rank
+            set_rng_state(ranks[0], self.device)
             distributed.seed_per_rank(self.dist, self.cfg.seed + self.state.epoch)
+
+
+def refuse_other_version(checkpoint: dict, source) -> None:
+    """A checkpoint whose training state this version would misread is refused in one line naming the keys."""
+    differences = checkpoint_differences(checkpoint)
+    if differences:
+        saved = checkpoint.get("cifarlab", "unknown")
+        raise UsageError(f"{source}: a checkpoint of another version of cifarlab ({saved}; this is "
+                         f"{cifarlab_version}), which this one cannot resume: {'; '.join(differences)}")
 
 
 def compile_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
