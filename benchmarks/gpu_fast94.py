@@ -28,7 +28,7 @@ def part_fast94(args, out: PartFile) -> None:
     """fast94's time to 94% on CIFAR-10 (time_to_accuracy.one_run), seeds 0, 1, ... in one process."""
     import time_to_accuracy
 
-    from cifarlab.config import load_recipe
+    from cifarlab.recipes import load_recipe
 
     settings = argparse.Namespace(model="fast94", dataset="cifar10", recipe="fast94", target=94.0,
                                   data_dir=args.data_dir, device=args.device)

@@ -23,7 +23,7 @@ def default_models() -> list[str]:
 def measure_throughput(args, name: str, compiled: bool) -> dict:
     """`name` trained for args.epochs epochs of args.limit_train images: the first epoch is cold (start-up,
     cuDNN autotuning, compilation), the last warm. Only the final epoch is scored (eval_every 0)."""
-    from cifarlab.config import build_config
+    from cifarlab.recipes import build_config
     from cifarlab.training.engine import fit
 
     said = io.StringIO()   # cifarlab's messages, to see whether --compile fell back to eager

@@ -32,9 +32,9 @@ from torch.profiler import ProfilerActivity, profile
 import torchvision
 import torchvision.transforms as T
 
-from cifarlab.config import build_config
 from cifarlab.data.sources import DATASETS
 from cifarlab.models import build_model
+from cifarlab.recipes import build_config
 from cifarlab.training import engine
 from cifarlab.training.engine import fit
 

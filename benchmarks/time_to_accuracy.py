@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from cifarlab.cli_flags import add_train_flags, given_settings
-from cifarlab.config import train_config
+from cifarlab.recipes import train_config
 from cifarlab.storage import atomic_write_text
 from cifarlab.training.engine import fit
 

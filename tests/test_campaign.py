@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cifarlab.config import build_config
 from cifarlab.errors import Interrupted
+from cifarlab.recipes import build_config
 from cifarlab.training import engine
 from conftest import StopAtStep, without_timing
 

@@ -9,8 +9,9 @@ import pytest
 from conftest import run_cli
 
 from cifarlab.cli_flags import EXPORT_FORMATS, build_parser, given_settings
-from cifarlab.config import TrainConfig, flags, train_config
 from cifarlab.models import MODELS
+from cifarlab.recipes import train_config
+from cifarlab.settings import TrainConfig, flags
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

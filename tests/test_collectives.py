@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import cifarlab
-from cifarlab.config import build_config
+from cifarlab.recipes import build_config
 from cifarlab.training import distributed, engine
 from cifarlab.training.distributed import Dist
 from cifarlab.training.evaluation import global_sums

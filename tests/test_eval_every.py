@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from cifarlab.config import build_config, train_config
 from cifarlab.errors import UsageError
+from cifarlab.recipes import build_config, train_config
 from cifarlab.report.plots import scored
 from cifarlab.training.engine import fit
 from conftest import run_cli, write_cifar10

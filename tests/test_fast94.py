@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cifarlab.config import build_config
 from cifarlab.data.formats import Split
 from cifarlab.data.loader import AugmentSettings, DeviceLoader
 from cifarlab.errors import Interrupted
 from cifarlab.models import build_model, count_params
+from cifarlab.recipes import build_config
 from cifarlab.training import engine
 from cifarlab.training.engine import fit
 from cifarlab.training.evaluation import tta_logits

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cifarlab.config import build_config
 from cifarlab.models import build_model
+from cifarlab.recipes import build_config
 from cifarlab.training.engine import fit
 
 

@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cifarlab.config import TrainConfig
 from cifarlab.run import load_run
+from cifarlab.settings import TrainConfig
 from conftest import run_cli, without_timing, write_cifar10
 
 linux_only = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pinning is Linux's")

@@ -8,7 +8,7 @@ from torch import nn
 
 from conftest import StopAtStep, without_timing
 
-from cifarlab.config import build_config
+from cifarlab.recipes import build_config
 from cifarlab.models import build_model
 from cifarlab.errors import Interrupted
 from cifarlab.run import load_run

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from cifarlab.config import TrainConfig
 from cifarlab.models import build_model
+from cifarlab.settings import TrainConfig
 from cifarlab.training.optim import build_optimizer, lr_factor
 
 
@@ -51,8 +51,8 @@ def test_weight_decay_skips_batchnorm_and_biases(name, cls):
 
 
 def test_decay_norms_puts_weight_decay_on_batchnorm_and_biases_too():
-    from cifarlab.config import build_config
     from cifarlab.models import build_model
+    from cifarlab.recipes import build_config
     from cifarlab.training.optim import build_optimizer
 
     model = build_model("fast94", 10)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import cifarlab
-from cifarlab.config import build_config
+from cifarlab.recipes import build_config
 from cifarlab.training import device as device_module
 from cifarlab.training import engine, trainer
 from cifarlab.training.device import Precision, resolve_precision

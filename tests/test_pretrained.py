@@ -6,9 +6,9 @@ import pytest
 import torch
 import torchvision
 
-from cifarlab.config import TrainConfig
 from cifarlab.models import build_model, count_params
 from cifarlab.models.pretrained import WEIGHTS_FILE, adapt_stem, load_imagenet_weights
+from cifarlab.settings import TrainConfig
 from cifarlab.training.optim import build_optimizer
 
 from conftest import run_cli

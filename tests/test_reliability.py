@@ -16,7 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from cifarlab.config import TrainConfig, build_config, validate
+from cifarlab.recipes import build_config
+from cifarlab.settings import TrainConfig
+from cifarlab.validation import validate
 from cifarlab.errors import CifarlabError, Diverged, UsageError
 from cifarlab import storage as ckpt
 from cifarlab.training.engine import fit

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 import cifarlab
-from cifarlab.config import train_config
 from cifarlab.errors import CifarlabError, Interrupted, UsageError
+from cifarlab.recipes import train_config
 from cifarlab.run import Run, atomic_write_text, load_run
 from conftest import StopAtStep, run_cli
 

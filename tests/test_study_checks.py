@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import cifarlab
-from cifarlab.config import train_config
 from cifarlab.errors import UsageError
 from cifarlab.fingerprint import reuse_state
+from cifarlab.recipes import train_config
 from cifarlab.run import Run
 from cifarlab.study.runs import Launch, run_all
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cifarlab.config import build_config
 from cifarlab.models import build_model
+from cifarlab.recipes import build_config
 from cifarlab.training.device import cpu_supports_bf16, resolve_precision
 from cifarlab.training.engine import fit
 

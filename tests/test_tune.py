@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cifarlab.config import build_config, config_from_dict
 from cifarlab.errors import UsageError
+from cifarlab.recipes import build_config
 from cifarlab.study.tune import load_space
+from cifarlab.validation import config_from_dict
 from conftest import render_in_chromium, run_cli
 
 

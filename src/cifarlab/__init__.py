@@ -33,7 +33,7 @@ from cifarlab.errors import CifarlabError, UsageError  # noqa: E402  (no torch: 
 _API = {"train": "cifarlab.api", "resume": "cifarlab.api", "compare": "cifarlab.api", "ablate": "cifarlab.api",
         "reproduce": "cifarlab.api", "tune": "cifarlab.api",
         "load_run": "cifarlab.run", "Run": "cifarlab.run",
-        "register_model": "cifarlab.models", "TrainConfig": "cifarlab.config", "sample_dir": "cifarlab.sample"}
+        "register_model": "cifarlab.models", "TrainConfig": "cifarlab.settings", "sample_dir": "cifarlab.sample"}
 
 __all__ = ["CifarlabError", "UsageError", "__version__", *_API]
 

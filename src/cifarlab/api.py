@@ -52,7 +52,7 @@ def _note(message: str) -> None:
 
 
 def _config(model, dataset, recipe, out, settings, default_recipe=False):
-    from cifarlab.config import train_config
+    from cifarlab.recipes import train_config
 
     ref, obj = _model_ref(model)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}   # data_dir=Path(...)
@@ -165,7 +165,7 @@ def reproduce(data_dir: str | Path | None = None, *, scale: float = 1.0, tuned: 
 def command_config(settings: dict, recipe: str | None = None, sample: bool = False, default_recipe: bool = False):
     """The settings of `cifarlab train`, `ablate` or `tune` from its flags: --sample is the data folder, and a
     recipe fills what the flags leave out. A bad value is refused here, before torch is imported."""
-    from cifarlab.config import train_config
+    from cifarlab.recipes import train_config
     from cifarlab.sample import with_sample
 
     settings = with_sample(settings, sample, (settings["dataset"],))

@@ -128,7 +128,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from cifarlab.config import list_recipes
+    from cifarlab.recipes import list_recipes
 
     recipes = list_recipes()
     if args.json:

@@ -1,6 +1,6 @@
 """The command line's flags: `build_parser()` and what reads them back (`given_settings`, `train_settings`).
 
-The settings flags are generated from TrainConfig's declarations (config.py); the others are written here.
+The settings flags are generated from TrainConfig's declarations (settings.py); the others are written here.
 Nothing here imports torch, so `cifarlab --help` is fast. cli.py runs the commands.
 """
 
@@ -10,10 +10,10 @@ import argparse
 from dataclasses import fields
 
 from cifarlab import __version__
-from cifarlab.config import DEVICES, RESUME_MAY_CHANGE, TrainConfig, flag_text, flags
 from cifarlab.errors import UsageError
 from cifarlab.runfolder import EXPORT_FORMATS   # no torch import: --help stays fast
 from cifarlab.sample import STUDY_SCALE
+from cifarlab.settings import DEVICES, RESUME_MAY_CHANGE, TrainConfig, flag_text, flags
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,7 +26,7 @@ _FLAG_TYPES = {"int": int, "int | None": int, "float": float}   # from the annot
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
-    """A flag for every TrainConfig field that has one, as its setting() in config.py describes it.
+    """A flag for every TrainConfig field that has one, as its setting() in settings.py describes it.
 
     Every default is None ("not given"), so a recipe fills what the command line leaves out.
     """

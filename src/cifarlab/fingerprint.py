@@ -25,9 +25,9 @@ import json
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from cifarlab.config import TrainConfig
 from cifarlab.errors import CifarlabError, UsageError
 from cifarlab.runfolder import LAST, RunFolder, atomic_write_json
+from cifarlab.settings import TrainConfig
 
 # TrainConfig fields that never change a run's numbers (where things live, what is printed).
 NOT_NUMBERS = frozenset({"out", "data_dir", "quiet", "overwrite", "tensorboard", "checkpoint_every", "download",
@@ -115,7 +115,7 @@ def reuse_state(cfg: TrainConfig, model=None, resolve: bool = True) -> str:
 
 def check_same_data(cfg: TrainConfig, recorded: dict) -> None:
     """A resumed run continues on the files it started on: a --data-dir (or --sample) that holds other files
-    is refused in one line (the rest of the settings are the run's own: config.resume_config)."""
+    is refused in one line (the rest of the settings are the run's own: validation.resume_config)."""
     had = (recorded.get("fingerprint") or {}).get("data_files")
     now = data_identity(cfg)
     if had and now and had != now:

@@ -86,9 +86,9 @@ def load_run(path: str | Path, model=None) -> Run:
 def resume(run: Run | str | Path, model=None, **changes) -> Run:
     """Continue a stopped run exactly where it stopped; only data_dir, device, quiet, download,
     checkpoint_every and tensorboard may change."""
-    from cifarlab.config import resume_config
     from cifarlab.fingerprint import check_same_data
     from cifarlab.study.runs import train_run
+    from cifarlab.validation import resume_config
 
     run = run if isinstance(run, RunFolder) else load_run(run, model)
     supplied = model if model is not None else run.supplied_model

@@ -191,7 +191,7 @@ class RunFolder:
 
     def train_config(self):
         """The run's settings as a TrainConfig (validated; the model is checked, not built)."""
-        from cifarlab.config import config_from_dict
+        from cifarlab.validation import config_from_dict
 
         return config_from_dict(self.config, model=self.supplied_model)
 

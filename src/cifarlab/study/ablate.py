@@ -13,11 +13,11 @@ import dataclasses
 import time
 from pathlib import Path
 
-from cifarlab.config import TrainConfig
 from cifarlab.errors import UsageError
 from cifarlab.fingerprint import reuse_state
 from cifarlab.models import model_spec
 from cifarlab.report.document import Report, markdown_table, text_table
+from cifarlab.settings import TrainConfig
 from cifarlab.report.stats import (confidence_interval, interval_text, mean_rows, mean_std, plural, plus_minus,
                                    scored_split)
 from cifarlab.report.summary import model_title

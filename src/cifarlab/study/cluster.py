@@ -13,8 +13,8 @@ import os
 import uuid
 from pathlib import Path
 
-from cifarlab.config import TrainConfig
 from cifarlab.errors import UsageError
+from cifarlab.settings import TrainConfig
 
 RETRIES = 3     # a task whose node is lost runs again, resuming its run from the last checkpoint
 

@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifarlab.config import TrainConfig, build_config, list_recipes
+from cifarlab.recipes import build_config, list_recipes
+from cifarlab.settings import TrainConfig
 from cifarlab.data.sources import DATASETS, default_data_dir, load_dataset, missing_files
 from cifarlab.errors import UsageError
 from cifarlab.report.document import Report, text_table

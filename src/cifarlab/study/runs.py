@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from cifarlab.config import TrainConfig
 from cifarlab.errors import CifarlabError, Interrupted, UsageError
 from cifarlab.fingerprint import reuse_state
 from cifarlab.runfolder import RunFolder, open_run
+from cifarlab.settings import TrainConfig
 from cifarlab.study.launch import LOG, STOPPED, say_if_busy
 
 

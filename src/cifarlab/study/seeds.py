@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cifarlab.config import TrainConfig
 from cifarlab.report.stats import confidence_interval, interval_text, mean_std_or_none, plus_minus, scored_split
 from cifarlab.report.summary import results_block, summary_title, write_summary
 from cifarlab.runfolder import RunFolder
+from cifarlab.settings import TrainConfig
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_all
 
 # summary.json keys that get a mean and a std over seeds.

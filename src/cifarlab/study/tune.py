@@ -29,13 +29,14 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
-from cifarlab.config import FIELD_TYPES, TrainConfig, config_from_dict, validate
 from cifarlab.errors import Diverged, Interrupted, UsageError
 from cifarlab.runfolder import atomic_write_json
+from cifarlab.settings import FIELD_TYPES, TrainConfig
 from cifarlab.study.launch import with_threads
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, train_run
 from cifarlab.study.tune_results import as_setting, finish, import_optuna, trial_config
 from cifarlab.study.tune_workers import Workers, check_importable, pinned, start_workers
+from cifarlab.validation import config_from_dict, validate
 
 # The default search space: the knobs that matter for a small CNN, and augmentation strength.
 DEFAULT_SPACE = {

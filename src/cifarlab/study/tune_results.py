@@ -10,9 +10,10 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from cifarlab.config import TrainConfig, build_config
 from cifarlab.errors import UsageError
+from cifarlab.recipes import build_config
 from cifarlab.runfolder import atomic_write_json, atomic_write_text, open_run
+from cifarlab.settings import TrainConfig
 
 # The settings a recipe file may carry: best-recipe.toml holds every one of them, as the trials used it.
 RECIPE_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata["in_recipes"])

@@ -58,8 +58,9 @@ def train_logged(settings: dict) -> int:
 
 def train_one(settings: dict) -> int:
     """run_or_reuse for one config, as the sequential study would train it; its exit code."""
-    from cifarlab.config import TrainConfig, validate
+    from cifarlab.settings import TrainConfig
     from cifarlab.study.runs import run_or_reuse
+    from cifarlab.validation import validate
 
     try:
         cfg = TrainConfig(**settings)

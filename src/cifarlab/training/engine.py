@@ -17,12 +17,12 @@ import time
 import torch
 
 from cifarlab import __version__ as cifarlab_version   # the version only: cifarlab.* names the API above
-from cifarlab.config import TrainConfig
 from cifarlab.data.augment import normalize
 from cifarlab.errors import UsageError
 from cifarlab.fingerprint import SWITCHES, fingerprint, recorded_switches
 from cifarlab.models import build_model, count_params, model_spec
 from cifarlab.runfolder import BEST, LAST, RunFolder, release_folders
+from cifarlab.settings import TrainConfig
 from cifarlab.training import distributed
 from cifarlab.training.device import Precision, cpu_threads, resolve_device, use_tf32
 from cifarlab.training.distributed import Dist

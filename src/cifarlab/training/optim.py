@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from cifarlab.config import TrainConfig
+from cifarlab.settings import TrainConfig
 from cifarlab.training.muon import Muon
 
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from cifarlab.config import TrainConfig
 from cifarlab.data.formats import Split
 from cifarlab.data.loader import AugmentSettings, DeviceLoader
 from cifarlab.data.sources import DatasetInfo, class_balanced_split, load_dataset
 from cifarlab.errors import UsageError
+from cifarlab.settings import TrainConfig
 from cifarlab.training.distributed import Dist
 
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab import __version__ as cifarlab_version   # the version only: cifarlab.* names the API above
-from cifarlab.config import TrainConfig
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.errors import Diverged, Interrupted, UsageError
 from cifarlab.models.renames import refuse_old_layer_names
 from cifarlab.runfolder import LAST, RunFolder, strip_prefixes
+from cifarlab.settings import TrainConfig
 from cifarlab.training import distributed
 from cifarlab.training.device import Precision
 from cifarlab.training.distributed import Dist
