@@ -3,10 +3,9 @@
 prepare_image() is the one way an image becomes model input (EXIF orientation, bit depth, mode, size):
 image folders, their worker processes, arrays and `cifarlab predict` all call it.
 
-A 32x32 PNG costs about 85 us of CPU to decode, most of it in Pillow's Python code that holds the GIL,
-so threads do not help while worker processes scale with the cores (benchmarks/folder_decode.py on 2
-cores, CIFAR-10 as PNGs: one process ~8,700 images/s, 2 threads ~6,300/s, 2 worker processes ~16,000/s,
-on a quiet machine). Workers are plain
+Decoding a small PNG is mostly Pillow's Python code, which holds the GIL, so threads do not help while
+worker processes scale with the cores (the figures: BENCHMARKS.md, "Figures behind choices in the code",
+measured with benchmarks/folder_decode.py). Workers are plain
 `python -c` subprocesses that run this file by path: they import Pillow and the standard library only,
 never the cifarlab package (whose import pulls in torch, a second or more per worker). Keep it that way:
 this module must not import torch, numpy or anything from cifarlab.
@@ -41,12 +40,12 @@ GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;
 # value / 257), so those need nothing here.
 SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
 # Where Image.getexif() finds an orientation (EXIF of JPEG/WebP/PNG, ImageMagick's PNG text, XMP); a TIFF
-# (predict opens any format) keeps it in its tags. Asking getexif() of every image would cost ~40% of a
-# small PNG's decode.
+# (predict opens any format) keeps it in its tags. Asking getexif() of every image would cost a large part of
+# a small PNG's decode (BENCHMARKS.md, "Figures behind choices in the code").
 ORIENTATION_SOURCES = frozenset({"exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"})
 ORIENTATION = 0x0112                         # the EXIF tag
 CHUNK = 256                                  # files per request: small enough to balance, big enough to amortise
-MIN_FILES_PER_WORKER = 2000                  # below this a worker's start-up (~0.1 s) costs more than it saves
+MIN_FILES_PER_WORKER = 2000                  # below this a worker's start-up costs more than it saves (BENCHMARKS.md)
 ERROR_EXIT = 3
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MARK = "cifarlab-decode-error: "
@@ -78,7 +77,7 @@ def open_image(path: str) -> Image.Image:
         raise DecodeError(path, "cannot read image (empty file)")
     try:
         if data.startswith(PNG_SIGNATURE):
-            # Straight to the PNG plugin: Image.open's format probing costs ~10% of a 32x32 PNG's decode.
+            # Straight to the PNG plugin: Image.open's format probing is a sizeable part of a 32x32 PNG's decode.
             image = PngImagePlugin.PngImageFile(io.BytesIO(data))
             _check_pixels(image.size)
         else:

@@ -24,7 +24,7 @@ WEIGHTS_URL = f"https://download.pytorch.org/models/{WEIGHTS_FILE}"
 
 def resnet18_imagenet(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """The architecture only (random init); `load_imagenet_weights` fills it."""
-    import torchvision   # here, not at the top: importing torchvision.models costs every command ~2 s
+    import torchvision   # here, not at the top: its import would slow every command (BENCHMARKS.md)
     model = torchvision.models.resnet18(weights=None)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
