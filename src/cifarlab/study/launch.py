@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from cifarlab.errors import Interrupted
 from cifarlab.runfolder import STUDY_LOG as LOG     # a parallel run's output, in its own folder
+from cifarlab.signals import SignalCatcher
 
 WORKER = [sys.executable, "-m", "cifarlab.study.worker"]     # see worker.py
 STOPPED = ("study stopped by a signal; every run saved its state: run the same command again to resume")
@@ -234,17 +234,14 @@ def start_process(command: list[str], env: dict, cpus: list[int] | None = None, 
     return process
 
 
-class Forwarding:
+class Forwarding(SignalCatcher):
     """Within the block, SIGINT and SIGTERM to this process are passed on to `processes` (which live in sessions
     of their own, so nothing else sends them these signals), and `signum` records the first. Outside the main
     thread, where Python cannot handle signals, it does nothing."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self):
+        super().__init__()
         self.processes: list[subprocess.Popen] = []
-        self.signum: int | None = None
-        self._previous = {}
 
     def _handle(self, signum, frame):
         self.signum = self.signum or signum
@@ -254,17 +251,6 @@ class Forwarding:
                     process.send_signal(signum)
                 except ProcessLookupError:
                     pass          # ended since poll()
-
-    def __enter__(self) -> "Forwarding":
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        return False
 
 
 _console = threading.Lock()

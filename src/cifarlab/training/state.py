@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 import random
 import signal
-import threading
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+
+from cifarlab.signals import SignalCatcher
 
 
 @dataclass
@@ -88,27 +89,10 @@ def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-class StopSignals:
+class StopSignals(SignalCatcher):
     """Within the block, SIGINT and SIGTERM only set `signum`; the loop saves and stops at a step's end."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous = {}
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.signum = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        return False
