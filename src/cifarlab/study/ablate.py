@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from cifarlab.errors import UsageError
-from cifarlab.fingerprint import reuse_state
 from cifarlab.models import model_spec
 from cifarlab.report.document import Report, markdown_table, text_table
 from cifarlab.settings import TrainConfig
@@ -22,7 +21,7 @@ from cifarlab.report.stats import (confidence_interval, interval_text, mean_rows
                                    scored_split)
 from cifarlab.report.summary import model_title
 from cifarlab.runfolder import atomic_write_json, atomic_write_text
-from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_all
+from cifarlab.study.runs import SEQUENTIAL, Launch, check_folders, default_out, run_all
 
 # The article's deeper CNN, whose ablation claims these are: 15 epochs of the 50,000 CIFAR-10 train images.
 ARTICLE_BUDGET = (15, 50_000)
@@ -110,8 +109,7 @@ def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int
         runs = iter(run_all([c for group in configs.values() for c in group], launch, model))
         results = {name: [next(runs) for _ in group] for name, group in configs.items()}
     else:
-        for c in (c for group in configs.values() for c in group):
-            reuse_state(c, model)   # every folder checked before the first run trains
+        check_folders([c for group in configs.values() for c in group], model)
         results = {name: [_announced(c, name, model) for c in group] for name, group in configs.items()}
     result = Ablation(summarize(cfg, plan, results, skipped, seeds))
     result["wall_time_s"] = time.perf_counter() - start

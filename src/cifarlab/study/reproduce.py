@@ -17,8 +17,7 @@ from cifarlab.errors import UsageError
 from cifarlab.report.document import Report, text_table
 from cifarlab.report.summary import article_summary, comparison_block
 from cifarlab.runfolder import RunFolder, atomic_write_json
-from cifarlab.fingerprint import reuse_state
-from cifarlab.study.runs import SEQUENTIAL, Launch, run_all
+from cifarlab.study.runs import SEQUENTIAL, Launch, check_folders, run_all
 
 
 @dataclass(frozen=True)
@@ -157,8 +156,7 @@ def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str |
     if launch.parallel:
         runs = dict(zip([job.key for job in jobs], run_all([job.cfg for job in jobs], launch)))
     else:
-        for job in jobs:        # every folder checked before the first run trains
-            reuse_state(job.cfg)
+        check_folders([job.cfg for job in jobs])
     for i, job in enumerate(jobs, 1):
         if job.key not in runs:
             if not job.cfg.quiet:

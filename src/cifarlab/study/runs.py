@@ -77,6 +77,13 @@ def run_or_reuse(cfg: TrainConfig, model=None) -> RunFolder:
     return open_run(cfg.out, model)
 
 
+def check_folders(cfgs: list[TrainConfig], model=None) -> None:
+    """Every folder of a sequential study checked before its first run trains, as the parallel paths do
+    (launch.plan): a folder holding a run of other settings stops the study in one line, not half-way."""
+    for cfg in cfgs:
+        reuse_state(cfg, model)
+
+
 def default_out(prefix: str) -> Path:
     """runs/YYYYmmdd-HHMMSS-PREFIX: a study's folder when no --out is given."""
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{prefix}"
@@ -87,8 +94,7 @@ def run_all(cfgs: list[TrainConfig], launch: Launch = SEQUENTIAL, model=None) ->
     (worker processes here, or Ray tasks), with one line per run on the console and its output in RUN/train.log.
     On the parallel paths every folder is checked before anything starts."""
     if not launch.parallel:
-        for cfg in cfgs:            # every folder checked before the first run trains, as on the parallel paths
-            reuse_state(cfg, model)
+        check_folders(cfgs, model)
         if cfgs:
             say_if_busy(cfgs[0])
         return [run_or_reuse(cfg, model) for cfg in cfgs]
