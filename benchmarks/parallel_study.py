@@ -75,10 +75,10 @@ def ablate(args, out: Path) -> None:
     same_threads, third = timed(cifarlab(*common, "--jobs", "1", "--threads", str(threads),
                                          "--out", str(out / f"jobs-1-threads-{threads}")))
     print(f"ablate {args.model}, {args.epochs} epoch(s), {args.seeds} seeds:")
-    print(f"  --jobs 1                {one:6.1f} s")
-    print(f"  --jobs {args.jobs}                {many:6.1f} s   {many / one:.2f}x the wall time of --jobs 1 "
+    print(f"  --jobs 1                {one:7.2f} s")
+    print(f"  --jobs {args.jobs}                {many:7.2f} s   {many / one:.3f}x the wall time of --jobs 1 "
           f"(goal on 2 cores: <= 0.85)")
-    print(f"  --jobs 1 --threads {threads}     {same_threads:6.1f} s")
+    print(f"  --jobs 1 --threads {threads}     {same_threads:7.2f} s")
     columns = {"--jobs 1": table(first[0]), f"--jobs {args.jobs}": table(second[0]),
                f"--jobs 1 --threads {threads}": table(third[0])}
     for name, rows in columns.items():
