@@ -188,7 +188,7 @@ def test_ablate_unknown_technique_lists_the_valid_ones(tmp_path):
     result = run_cli("ablate", "--model", "deeper-cnn", "--dataset", "cifar10", "--without", "magic")
     assert result.returncode == 2
     assert result.stderr.strip() == ("cifarlab: error: unknown technique 'magic' for --without "
-                                     "(choose from batchnorm, kaiming, dropout, augment, or all)")
+                                     "(choose from batchnorm, kaiming, dropout, augment, skip, or all)")
 
 
 @pytest.mark.slow
