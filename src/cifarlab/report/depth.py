@@ -18,7 +18,7 @@ PAPER = "He, Zhang, Ren and Sun, Deep Residual Learning for Image Recognition (2
 ARTICLE_WORDS = ("depth gives \"diminishing returns ... unless the architecture supports it (e.g. residual "
                  "connections)\"")
 PAPER_PLAIN = "figure only (Fig. 6)"
-KIND_TITLES = {"plain": "plain nets (no shortcuts)", "resnet": "residual nets (ResNet)"}
+KIND_TITLES = {"plain": "Plain nets (no shortcuts)", "resnet": "Residual nets (ResNet)"}
 
 
 def error_cell(net: dict, what: str) -> str:
@@ -83,14 +83,22 @@ def figure6(result: dict):
                 points = [(r["epoch"], r[key]) for r in net["curve"] if r[key] is not None]
                 ax.plot(*zip(*points), ls=style, marker="o", ms=3, color=f"C{i % 10}",
                         label=f"{net['net']}" if key == "test_error" else None)
-        ax.set(xlabel="epoch", title=f"{KIND_TITLES[kind]}: dashed = training error, solid = test error")
+        ax.set(xlabel="epoch", title=KIND_TITLES[kind])
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8, loc="upper right")
     axes[0].set_ylabel("error (%)")
-    fig.suptitle(f"{result['dataset']}: mean over {plural(result['seeds'], 'seed')} ({result['budget']['text']})"
-                 .replace("Budget: ", ""), fontsize=8)
+    fig.suptitle(f"{result['dataset']}: dashed = training error, solid = test error; mean over "
+                 f"{plural(result['seeds'], 'seed')}; {budget_words(result['budget'])}", fontsize=10)
     return fig
+
+
+def budget_words(budget: dict) -> str:
+    """'3,510 iterations of batch 128 (the paper: 64,000)', short enough for a figure's title."""
+    paper = f"the paper: {budget['paper']['iterations']:,}"
+    if "iterations" not in budget:
+        return f"{plural(budget.get('epochs', 0), 'epoch')} ({paper} iterations)"
+    return f"{budget['iterations']:,} iterations of batch {budget['batch_size']} ({paper})"
 
 
 def markdown(result: dict) -> str:

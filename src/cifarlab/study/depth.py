@@ -228,7 +228,7 @@ def budget(epochs: int, train_images: int | None, batch_size: int) -> dict:
     paper = {"iterations": iterations, "batch_size": paper_batch, "train_images": paper_images,
              "images_seen": iterations * paper_batch, "epochs": iterations * paper_batch / paper_images}
     if train_images is None:
-        return {"paper": paper, "text": f"Budget: {plural(epochs, 'epoch')}; the paper: {iterations:,} iterations "
+        return {"epochs": epochs, "paper": paper, "text": f"Budget: {plural(epochs, 'epoch')}; the paper: {iterations:,} iterations "
                 f"of batch {paper_batch} on {paper_images:,} images."}
     # the train loader drops the last partial batch when there is more than one batch (training/splits.py)
     steps = train_images // batch_size if train_images > batch_size else 1
@@ -239,4 +239,7 @@ def budget(epochs: int, train_images: int | None, batch_size: int) -> dict:
             f"{batch_size} on {train_images:,} train images ({ours['images_seen']:,} images seen); the paper: "
             f"{iterations:,} iterations of batch {paper_batch} on {paper_images:,} images "
             f"({paper['images_seen']:,} seen, about {paper['epochs']:.0f} epochs): ours is {share:.2%} of it.")
+    if share < 0.1:
+        text += (" Below a tenth of the paper's budget: our errors stand far above its figures, and the verdicts "
+                 "describe this budget only.")
     return {**ours, "paper": paper, "share": share, "text": text}
