@@ -145,3 +145,88 @@ def test_the_cli_refuses_in_one_line_with_exit_status_2(args, message, tmp_path)
     assert result.stderr.startswith("cifarlab: error: ") and len(result.stderr.splitlines()) == 1
     assert message in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def cifar_resnet_params(depth: int, classes: int = 10) -> int:
+    """He et al.'s CIFAR ResNet counted from its layer shapes: a 3x3 conv to 16 channels, three stages of n = (depth
+    - 2) / 6 blocks of two 3x3 convs at 16, 32, 64 channels, each conv without bias and followed by BatchNorm
+    (2 parameters a channel), then the linear layer; option-A shortcuts and their removal add no parameter."""
+    n, params, channels = (depth - 2) // 6, 3 * 16 * 9 + 2 * 16, 16
+    for width in (16, 32, 64):
+        for _ in range(2 * n):
+            params += channels * width * 9 + 2 * width
+            channels = width
+    return params + 64 * classes + classes
+
+
+SAMPLE_STUDY = ("depth", "--depths", "20,56", "--epochs", "1", "--seeds", "2", "--sample", "--val-size", "0")
+
+
+@pytest.fixture(scope="module")
+def sample_study(tmp_path_factory):
+    """The acceptance line on the shipped sample (he2015-cifar holds out 5,000 val images, more than the sample's
+    200: --val-size 0), quietly: 8 one-epoch runs, ~1 min on 2 cores."""
+    out = tmp_path_factory.mktemp("depth") / "study"
+    result = run_cli(*SAMPLE_STUDY, "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+@pytest.mark.slow
+def test_the_acceptance_study_trains_both_kinds_at_each_depth_and_reports_what_the_runs_measured(sample_study):
+    out, result = sample_study
+    data = json.loads((out / "depth.json").read_text())
+    assert [n["net"] for n in data["nets"]] == ["plain-20", "resnet-20", "plain-56", "resnet-56"]
+    assert data["recipe"] == "he2015-cifar" and data["seeds"] == 2 and data["depths"] == [20, 56]
+    for row in data["nets"]:
+        summaries = [json.loads((out / row["net"] / f"seed-{s}" / "summary.json").read_text()) for s in (0, 1)]
+        config = json.loads((out / row["net"] / "seed-0" / "config.json").read_text())
+        assert config["model"] == f"resnet{row['depth']}" and config["skip"] is (row["kind"] == "resnet")
+        assert row["params"] == summaries[0]["params"] == cifar_resnet_params(row["depth"])
+        train = [100 - s["final_train_acc"] for s in summaries]
+        assert row["final_train_error_per_seed"] == pytest.approx(train)
+        assert row["final_train_error_mean"] == pytest.approx(statistics.mean(train))
+        assert row["final_test_error_std"] == pytest.approx(statistics.stdev(100 - s["final_test_acc"] for s in summaries))
+    assert cifar_resnet_params(20) == 269_722                                # the paper's 0.27M
+    plain = data["verdicts"]["plain"]
+    errors = {n["net"]: n["final_train_error_per_seed"] for n in data["nets"]}
+    diffs = [b - a for a, b in zip(errors["plain-20"], errors["plain-56"])]
+    assert plain["difference_per_seed"] == pytest.approx(diffs)
+    assert plain["difference_ci95"] == pytest.approx(t_interval(diffs, 12.706))
+    assert plain["text"] in result.stdout and data["verdicts"]["resnet"]["text"] in result.stdout
+    assert "1 epoch x 1 step = 1 iteration" not in result.stdout       # plural() is used, and one step is said as such
+    assert "1 epoch x 1 steps = 1 iterations of batch 128 on 200 train images" in result.stdout
+    assert "| resnet-56 |" in (out / "depth.md").read_text() and (out / "depth.png").stat().st_size > 20_000
+
+
+@pytest.mark.slow
+def test_the_acceptance_studys_report_renders_in_chromium(sample_study, tmp_path):
+    out, _ = sample_study
+    check = render_in_chromium(out / "report.html", tmp_path)
+    assert check["errors"] == [] and check["broken"] == 0 and check["images"] == 1
+    assert "Degradation" in check["sections"] and "Beside the paper" in check["sections"]
+
+
+@pytest.mark.slow
+def test_a_second_call_reuses_every_run_and_a_stale_one_is_refused(sample_study):
+    out, _ = sample_study
+    before = json.loads((out / "depth.json").read_text())
+    again = run_cli(*SAMPLE_STUDY, "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already finished, reusing it") == 8
+    assert json.loads((out / "depth.json").read_text())["nets"] == before["nets"]
+    stale = run_cli(*SAMPLE_STUDY, "--out", str(out), "--lr", "0.05")
+    assert stale.returncode == 2 and len(stale.stderr.splitlines()) == 1
+    assert "plain-20/seed-0 was trained with lr 0.1, this study asks 0.05" in stale.stderr
+
+
+@pytest.mark.slow
+def test_from_python_the_study_comes_back_holding_its_runs(sample_study):
+    out, _ = sample_study
+    result = cifarlab.depth(depths=[20, 56], seeds=2, epochs=1, val_size=0, data_dir=str(cifarlab.sample_dir()),
+                            download=False, out=out, quiet=True)            # every run reused: nothing trains
+    assert isinstance(result.runs[0], cifarlab.Run) and len(result.runs) == 8
+    assert list(result.nets()) == ["plain-20", "resnet-20", "plain-56", "resnet-56"]
+    assert result.nets()["plain-56"][1].summary["seed"] == 1
+    assert str(result).startswith("Depth study: resnet-cifar at depths 20, 56") and "Plain nets:" in str(result)
+    assert len(result.plot().axes) == 2
