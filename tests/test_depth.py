@@ -194,8 +194,7 @@ def test_the_acceptance_study_trains_both_kinds_at_each_depth_and_reports_what_t
     assert plain["difference_per_seed"] == pytest.approx(diffs)
     assert plain["difference_ci95"] == pytest.approx(t_interval(diffs, 12.706))
     assert plain["text"] in result.stdout and data["verdicts"]["resnet"]["text"] in result.stdout
-    assert "1 epoch x 1 step = 1 iteration" not in result.stdout       # plural() is used, and one step is said as such
-    assert "1 epoch x 1 steps = 1 iterations of batch 128 on 200 train images" in result.stdout
+    assert "1 epoch x 1 step = 1 iteration of batch 128 on 200 train images (128 images seen)" in result.stdout
     assert "| resnet-56 |" in (out / "depth.md").read_text() and (out / "depth.png").stat().st_size > 20_000
 
 

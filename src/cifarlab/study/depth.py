@@ -218,6 +218,11 @@ def degradation(kind: str, shallow: dict, deep: dict) -> dict:
             "difference_ci95": interval, "difference_per_seed": diffs, "verdict": verdict, "text": text}
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 step', '3,510 steps'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def mean_of(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -228,16 +233,16 @@ def budget(epochs: int, train_images: int | None, batch_size: int) -> dict:
     paper = {"iterations": iterations, "batch_size": paper_batch, "train_images": paper_images,
              "images_seen": iterations * paper_batch, "epochs": iterations * paper_batch / paper_images}
     if train_images is None:
-        return {"epochs": epochs, "paper": paper, "text": f"Budget: {plural(epochs, 'epoch')}; the paper: {iterations:,} iterations "
-                f"of batch {paper_batch} on {paper_images:,} images."}
+        return {"epochs": epochs, "paper": paper, "text": f"Budget: {plural(epochs, 'epoch')}; the paper: "
+                f"{iterations:,} iterations of batch {paper_batch} on {paper_images:,} images."}
     # the train loader drops the last partial batch when there is more than one batch (training/splits.py)
     steps = train_images // batch_size if train_images > batch_size else 1
     ours = {"epochs": epochs, "steps_per_epoch": steps, "iterations": epochs * steps, "batch_size": batch_size,
             "train_images": train_images, "images_seen": epochs * steps * min(batch_size, train_images)}
     share = ours["images_seen"] / paper["images_seen"]
-    text = (f"Budget: {plural(epochs, 'epoch')} x {steps:,} steps = {ours['iterations']:,} iterations of batch "
-            f"{batch_size} on {train_images:,} train images ({ours['images_seen']:,} images seen); the paper: "
-            f"{iterations:,} iterations of batch {paper_batch} on {paper_images:,} images "
+    text = (f"Budget: {plural(epochs, 'epoch')} x {counted(steps, 'step')} = "
+            f"{counted(ours['iterations'], 'iteration')} of batch {batch_size} on {train_images:,} train images "
+            f"({ours['images_seen']:,} images seen); the paper: {iterations:,} iterations of batch {paper_batch} on {paper_images:,} images "
             f"({paper['images_seen']:,} seen, about {paper['epochs']:.0f} epochs): ours is {share:.2%} of it.")
     if share < 0.1:
         text += (" Below a tenth of the paper's budget: our errors stand far above its figures, and the verdicts "
