@@ -17,7 +17,6 @@ from pathlib import Path
 
 from cifarlab.errors import UsageError
 from cifarlab.report.stats import confidence_interval, interval_text, mean_rows, mean_std, plural
-from cifarlab.runfolder import RunFolder
 from cifarlab.settings import TrainConfig
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_groups
 from cifarlab.validation import validate
