@@ -17,7 +17,6 @@ from cifarlab.settings import TrainConfig
 from cifarlab.study import depth as study
 from conftest import render_in_chromium, run_cli, slow_except
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def net(name: str, train_errors: list[float], test_errors: list[float] | None = None) -> dict:
