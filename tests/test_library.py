@@ -157,7 +157,7 @@ def test_ablate_uses_the_dropout_switch_of_a_factory_and_skips_it_where_there_is
     (["--model", "fast94", "--no-batchnorm"], "--no-batchnorm: model 'fast94' has no batchnorm switch "
                                               "(its switches: none)"),
     (["--model", "resnet18", "--no-dropout"], "--no-dropout: model 'resnet18' has no dropout switch "
-                                              "(its switches: batchnorm, init)"),
+                                              "(its switches: batchnorm, skip, init)"),
     (["--model", "basic-cnn", "--no-batchnorm"], "--no-batchnorm: model 'basic-cnn' has no batchnorm switch "
                                                  "(its switches: dropout, init)"),
     (["--model", "mynet:plain", "--no-dropout"], "--no-dropout: model 'mynet:plain' has no dropout switch "

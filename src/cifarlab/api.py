@@ -65,7 +65,7 @@ def train(model, dataset, *, recipe: str | None = None, out: str | Path | None =
     """Train `model` on `dataset` and write a run folder; returns its `Run` (with seeds > 1, a `Seeds`).
 
     model: a registered name ("resnet18"), "module:factory", a class or factory (called with the
-    keywords it accepts among num_classes, in_channels, image_size, batchnorm, dropout), or an
+    keywords it accepts among num_classes, in_channels, image_size, batchnorm, dropout, skip), or an
     nn.Module (a copy is trained; your object keeps its weights).
     dataset: a registered name, "folder:PATH" (ImageFolder layout), "npz:FILE", or arrays.
     jobs, ray, ray_cpus: with seeds > 1, train up to `jobs` seeds at once in worker processes (on a CPU each run

@@ -108,8 +108,9 @@ def _add_train_and_ablate(sub) -> None:
     _add_train_args(ablate)
     ablate.add_argument("--seeds", type=int, default=2, help="seeds per variant (default 2)")
     _add_jobs(ablate)
-    ablate.add_argument("--without", help="comma list of batchnorm,kaiming,dropout,augment (default: each), "
-                        "or all = each and everything removed at once")
+    ablate.add_argument("--without", help="comma list of batchnorm,kaiming,dropout,augment,skip (default: the "
+                        "article's four, each), or all = each of the four and all four removed at once; skip (the "
+                        "residual shortcuts) only by name, e.g. --model resnet18 --without skip,batchnorm")
 
 
 def _add_depth_command(sub) -> None:

@@ -48,7 +48,8 @@ def export_metadata(cfg, info, classes: list[str]) -> dict:
     import cifarlab
     return {"model": cfg.model, "dataset": cfg.dataset, "classes": classes, "num_classes": info.num_classes,
             "in_channels": info.channels, "image_size": info.size, "mean": list(info.mean), "std": list(info.std),
-            "batchnorm": cfg.batchnorm, "dropout": cfg.dropout, "input": "float32 NCHW, (pixels / 255 - mean) / std",
+            "batchnorm": cfg.batchnorm, "dropout": cfg.dropout, "skip": cfg.skip,
+            "input": "float32 NCHW, (pixels / 255 - mean) / std",
             "cifarlab_version": cifarlab.__version__}
 
 

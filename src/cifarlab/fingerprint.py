@@ -34,7 +34,7 @@ NOT_NUMBERS = frozenset({"out", "data_dir", "quiet", "overwrite", "tensorboard",
                          "recipe"})
 # Fields recorded as what they resolve to, after the settings.
 RESOLVED = ("device", "threads", "precision")
-SWITCHES = ("batchnorm", "dropout", "init")     # settings that exist only where the model has the switch
+SWITCHES = ("batchnorm", "dropout", "skip", "init")     # settings that exist only where the model has the switch
 # How the refusal names a fingerprint entry that is not a flag.
 LABELS = {"data_files": "data files (sha256)", "cifarlab": "cifarlab version", "threads": "CPU threads"}
 DEFAULTS = {f.name: (f.default if f.default is not MISSING else f.default_factory()) for f in fields(TrainConfig)}
@@ -66,7 +66,7 @@ def fingerprint(cfg: TrainConfig, model=None, resolve: bool = True) -> dict:
 
 
 def recorded_switches(model_ref: str, values: dict, model=None) -> dict:
-    """batchnorm / dropout / init as a run records them: None where the model has no such switch (basic-cnn has
+    """batchnorm / dropout / skip / init as a run records them: None where the model has no such switch (basic-cnn has
     no BatchNorm: "batchnorm": true would claim a choice nobody made)."""
     from cifarlab.models import model_spec
 
@@ -131,6 +131,8 @@ def first_difference(had: dict, wanted: dict) -> tuple[str, object, object] | No
     be identified now (not downloaded yet) are not compared."""
     for name, now in wanted.items():
         then = had.get(name, DEFAULTS.get(name, MISSING))
+        if name in SWITCHES and name not in had and now is None:
+            then = None     # a switch added later (skip): the model recorded without it has none either
         if name == "data_files" and (now is None or then is MISSING):
             continue
         if then is MISSING or then != now:

@@ -237,7 +237,7 @@ class RunFolder:
         else:
             state = load_checkpoint(source)["model"]
         model = build_model(cfg.model, info.num_classes, info.channels, info.size, batchnorm=cfg.batchnorm,
-                            init="auto", dropout=cfg.dropout, model_args=cfg.model_args,
+                            init="auto", dropout=cfg.dropout, skip=cfg.skip, model_args=cfg.model_args,
                             supplied=self.supplied_model)
         refuse_old_layer_names(model, strip_prefixes(state), source)
         load_weights(model, state, source)

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import MISSING, Field, dataclass, fields
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
-SCHEDULES = ("none", "step", "cosine", "onecycle")
+SCHEDULES = ("none", "step", "multistep", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ON_NAN = ("stop", "skip-step")
@@ -74,9 +74,13 @@ class TrainConfig:
     weight_decay: float = setting(0.0, "L2 (SGD/Adam) or decoupled (AdamW) decay; not on BN/bias")
     decay_norms: bool = setting(False, "also decay normalisation parameters and biases (airbench94 decays its BN "
                                 "shifts)")
-    schedule: str = setting("none", "step = decay by --gamma every --step-size epochs", choices=SCHEDULES)
+    schedule: str = setting("none", "step = decay by --gamma every --step-size epochs; multistep = decay by --gamma "
+                            "at each of the recipe's milestones (fractions of the run: he2015-cifar 0.5, 0.75)",
+                            choices=SCHEDULES)
     step_size: int = setting(5, "epochs between step decays (default 5, as in the article)")
     gamma: float = setting(0.1, "step decay factor")
+    # multistep: where the lr is cut, as fractions of all the steps, so --epochs scales the schedule with it
+    milestones: list[float] = setting(factory=lambda: [0.5, 0.75], flag=False)
     # cosine: linear warm-up length; onecycle: the source of the rise fraction
     warmup_epochs: float = setting(0.0, "warm-up length for cosine / one-cycle")
     onecycle_start: float = setting(0.04, "one-cycle: the lr factor it rises from (default 0.04)", metavar="FACTOR")
@@ -104,6 +108,8 @@ class TrainConfig:
     batchnorm: bool = setting(True, "build the model without BatchNorm (ablation)")
     init: str = setting("auto", "auto (the article's choice per model) | kaiming | xavier | default")
     dropout: bool = setting(True, "build the model without dropout (ablation)")
+    skip: bool = setting(True, "build a residual model without its shortcuts: the plain net of the same layers "
+                         "(ablation; resnet*, preact-resnet18, wrn-*)")
     val_size: int = setting(0, "hold out N train images (class-balanced, seeded) for validation")
     test: bool = setting(True, "never score the test split (a search's trials select on val alone: cifarlab tune)",
                          in_recipes=False)

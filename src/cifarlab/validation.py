@@ -76,11 +76,15 @@ def _validate_numbers(cfg: TrainConfig) -> None:
            f"--eval-every must be an integer >= 0, got {cfg.eval_every}")
     _check(isinstance(cfg.tta_shift, int) and 0 <= cfg.tta_shift <= 4,
            f"--tta-shift must be 0..4 pixels, got {cfg.tta_shift}")
-    for name in ("lookahead", "tta", "nesterov", "batchnorm", "dropout", "channels_last", "compile", "decay_norms",
+    for name in ("lookahead", "tta", "nesterov", "batchnorm", "dropout", "skip", "channels_last", "compile", "decay_norms",
                  "test"):
         _check(isinstance(getattr(cfg, name), bool), f"{name} must be true or false, got {getattr(cfg, name)!r}")
     _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     _check(0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma}")
+    _check(isinstance(cfg.milestones, list) and all(isinstance(m, (int, float)) and not isinstance(m, bool)
+                                                    and 0 < m < 1 for m in cfg.milestones)
+           and cfg.milestones == sorted(set(cfg.milestones)),
+           f"milestones must be increasing fractions of the run in (0, 1), e.g. [0.5, 0.75]; got {cfg.milestones!r}")
     _check(isinstance(cfg.checkpoint_every, (int, float)) and math.isfinite(cfg.checkpoint_every)
            and cfg.checkpoint_every >= 0, f"--checkpoint-every must be a number of minutes >= 0, "
            f"got {cfg.checkpoint_every}")
@@ -100,7 +104,7 @@ def _validate_names(cfg: TrainConfig, spec) -> None:
     _check(cfg.on_nan in ON_NAN, f"unknown --on-nan '{cfg.on_nan}' (choose from {', '.join(ON_NAN)})")
     _check(cfg.device in DEVICES, f"unknown device '{cfg.device}' (choose from {', '.join(DEVICES)})")
     _check(cfg.init in INITS + ("auto",), f"unknown init '{cfg.init}' (choose from auto, {', '.join(INITS)})")
-    check_switches(spec, cfg.batchnorm, cfg.dropout, cfg.init)
+    check_switches(spec, cfg.batchnorm, cfg.dropout, cfg.init, cfg.skip)
     _check(isinstance(cfg.augment, list), f"augment must be a list, got {cfg.augment!r}")
     for op in cfg.augment:
         _check(op in AUGMENTATIONS, f"unknown augmentation '{op}' (choose from {', '.join(AUGMENTATIONS)}, or none)")
@@ -112,7 +116,7 @@ def config_from_dict(values: dict, model=None) -> TrainConfig:
     """A TrainConfig from a saved config.json / checkpoint (extra keys such as `resolved` are ignored; a switch
     recorded as null, one the model does not have, takes its default)."""
     cfg = TrainConfig(**{k: v for k, v in values.items()
-                         if k in FIELD_TYPES and not (v is None and k in ("batchnorm", "dropout", "init"))})
+                         if k in FIELD_TYPES and not (v is None and k in ("batchnorm", "dropout", "skip", "init"))})
     validate(cfg, model)
     return cfg
 

@@ -29,7 +29,8 @@ def norm(channels: int, batchnorm: bool) -> nn.Module:
 class PreActBlock(nn.Module):
     """BN -> ReLU -> conv3x3 -> BN -> ReLU -> [dropout] -> conv3x3, + shortcut (also the Wide ResNet block)."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, batchnorm: bool = True, dropout: float = 0.0):
+    def __init__(self, cin: int, cout: int, stride: int = 1, batchnorm: bool = True, dropout: float = 0.0,
+                 skip: bool = True):
         super().__init__()
         # Without BN the convs get a bias back, as a plain conv layer would have.
         bias = not batchnorm
@@ -41,14 +42,17 @@ class PreActBlock(nn.Module):
         # Not in place: without BN, bn1 is the identity and an in-place ReLU would overwrite the
         # block's input, which the identity shortcut still needs.
         self.relu = nn.ReLU()
-        self.downsample = nn.Conv2d(cin, cout, 1, stride, bias=bias) if stride != 1 or cin != cout else None
+        # skip off (the plain net): no shortcut, identity or projection
+        self.skip = skip
+        self.downsample = nn.Conv2d(cin, cout, 1, stride, bias=bias) if skip and (stride != 1 or cin != cout) \
+            else None
 
     def forward(self, x):
         out = self.relu(self.bn1(x))
         shortcut = self.downsample(out) if self.downsample is not None else x
         out = self.conv1(out)
         out = self.conv2(self.dropout(self.relu(self.bn2(out))))
-        return out + shortcut
+        return out + shortcut if self.skip else out
 
 
 class PreActResNet(nn.Module):
@@ -56,14 +60,14 @@ class PreActResNet(nn.Module):
     BN -> ReLU, global average pool, FC. Also the Wide ResNet's plan (wide_resnet.py)."""
 
     def __init__(self, blocks: list[int], widths=(64, 128, 256, 512), stem: int = 64, num_classes: int = 10,
-                 in_channels: int = 3, batchnorm: bool = True, dropout: float = 0.0):
+                 in_channels: int = 3, batchnorm: bool = True, dropout: float = 0.0, skip: bool = True):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=not batchnorm)
         cin = stem
         for i, (n, cout) in enumerate(zip(blocks, widths)):
             stage = []
             for j in range(n):
-                stage.append(PreActBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, batchnorm, dropout))
+                stage.append(PreActBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, batchnorm, dropout, skip))
                 cin = cout
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.num_stages = len(widths)   # 4 in the pre-activation ResNet, 3 in a WRN
@@ -80,7 +84,9 @@ class PreActResNet(nn.Module):
 
 
 @register_model("preact-resnet18", title="PreAct ResNet-18", default_init="kaiming", min_size=8,
-                switches=("batchnorm", "init"),
+                switches=("batchnorm", "skip", "init"),
                 summary="pre-activation ResNet-18: BN-ReLU-conv BasicBlocks 2-2-2-2 (64-512)")
-def preact_resnet18(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True) -> PreActResNet:
-    return PreActResNet([2, 2, 2, 2], num_classes=num_classes, in_channels=in_channels, batchnorm=batchnorm)
+def preact_resnet18(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True,
+                    skip: bool = True) -> PreActResNet:
+    return PreActResNet([2, 2, 2, 2], num_classes=num_classes, in_channels=in_channels, batchnorm=batchnorm,
+                        skip=skip)

@@ -2,7 +2,7 @@
 
 Each cifarlab model declares its entry beside its code with `@register_model` (timm's idea,
 without its factory layers). An entry states the switches the model has (`batchnorm`,
-`dropout`, `init`), where pretrained weights come from and whether it initialises itself
+`dropout`, `skip`, `init`), where pretrained weights come from and whether it initialises itself
 from data, so nothing else in cifarlab asks "is this model X?".
 
 Besides the registered names, a model can be
@@ -10,7 +10,7 @@ Besides the registered names, a model can be
 - a name added by an installed package through the `cifarlab.models` entry-point group,
 - a class, a factory or an `nn.Module` handed over from Python (`cifarlab.train(MyCNN, ...)`).
 A class or factory is called with the keywords it accepts among BUILD_KEYWORDS, plus the
-user's `model_args`; it has the `batchnorm` / `dropout` switches when it accepts them. A factory
+user's `model_args`; it has the `batchnorm` / `dropout` / `skip` switches when it accepts them. A factory
 with a `**kwargs` catch-all (timm's `create_model`) also gets `num_classes` and `in_channels`.
 Every model built is checked once (check.py): one batch must come out as [batch, num_classes].
 """
@@ -29,14 +29,14 @@ from cifarlab.errors import UsageError
 from cifarlab.models.check import check_output
 from cifarlab.models.init import INITS, initialize
 
-SWITCHES = ("batchnorm", "dropout", "init")
-BUILD_KEYWORDS = ("num_classes", "in_channels", "image_size", "batchnorm", "dropout")
+SWITCHES = ("batchnorm", "dropout", "skip", "init")
+BUILD_KEYWORDS = ("num_classes", "in_channels", "image_size", "batchnorm", "dropout", "skip")
 # What a **kwargs catch-all is handed: the data's shape. The switches are not (a catch-all is no promise to
 # honour them, and a switch that is silently ignored would be a wrong ablation).
 CATCH_ALL_KEYWORDS = ("num_classes", "in_channels")
 ENTRY_POINT_GROUP = "cifarlab.models"
 # the flag that turns each switch off, for messages
-SWITCH_FLAGS = {"batchnorm": "--no-batchnorm", "dropout": "--no-dropout", "init": "--init"}
+SWITCH_FLAGS = {"batchnorm": "--no-batchnorm", "dropout": "--no-dropout", "skip": "--no-skip", "init": "--init"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,11 @@ def register_model(name: str, *, title: str, summary: str, default_init: str = "
         raise ValueError(f"register_model({name!r}): unknown switches {sorted(unknown)}")
 
     def decorate(builder):
+        # a declared switch the builder cannot take would be dropped on the way: an ablation of nothing
+        missing = set(switches) - {"init"} - accepted_keywords(builder)
+        if missing:
+            raise ValueError(f"register_model({name!r}): declares {sorted(missing)} but its builder takes no such "
+                             "keyword")
         MODELS[name] = ModelSpec(name, builder, title, summary, default_init, min_size, frozenset(switches),
                                  pretrained, pretrained_source, data_init,
                                  origin="cifarlab" if builder.__module__.startswith("cifarlab.") else builder.__module__)
@@ -111,7 +116,7 @@ def spec_for_object(ref: str, obj, origin: str) -> ModelSpec:
         return ModelSpec(ref, lambda: instance, title=type(obj).__name__, origin=origin, instance=True)
     if not callable(obj):
         raise UsageError(f"model {ref} is a {type(obj).__name__}, not a class, a factory or an nn.Module")
-    switches = {"init"} | ({"batchnorm", "dropout"} & accepted_keywords(obj))
+    switches = {"init"} | ({"batchnorm", "dropout", "skip"} & accepted_keywords(obj))
     doc = (inspect.getdoc(obj) or "").strip().splitlines()
     return ModelSpec(ref, obj, title=getattr(obj, "__name__", ref), summary=doc[0] if doc else "",
                      switches=frozenset(switches), origin=origin)
@@ -193,9 +198,10 @@ def model_spec(ref: str, supplied=None) -> ModelSpec:
                      "module:factory)")
 
 
-def check_switches(spec: ModelSpec, batchnorm: bool = True, dropout: bool = True, init: str = "auto") -> None:
+def check_switches(spec: ModelSpec, batchnorm: bool = True, dropout: bool = True, init: str = "auto",
+                   skip: bool = True) -> None:
     """Refuse, in one line, a switch the model does not have (it would be silently ignored)."""
-    asked = [s for s, on in (("batchnorm", not batchnorm), ("dropout", not dropout),
+    asked = [s for s, on in (("batchnorm", not batchnorm), ("dropout", not dropout), ("skip", not skip),
                              ("init", init not in ("auto", spec.default_init))) if on]
     for switch in asked:
         if switch not in spec.switches:
@@ -223,18 +229,18 @@ def check_model_args(spec: ModelSpec, model_args: dict | None) -> None:
 
 def build_model(ref: str, num_classes: int, in_channels: int = 3, image_size: int = 32, batchnorm: bool = True,
                 init: str = "auto", dropout: bool = True, model_args: dict | None = None,
-                supplied=None, dataset: str | None = None) -> nn.Module:
+                supplied=None, dataset: str | None = None, skip: bool = True) -> nn.Module:
     """Build a model; `init="auto"` uses the scheme its entry declares (the article's, for its models).
 
     The model is then checked to turn one batch of [in_channels, image_size, image_size] images into
     [batch, num_classes] logits (dataset: its name, for that message)."""
     spec = model_spec(ref, supplied)
-    check_switches(spec, batchnorm, dropout, init)
+    check_switches(spec, batchnorm, dropout, init, skip)
     if image_size < spec.min_size:
         raise UsageError(f"model '{ref}' needs inputs of at least {spec.min_size}x{spec.min_size}, "
                          f"got {image_size}x{image_size}")
     offered = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
-               "batchnorm": batchnorm, "dropout": dropout}
+               "batchnorm": batchnorm, "dropout": dropout, "skip": skip}
     check_model_args(spec, model_args)
     passed = passed_keywords(spec.build)
     kwargs = {k: v for k, v in offered.items() if k in passed} | dict(model_args or {})

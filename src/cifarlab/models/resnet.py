@@ -4,7 +4,9 @@
 four stages at 64/128/256/512 channels, the first block of stages 2-4 halving
 the resolution, global average pool, one FC layer. `out = F(x) + shortcut(x)`
 is the residual connection; the shortcut is a 1x1 projection (conv + BN,
-`downsample`) where the shape changes, the identity elsewhere.
+`downsample`) where the shape changes, the identity elsewhere. With skip=False
+(`--no-skip`) the same layers run with no shortcut at all, identity or
+projection: the plain net, whose strided convs still change the shape.
 
 The layers carry torchvision's names (conv1, bn1, layer1-layer4, fc; in a block
 conv1/bn1/conv2/bn2[/conv3/bn3]/downsample), so a state dict loads into
@@ -24,9 +26,10 @@ def _norm(channels: int, batchnorm: bool) -> nn.Module:
     return nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
 
 
-def _projection(cin: int, cout: int, stride: int, batchnorm: bool) -> nn.Module | None:
-    """None (the identity) where the shape is unchanged, else a strided 1x1 conv + BN (option B of the paper)."""
-    if stride == 1 and cin == cout:
+def _projection(cin: int, cout: int, stride: int, batchnorm: bool, skip: bool) -> nn.Module | None:
+    """None (the identity, or no shortcut in a plain net) where the shape is unchanged or skip is off, else a
+    strided 1x1 conv + BN (option B of the paper)."""
+    if not skip or (stride == 1 and cin == cout):
         return None
     return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=not batchnorm), _norm(cout, batchnorm))
 
@@ -34,7 +37,7 @@ def _projection(cin: int, cout: int, stride: int, batchnorm: bool) -> nn.Module 
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, batchnorm: bool = True):
+    def __init__(self, cin: int, planes: int, stride: int = 1, batchnorm: bool = True, skip: bool = True):
         super().__init__()
         # Without BN the convs get a bias back, as a plain conv layer would have.
         bias = not batchnorm
@@ -43,12 +46,14 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=bias)
         self.bn2 = _norm(planes, batchnorm)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _projection(cin, planes, stride, batchnorm)
+        self.skip = skip
+        self.downsample = _projection(cin, planes, stride, batchnorm, skip)
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        out += x if self.downsample is None else self.downsample(x)
+        if self.skip:
+            out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 
@@ -57,7 +62,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, batchnorm: bool = True):
+    def __init__(self, cin: int, planes: int, stride: int = 1, batchnorm: bool = True, skip: bool = True):
         super().__init__()
         bias = not batchnorm
         cout = planes * self.expansion
@@ -68,19 +73,21 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, cout, 1, bias=bias)
         self.bn3 = _norm(cout, batchnorm)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _projection(cin, cout, stride, batchnorm)
+        self.skip = skip
+        self.downsample = _projection(cin, cout, stride, batchnorm, skip)
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        out += x if self.downsample is None else self.downsample(x)
+        if self.skip:
+            out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 
 class ResNet(nn.Module):
     def __init__(self, blocks: list[int], num_classes: int = 10, in_channels: int = 3,
-                 batchnorm: bool = True, block: type[nn.Module] = BasicBlock):
+                 batchnorm: bool = True, block: type[nn.Module] = BasicBlock, skip: bool = True):
         super().__init__()
         # The CIFAR stem: torchvision's conv1 at 3x3 stride 1, and no maxpool.
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=not batchnorm)
@@ -90,7 +97,7 @@ class ResNet(nn.Module):
         for i, (n, planes) in enumerate(zip(blocks, (64, 128, 256, 512))):
             stage = []
             for j in range(n):
-                stage.append(block(cin, planes, 2 if (i > 0 and j == 0) else 1, batchnorm))
+                stage.append(block(cin, planes, 2 if (i > 0 and j == 0) else 1, batchnorm, skip))
                 cin = planes * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         # Adaptive pooling, not avg_pool2d(4): any input size the stride plan allows works.
@@ -105,21 +112,21 @@ class ResNet(nn.Module):
 
 # min_size 8: three stride-2 stages still leave the last one >= 1 pixel.
 @register_model("resnet18", title="ResNet-18", default_init="kaiming", min_size=8,
-                switches=("batchnorm", "init"),
+                switches=("batchnorm", "skip", "init"),
                 summary="CIFAR ResNet-18: 3x3 stem, BasicBlocks 2-2-2-2 (64-512), projection shortcuts")
-def resnet18(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True) -> ResNet:
-    return ResNet([2, 2, 2, 2], num_classes, in_channels, batchnorm, BasicBlock)
+def resnet18(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True, skip: bool = True) -> ResNet:
+    return ResNet([2, 2, 2, 2], num_classes, in_channels, batchnorm, BasicBlock, skip)
 
 
 @register_model("resnet34", title="ResNet-34", default_init="kaiming", min_size=8,
-                switches=("batchnorm", "init"),
+                switches=("batchnorm", "skip", "init"),
                 summary="CIFAR ResNet-34: 3x3 stem, BasicBlocks 3-4-6-3 (64-512), projection shortcuts")
-def resnet34(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True) -> ResNet:
-    return ResNet([3, 4, 6, 3], num_classes, in_channels, batchnorm, BasicBlock)
+def resnet34(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True, skip: bool = True) -> ResNet:
+    return ResNet([3, 4, 6, 3], num_classes, in_channels, batchnorm, BasicBlock, skip)
 
 
 @register_model("resnet50", title="ResNet-50", default_init="kaiming", min_size=8,
-                switches=("batchnorm", "init"),
+                switches=("batchnorm", "skip", "init"),
                 summary="CIFAR ResNet-50: 3x3 stem, Bottlenecks 3-4-6-3 (64-512, x4 expansion)")
-def resnet50(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True) -> ResNet:
-    return ResNet([3, 4, 6, 3], num_classes, in_channels, batchnorm, Bottleneck)
+def resnet50(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True, skip: bool = True) -> ResNet:
+    return ResNet([3, 4, 6, 3], num_classes, in_channels, batchnorm, Bottleneck, skip)

@@ -23,26 +23,26 @@ PAPER_DROPOUT = 0.3
 
 
 def wide_resnet(depth: int, widen: int, num_classes: int = 10, in_channels: int = 3,
-                batchnorm: bool = True, dropout: bool = True) -> PreActResNet:
+                batchnorm: bool = True, dropout: bool = True, skip: bool = True) -> PreActResNet:
     if (depth - 4) % 6:
         raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
     n = (depth - 4) // 6
     return PreActResNet([n] * 3, (16 * widen, 32 * widen, 64 * widen), 16, num_classes, in_channels, batchnorm,
-                        PAPER_DROPOUT if dropout else 0.0)
+                        PAPER_DROPOUT if dropout else 0.0, skip)
 
 
 # min_size 4: two stride-2 groups.
 @register_model("wrn-16-8", title="WRN-16-8", default_init="kaiming", min_size=4,
-                switches=("batchnorm", "dropout", "init"),
+                switches=("batchnorm", "dropout", "skip", "init"),
                 summary="Wide ResNet 16-8: pre-activation, 2 blocks per group, widths 16/128/256/512, dropout 0.3")
 def wrn_16_8(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True,
-             dropout: bool = True) -> PreActResNet:
-    return wide_resnet(16, 8, num_classes, in_channels, batchnorm, dropout)
+             dropout: bool = True, skip: bool = True) -> PreActResNet:
+    return wide_resnet(16, 8, num_classes, in_channels, batchnorm, dropout, skip)
 
 
 @register_model("wrn-28-10", title="WRN-28-10", default_init="kaiming", min_size=4,
-                switches=("batchnorm", "dropout", "init"),
+                switches=("batchnorm", "dropout", "skip", "init"),
                 summary="Wide ResNet 28-10: pre-activation, 4 blocks per group, widths 16/160/320/640, dropout 0.3")
 def wrn_28_10(num_classes: int = 10, in_channels: int = 3, batchnorm: bool = True,
-              dropout: bool = True) -> PreActResNet:
-    return wide_resnet(28, 10, num_classes, in_channels, batchnorm, dropout)
+              dropout: bool = True, skip: bool = True) -> PreActResNet:
+    return wide_resnet(28, 10, num_classes, in_channels, batchnorm, dropout, skip)

@@ -270,8 +270,8 @@ def build_run_model(cfg: TrainConfig, data: Data, device: torch.device, channels
     info = data.info
     spec = model_spec(cfg.model, supplied)
     model = build_model(cfg.model, info.num_classes, info.channels, info.size, batchnorm=cfg.batchnorm,
-                        init=cfg.init, dropout=cfg.dropout, model_args=cfg.model_args, supplied=supplied,
-                        dataset=cfg.dataset).to(device)
+                        init=cfg.init, dropout=cfg.dropout, skip=cfg.skip, model_args=cfg.model_args,
+                        supplied=supplied, dataset=cfg.dataset).to(device)
     if spec.pretrained is not None and not resume:
         spec.pretrained(model, cfg.download)
     init_time = 0.0

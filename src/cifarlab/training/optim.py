@@ -88,6 +88,9 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     epoch = step / steps_per_epoch
     if cfg.schedule == "step":
         return cfg.gamma ** (step // (cfg.step_size * steps_per_epoch))
+    if cfg.schedule == "multistep":
+        # cut by gamma at each milestone, a fraction of all the steps (He et al.: 32k and 48k of 64k iterations)
+        return cfg.gamma ** sum(step >= round(m * total) for m in cfg.milestones)
     if cfg.schedule == "cosine":
         warm = cfg.warmup_epochs * steps_per_epoch
         if step < warm:
