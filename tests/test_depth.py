@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import statistics
 from pathlib import Path
 from types import SimpleNamespace
@@ -119,7 +120,7 @@ def test_the_report_of_a_synthetic_study_holds_its_numbers_and_renders_in_chromi
                                              ("20,50", "no resnet-cifar net of depth 50"),   # resnet50: no member
                                              ("20,x", "--depths takes whole numbers")])
 def test_a_depth_that_is_not_a_registered_6n_plus_2_is_refused_in_one_line(depths, message):
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(UsageError, match=re.escape(message)):
         cifarlab.depth("resnet-cifar", depths, "cifar10")
 
 

@@ -208,13 +208,19 @@ def degradation(kind: str, shallow: dict, deep: dict) -> dict:
     sign = 0 if interval is None or interval[0] <= 0 <= interval[1] else (1 if mean > 0 else -1)
     paper = ("as He et al. found" if sign == PAPER_SIGN[kind] else
              "unlike He et al., who found the opposite" if sign == -PAPER_SIGN[kind] else
-             f"He et al. found the deeper {kind} net trains {'worse' if PAPER_SIGN[kind] > 0 else 'better'}")
+             f"He et al. found the deeper {'plain' if kind == 'plain' else 'residual'} net trains "
+             f"{'worse' if PAPER_SIGN[kind] > 0 else 'better'}")
     label = "Plain nets" if kind == "plain" else "Residual nets"
     text = (f"{label}: final training error of {deep['net']} {mean_of(b):.2f}% vs {shallow['net']} "
             f"{mean_of(a):.2f}%, difference {mean:+.2f} pt, {interval_text(interval, signed=True)} (paired over "
             f"{plural(len(diffs), 'seed')}); {verdict} ({paper}).")
     return {"kind": kind, "shallow": shallow["net"], "deep": deep["net"], "difference_mean": mean,
             "difference_ci95": interval, "difference_per_seed": diffs, "verdict": verdict, "text": text}
+
+
+def percent(share: float) -> str:
+    """'12.50%', or two significant digits below 1% ('0.0016%'), where two decimals would say 0.00%."""
+    return f"{share:.2%}" if share >= 0.01 else f"{100 * share:.2g}%"
 
 
 def counted(n: int, noun: str) -> str:
@@ -242,7 +248,7 @@ def budget(epochs: int, train_images: int | None, batch_size: int) -> dict:
     text = (f"Budget: {plural(epochs, 'epoch')} x {counted(steps, 'step')} = "
             f"{counted(ours['iterations'], 'iteration')} of batch {batch_size} on {train_images:,} train images "
             f"({ours['images_seen']:,} images seen); the paper: {iterations:,} iterations of batch {paper_batch} on {paper_images:,} images "
-            f"({paper['images_seen']:,} seen, about {paper['epochs']:.0f} epochs): ours is {share:.2%} of it.")
+            f"({paper['images_seen']:,} seen, about {paper['epochs']:.0f} epochs): ours is {percent(share)} of it.")
     if share < 0.1:
         text += (" Below a tenth of the paper's budget: our errors stand far above its figures, and the verdicts "
                  "describe this budget only.")
