@@ -94,7 +94,7 @@ if (( DRY )); then
   REPRODUCE_ARGS=(--scale 0.01 --grace-s 5)
   DEPTH_ARGS=(--depths 20,32 --seeds 2 --epochs 1 --limit-train 64 --val-size 20 --grace-s 5)
   LIMIT=([env]=30 [data]=30 [correctness]=40 [throughput]=30 [fast94]=40 [airbench]=30 [reproduce]=22
-         [depth]=60)
+         [depth]=120)
 else
   DEVICE=cuda BUDGET=${BUDGET:-555} MARGIN=${MARGIN:-15} MIN_PART_S=20 RESERVE=10
   WORK=${WORK:-/tmp/gpu_proof} GATHER=${GATHER:-/tmp/pack}

@@ -163,7 +163,7 @@ def render_reproduce(section, d: dict) -> None:
 def render_depth(section, d: dict) -> None:
     process = d.get("process") or {}
     section.text(f"cifarlab depth --depths {d.get('depths')} --seeds {d.get('seeds')} (recipe he2015-cifar"
-                 + (f", {d['epochs']} epochs" if d.get("epochs") else ", the paper's budget") + f") into "
+                 + (f", --epochs {d['epochs']}" if d.get("epochs") else ", the paper's budget") + f") into "
                  f"{d.get('study')}: {d.get('finished', 0)} run(s) finished ({d.get('runs_before', 0)} found from "
                  "earlier calls)" + ("; stopped at its deadline, the next call on this machine continues" if
                                      process.get("stopped_at_deadline") else "") + ". Output: depth.log.")

@@ -231,10 +231,12 @@ def test_gpu_proof_py_help_lists_every_part():
 
 @pytest.mark.slow
 def test_the_optional_depth_part_rehearsed_runs_the_depth_study_and_reports_its_verdicts(cifar_mini, tmp_path):
-    """`--parts depth` on the CPU (~40 s on 2 cores): plain and residual nets at depths 20 and 32, 1 epoch on 64
-    images, 2 seeds; the other optional parts are left out, as they are by default."""
+    """`--parts depth` on the CPU (~40 s on 2 idle cores): plain and residual nets at depths 20 and 32, 1 epoch on 64
+    images, 2 seeds; the other optional parts are left out, as they are by default. The budget leaves room for a
+    loaded machine: every run must finish here."""
     out = tmp_path / "out"
-    result = run_script("--dry-run", "--data-dir", str(cifar_mini), "--parts", "depth", env={"OUT": str(out)})
+    result = run_script("--dry-run", "--data-dir", str(cifar_mini), "--parts", "depth", "--budget-s", "200",
+                        env={"OUT": str(out), "CAP_DEPTH": "180"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     states = dict(line.split("\t")[:2] for line in (out / "parts.tsv").read_text().splitlines())
     assert states == {"env": "ok", "data": "ok", "correctness": "skipped", "throughput": "skipped",
