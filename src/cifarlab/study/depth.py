@@ -211,9 +211,10 @@ def degradation(kind: str, shallow: dict, deep: dict) -> dict:
              f"He et al. found the deeper {'plain' if kind == 'plain' else 'residual'} net trains "
              f"{'worse' if PAPER_SIGN[kind] > 0 else 'better'}")
     label = "Plain nets" if kind == "plain" else "Residual nets"
+    spread = ("no interval" if interval is None else
+              f"{interval_text(interval, signed=True)} (paired over {plural(len(diffs), 'seed')})")
     text = (f"{label}: final training error of {deep['net']} {mean_of(b):.2f}% vs {shallow['net']} "
-            f"{mean_of(a):.2f}%, difference {mean:+.2f} pt, {interval_text(interval, signed=True)} (paired over "
-            f"{plural(len(diffs), 'seed')}); {verdict} ({paper}).")
+            f"{mean_of(a):.2f}%, difference {mean:+.2f} pt, {spread}; {verdict} ({paper}).")
     return {"kind": kind, "shallow": shallow["net"], "deep": deep["net"], "difference_mean": mean,
             "difference_ci95": interval, "difference_per_seed": diffs, "verdict": verdict, "text": text}
 
