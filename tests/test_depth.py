@@ -48,6 +48,7 @@ def test_an_interval_that_covers_zero_is_no_clear_effect_and_one_seed_no_verdict
     assert "He et al. found the deeper plain net trains worse" in v["text"]
     one = study.degradation("resnet", net("resnet-20", [10.0]), net("resnet-56", [8.0]))
     assert one["difference_ci95"] is None and one["verdict"] == "no verdict from one seed"
+    assert "difference -2.00 pt, no interval; no verdict from one seed" in one["text"]
 
 
 def test_residual_nets_that_improve_with_depth_agree_with_the_paper_and_plain_ones_that_do_disagree():
