@@ -110,6 +110,8 @@ def test_the_report_of_a_synthetic_study_holds_its_numbers_and_renders_in_chromi
     assert (out / "depth.png").stat().st_size > 20_000
     check = render_in_chromium(out / "report.html", tmp_path_factory.mktemp("chromium"))
     assert check["errors"] == [] and check["broken"] == 0 and check["images"] == 1
+    assert "<title>Depth study: resnet-cifar at depths 20, 56, plain and residual, on cifar10</title>" in \
+        (out / "report.html").read_text()
     assert check["sections"] == ["Question", "Figure 6, from our runs", "Final errors", "Degradation",
                                  "Beside the paper"]
 

@@ -127,7 +127,8 @@ def write_outputs(base: Path, result: dict) -> None:
     picture = save(figure6(result), base / "depth.png")
     headers, rows = table(result)
     paper_headers, paper_rows = paper_table(result)
-    report = Report(head(result).split(",")[0] + f" on {result['dataset']}")
+    report = Report(f"Depth study: {result['family']} at depths {', '.join(map(str, result['depths']))}, plain and "
+                    f"residual, on {result['dataset']}")
     report.section("Question").text(
         f"The article says {ARTICLE_WORDS}. That is He et al.'s degradation result: on CIFAR-10 a plain 56-layer "
         "net ends with a higher training error than a plain 20-layer net, while residual nets improve with depth. "
