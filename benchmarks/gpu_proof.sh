@@ -31,7 +31,7 @@ part that fails or times out does not stop the next. Exit status 0 when no part 
   --snap DIR       run the code in DIR (DIR/src, DIR/benchmarks; default SNAP, else this script's tree)
   --out DIR        where the results go (default OUT)
   --dry-run        the same parts on the CPU with tiny budgets (1 epoch, a few hundred images, 2 seeds,
-                   2 small models, reproduce at scale 0.01, depth 20,32 on 64 images): a rehearsal that
+                   2 small models, reproduce at scale 0.01, depth 20,32 on 64 images, 1 seed): a rehearsal that
                    checks the plumbing, the JSON and the report; its correctness compares the CPU with
                    itself, so it proves no GPU right
   -h, --help       this text
@@ -92,7 +92,7 @@ if (( DRY )); then
                    --batch-size 32)
   FAST94_ARGS=(--seeds 2 --epochs 1 --limit-train 64)
   REPRODUCE_ARGS=(--scale 0.01 --grace-s 5)
-  DEPTH_ARGS=(--depths 20,32 --seeds 2 --epochs 1 --limit-train 64 --val-size 20 --grace-s 5)
+  DEPTH_ARGS=(--depths 20,32 --seeds 1 --epochs 1 --limit-train 64 --val-size 20 --grace-s 5)
   LIMIT=([env]=30 [data]=30 [correctness]=40 [throughput]=30 [fast94]=40 [airbench]=30 [reproduce]=22
          [depth]=120)
 else

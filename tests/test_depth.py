@@ -138,14 +138,19 @@ def test_depth_refuses_what_it_sets_itself_and_an_unknown_family():
 
 @pytest.mark.parametrize("args, message", slow_except({0}, [
     (["--depths", "20,21"], "depth 21 is not of the form 6n+2"),
-    (["--family", "wide", "--depths", "20,56"], "unknown family 'wide' for depth (choose from resnet-cifar)"),
-    (["--depths", "20,56", "--model", "resnet18"], "depth chooses the nets"),
-    (["--depths", "20,56", "--no-test"], "--no-test leaves nothing to set")]))
+    (["--family", "wide", "--depths", "20,56"], "unknown family 'wide' for depth (choose from resnet-cifar)")]))
 def test_the_cli_refuses_in_one_line_with_exit_status_2(args, message, tmp_path):
     result = run_cli("depth", "--sample", "--out", str(tmp_path / "d"), *args)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("cifarlab: error: ") and len(result.stderr.splitlines()) == 1
     assert message in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_study_that_would_score_no_test_is_refused_before_any_run(tmp_path):
+    with pytest.raises(UsageError, match="--no-test leaves nothing to set"):
+        cifarlab.depth(depths="20,56", test=False, val_size=0, data_dir=str(cifarlab.sample_dir()), download=False,
+                       out=tmp_path / "d")
     assert not (tmp_path / "d").exists()
 
 
