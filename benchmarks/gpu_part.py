@@ -12,7 +12,7 @@ from cifarlab.report import stats
 from cifarlab.run import atomic_write_json
 
 START = time.perf_counter()      # budgets count from the start of the process
-PART_NAMES = ("env", "data", "correctness", "throughput", "fast94", "airbench", "reproduce")
+PART_NAMES = ("env", "data", "correctness", "throughput", "fast94", "airbench", "reproduce", "depth")
 
 
 class PartFile:

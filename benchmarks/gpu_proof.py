@@ -1,7 +1,7 @@
 """The GPU proof's command line: one subcommand per part; benchmarks/gpu_proof.sh runs them in order.
 
 Each part is a module beside this file, in the order the driver runs them: gpu_env.py, gpu_data.py,
-gpu_correctness.py, gpu_throughput.py, gpu_fast94.py, gpu_airbench.py, gpu_reproduce.py, and
+gpu_correctness.py, gpu_throughput.py, gpu_fast94.py, gpu_airbench.py, gpu_reproduce.py, gpu_depth.py (optional), and
 gpu_report.py for `report`; gpu_part.py holds what they share (the JSON file, the budget).
 
 Every part writes one JSON file (--json) as it goes, rewritten atomically after each model, seed or
@@ -19,6 +19,7 @@ report.html and summary.txt.
     gpu_proof.py fast94      --data-dir D --device cuda [--seeds 5] [--compile] --budget-s S --json ...
     gpu_proof.py airbench    --airbench CHECKOUT --data-dir D --work DIR --log F --budget-s S --json ...
     gpu_proof.py reproduce   --data-dir D --study DIR --device cuda [--scale 1] --log F --budget-s S --json ...
+    gpu_proof.py depth       --data-dir D --study DIR --device cuda [--depths 20,32,44,56] [--seeds 2] --log F ...
     gpu_proof.py report      --out OUT
 
 torch is imported inside the parts that train, so that `report` runs wherever Python does.
@@ -39,6 +40,7 @@ sys.path.insert(0, str(HERE))    # the parts, pack_data and time_to_accuracy: th
 from gpu_airbench import AIRBENCH_SCRIPTS, part_airbench  # noqa: E402
 from gpu_correctness import part_correctness  # noqa: E402
 from gpu_data import part_data  # noqa: E402
+from gpu_depth import part_depth  # noqa: E402
 from gpu_env import part_env  # noqa: E402
 from gpu_fast94 import part_fast94  # noqa: E402
 from gpu_part import START, PartFile, tail  # noqa: E402
@@ -47,7 +49,7 @@ from gpu_reproduce import part_reproduce  # noqa: E402
 from gpu_throughput import part_throughput  # noqa: E402
 
 PARTS = {"env": part_env, "data": part_data, "correctness": part_correctness, "throughput": part_throughput,
-         "fast94": part_fast94, "airbench": part_airbench, "reproduce": part_reproduce}
+         "fast94": part_fast94, "airbench": part_airbench, "reproduce": part_reproduce, "depth": part_depth}
 
 
 def help_of(function) -> str:
@@ -94,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", parents=[data], help=help_of(part_reproduce))
     p.add_argument("--study", required=True, help="the study folder (kept between calls)")
     p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--log", required=True)
+    p.add_argument("--grace-s", type=float, default=20.0, help="from SIGTERM (checkpoint, exit) to SIGKILL")
+    p = sub.add_parser("depth", parents=[data], help=help_of(part_depth))
+    p.add_argument("--study", required=True, help="the study folder (kept between calls)")
+    p.add_argument("--depths", default="20,32,44,56")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--epochs", type=int, help="instead of the recipe's (dry run)")
+    p.add_argument("--limit-train", type=int, help="train on N images (dry run)")
+    p.add_argument("--val-size", type=int, help="instead of the recipe's 5,000 (dry run)")
     p.add_argument("--log", required=True)
     p.add_argument("--grace-s", type=float, default=20.0, help="from SIGTERM (checkpoint, exit) to SIGKILL")
     p = sub.add_parser("report", help=help_of(write_report))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU proof in one call: environment, data, correctness, throughput, fast94's time to 94%, the
-# airbench anchor and `cifarlab reproduce --tuned`, each a part of benchmarks/gpu_proof.py in its own
+# airbench anchor, `cifarlab reproduce --tuned` and (optional) `cifarlab depth`, each a part of benchmarks/gpu_proof.py in its own
 # process under its own time limit, all inside one wall-clock budget; then report.html and summary.txt.
 # How a lent device runs it: benchmarks/GPU.md. `--help` for the flags.
 set -u
@@ -12,7 +12,7 @@ usage: OUT=DIR bash benchmarks/gpu_proof.sh --pack PACK_DIR [--budget-s 555] [--
        bash benchmarks/gpu_proof.sh --dry-run --data-dir CIFAR_ROOT [--out DIR] [--airbench CHECKOUT]
 
 Writes under OUT: run.log, parts.tsv (a line per part: name, state, exit status, seconds, limit), one
-JSON per part (env, data, correctness, throughput, fast94, airbench, reproduce; each rewritten as
+JSON per part (env, data, correctness, throughput, fast94, airbench, reproduce, depth; each rewritten as
 the part goes), report.html (self-contained) and summary.txt. Parts run in that order; each gets
 min(its own limit, budget left - MARGIN) seconds and is skipped when under MIN_PART_S are left; a
 part that fails or times out does not stop the next. Exit status 0 when no part failed or timed out.
@@ -24,16 +24,20 @@ part that fails or times out does not stop the next. Exit status 0 when no part 
   --budget-s S     wall seconds for everything (default 555; dry run 95)
   --airbench DIR   a checkout of KellerJordan/cifar10-airbench: its airbench94.py (else
                    airbench94_muon.py; AIRBENCH_SCRIPT=NAME picks another) runs on the same data
-  --parts LIST     run only these of correctness,throughput,fast94,airbench,reproduce (env and data
-                   always run), e.g. `--parts reproduce` to go on with the study on a warm machine
+  --parts LIST     run only these of correctness,throughput,fast94,airbench,reproduce,depth (env and data
+                   always run; default all but depth), e.g. `--parts reproduce` to go on with the study on
+                   a warm machine; depth is optional: He et al.'s study at the paper's budget (hours on one
+                   GPU; each call continues it), only when named, e.g. `--parts depth`
   --snap DIR       run the code in DIR (DIR/src, DIR/benchmarks; default SNAP, else this script's tree)
   --out DIR        where the results go (default OUT)
   --dry-run        the same parts on the CPU with tiny budgets (1 epoch, a few hundred images, 2 seeds,
-                   2 small models, reproduce at scale 0.01): a rehearsal that checks the plumbing, the JSON
-                   and the report; its correctness compares the CPU with itself, so it proves no GPU right
+                   2 small models, reproduce at scale 0.01, depth 20,32 on 64 images, 1 seed): a rehearsal that
+                   checks the plumbing, the JSON and the report; its correctness compares the CPU with
+                   itself, so it proves no GPU right
   -h, --help       this text
 
-Environment: OUT, SNAP, COMPILE=1 (fast94 compiled; default eager), MARGIN (seconds kept for the
+Environment: OUT, SNAP, COMPILE=1 (fast94 compiled; default eager), DEPTHS (depth's --depths, default
+20,32,44,56), DEPTH_SEEDS (default 2), MARGIN (seconds kept for the
 report; 15, dry run 2), WORK (scratch that later calls reuse: the study runs, airbench's data;
 /tmp/gpu_proof, dry run OUT/work), GATHER, DATA, CAP_<PART> (a part's own limit, e.g.
 CAP_THROUGHPUT=200), PYTHON (default python3).
@@ -42,8 +46,9 @@ EOF
 
 bad() { echo "gpu_proof.sh: $*" >&2; exit 2; }
 
-OPTIONAL=correctness,throughput,fast94,airbench,reproduce   # the parts --parts chooses from
-DRY=0 PACK="" DATA_IN="" BUDGET="" AIRBENCH="" OUT=${OUT:-} WANTED=$OPTIONAL
+OPTIONAL=correctness,throughput,fast94,airbench,reproduce,depth   # the parts --parts chooses from
+DEFAULT_PARTS=correctness,throughput,fast94,airbench,reproduce     # depth only when --parts names it
+DRY=0 PACK="" DATA_IN="" BUDGET="" AIRBENCH="" OUT=${OUT:-} WANTED=$DEFAULT_PARTS
 CODE=${SNAP:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 while (( $# )); do
   case $1 in
@@ -87,7 +92,9 @@ if (( DRY )); then
                    --batch-size 32)
   FAST94_ARGS=(--seeds 2 --epochs 1 --limit-train 64)
   REPRODUCE_ARGS=(--scale 0.01 --grace-s 5)
-  LIMIT=([env]=30 [data]=30 [correctness]=40 [throughput]=30 [fast94]=40 [airbench]=30 [reproduce]=22)
+  DEPTH_ARGS=(--depths 20,32 --seeds 1 --epochs 1 --limit-train 64 --val-size 20 --grace-s 5)
+  LIMIT=([env]=30 [data]=30 [correctness]=40 [throughput]=30 [fast94]=40 [airbench]=30 [reproduce]=22
+         [depth]=120)
 else
   DEVICE=cuda BUDGET=${BUDGET:-555} MARGIN=${MARGIN:-15} MIN_PART_S=20 RESERVE=10
   WORK=${WORK:-/tmp/gpu_proof} GATHER=${GATHER:-/tmp/pack}
@@ -96,7 +103,9 @@ else
   THROUGHPUT_ARGS=(--precision bf16 --epochs 3 --limit-train 10000 --batch-size 256)
   FAST94_ARGS=(--seeds 5)
   REPRODUCE_ARGS=(--scale 1 --grace-s 20)
-  LIMIT=([env]=60 [data]=120 [correctness]=150 [throughput]=150 [fast94]=120 [airbench]=90 [reproduce]=600)
+  DEPTH_ARGS=(--depths "${DEPTHS:-20,32,44,56}" --seeds "${DEPTH_SEEDS:-2}" --grace-s 20)
+  LIMIT=([env]=60 [data]=120 [correctness]=150 [throughput]=150 [fast94]=120 [airbench]=90 [reproduce]=600
+         [depth]=600)
 fi
 for name in "${!LIMIT[@]}"; do
   var=CAP_${name^^}
@@ -163,8 +172,9 @@ main() {
     fi
     part reproduce --data-dir "$DATA" --device "$DEVICE" --study "$WORK/reproduce" --log "$OUT/reproduce.log" \
       "${REPRODUCE_ARGS[@]}"
+    part depth --data-dir "$DATA" --device "$DEVICE" --study "$WORK/depth" --log "$OUT/depth.log" "${DEPTH_ARGS[@]}"
   else
-    for name in correctness throughput fast94 airbench reproduce; do skip "$name" "no data: the data part failed"; done
+    for name in correctness throughput fast94 airbench reproduce depth; do skip "$name" "no data: the data part failed"; done
   fi
   log "report"
   local report=0

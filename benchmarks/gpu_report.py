@@ -160,12 +160,35 @@ def render_reproduce(section, d: dict) -> None:
                    "time s (article)", "state"], rows)
 
 
+def render_depth(section, d: dict) -> None:
+    process = d.get("process") or {}
+    section.text(f"cifarlab depth --depths {d.get('depths')} --seeds {d.get('seeds')} (recipe he2015-cifar"
+                 + (f", --epochs {d['epochs']}" if d.get("epochs") else ", the paper's budget") + f") into "
+                 f"{d.get('study')}: {d.get('finished', 0)} run(s) finished ({d.get('runs_before', 0)} found from "
+                 "earlier calls)" + ("; stopped at its deadline, the next call on this machine continues" if
+                                     process.get("stopped_at_deadline") else "") + ". Output: depth.log.")
+    rows = [[r["net"], r["seed"], r["epochs"], fmt(r.get("final_train_error")), fmt(r.get("final_test_error")),
+             fmt(r.get("train_and_eval_time_s"), ".0f"),
+             "finished" if r["finished"] else f"{r['epochs_done']} of {r['epochs']} epochs"] for r in d.get("runs", [])]
+    section.table(["net", "seed", "epochs", "train error %", "test error %", "time s", "state"], rows)
+    if d.get("nets"):
+        section.table(["net", "train error % (mean)", "test error % (mean)", "paper test error %"],
+                      [[n["net"], fmt(n["train_error"]), fmt(n["test_error"]), fmt(n["paper_test_error"])]
+                       for n in d["nets"]])
+    for line in [d.get("budget"), *d.get("findings", [])]:
+        if line:
+            section.text(line)
+    if d.get("log_tail"):
+        section.pre(d["log_tail"])
+
+
 RENDER = {"env": render_env, "data": render_data, "correctness": render_correctness,
           "throughput": render_throughput, "fast94": render_fast94, "airbench": render_airbench,
-          "reproduce": render_reproduce}
+          "reproduce": render_reproduce, "depth": render_depth}
 TITLES = {"env": "1. env: the machine", "data": "2. data", "correctness": "3. correctness: the device against the CPU",
           "throughput": "4. throughput: training images/s of every model", "fast94": "5. fast94: time to 94%",
-          "airbench": "6. airbench: the public anchor", "reproduce": "7. reproduce: the article's study, tuned beside"}
+          "airbench": "6. airbench: the public anchor", "reproduce": "7. reproduce: the article's study, tuned beside",
+          "depth": "8. depth (optional): He et al.'s degradation study at the paper's budget"}
 
 
 def plain_text(report) -> str:

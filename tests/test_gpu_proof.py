@@ -41,7 +41,7 @@ print("Mean: 0.6201    Std: 0.0001")
 
 
 # The driver's settings from the environment: none of them may leak in from the shell running the tests.
-SETTINGS = ("OUT", "SNAP", "WORK", "DATA", "GATHER", "COMPILE", "MARGIN", "AIRBENCH_SCRIPT")
+SETTINGS = ("OUT", "SNAP", "WORK", "DATA", "GATHER", "COMPILE", "MARGIN", "AIRBENCH_SCRIPT", "DEPTHS", "DEPTH_SEEDS")
 
 
 def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -71,6 +71,7 @@ def test_the_dry_run_runs_every_part_and_each_writes_what_it_measured(dry_run):
     out, result = dry_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     states = dict(line.split("\t")[:2] for line in (out / "parts.tsv").read_text().splitlines())
+    assert states.pop("depth") == "skipped" and part(out, "depth")["reason"].startswith("not in --parts")  # optional
     assert states == {name: "ok" for name in PARTS}
     assert {part(out, name)["status"] for name in PARTS} == {"done"}
     env = part(out, "env")
@@ -217,11 +218,37 @@ def test_the_report_says_which_parts_did_not_run_timed_out_or_failed(tmp_path):
     assert outcomes == {"env": "done in 4 s (limit 60 s)", "data": "not run",
                         "correctness": "failed (exit status 1) after 9 s (limit 150 s): no CUDA device",
                         "throughput": "not run", "fast94": "timed out after 120 s (limit 120 s); what it finished is below",
-                        "airbench": "skipped: no --airbench CHECKOUT given", "reproduce": "not run"}
+                        "airbench": "skipped: no --airbench CHECKOUT given", "reproduce": "not run",
+                        "depth": "not run"}
     assert "timed out after 120 s" in (tmp_path / "report.html").read_text()
 
 
 def test_gpu_proof_py_help_lists_every_part():
     """argparse reads % in a help text as a format: a part whose docstring says "94%" broke --help."""
     text = gpu_proof.build_parser().format_help()
-    assert all(name in text for name in (*PARTS, "report")) and "time to 94% on CIFAR-10" in text
+    assert all(name in text for name in (*PARTS, "depth", "report")) and "time to 94% on CIFAR-10" in text
+
+
+@pytest.mark.slow
+def test_the_optional_depth_part_rehearsed_runs_the_depth_study_and_reports_its_verdicts(cifar_mini, tmp_path):
+    """`--parts depth` on the CPU (~25 s on 2 idle cores): plain and residual nets at depths 20 and 32, 1 epoch on 64
+    images, 1 seed; the other optional parts are left out, as they are by default. The budget leaves room for a
+    loaded machine: every run must finish here."""
+    out = tmp_path / "out"
+    result = run_script("--dry-run", "--data-dir", str(cifar_mini), "--parts", "depth", "--budget-s", "200",
+                        env={"OUT": str(out), "CAP_DEPTH": "180"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    states = dict(line.split("\t")[:2] for line in (out / "parts.tsv").read_text().splitlines())
+    assert states == {"env": "ok", "data": "ok", "correctness": "skipped", "throughput": "skipped",
+                      "fast94": "skipped", "airbench": "skipped", "reproduce": "skipped", "depth": "ok"}
+    depth = part(out, "depth")
+    assert depth["status"] == "done" and depth["finished"] == 4 and depth["process"]["rc"] == 0
+    assert sorted({r["net"] for r in depth["runs"]}) == ["plain-20", "plain-32", "resnet-20", "resnet-32"]
+    study = json.loads((out / "depth-study.json").read_text())
+    plain = [r for r in depth["runs"] if r["net"] == "plain-32"]
+    assert [r["skip"] for r in plain] == [False] and plain[0]["model"] == "resnet32"
+    net = next(n for n in study["nets"] if n["net"] == "plain-32")
+    assert net["final_train_error_per_seed"] == pytest.approx([r["final_train_error"] for r in plain])
+    assert (out / "depth.png").is_file() and (out / "depth-report.html").is_file()
+    summary = (out / "summary.txt").read_text()
+    assert gpu_report.TITLES["depth"] in summary and study["findings"][0] in summary

@@ -31,7 +31,7 @@ _set_wait_policy()
 from cifarlab.errors import CifarlabError, UsageError  # noqa: E402  (no torch: cheap)
 
 _API = {"train": "cifarlab.api", "resume": "cifarlab.api", "compare": "cifarlab.api", "ablate": "cifarlab.api",
-        "reproduce": "cifarlab.api", "tune": "cifarlab.api",
+        "reproduce": "cifarlab.api", "tune": "cifarlab.api", "depth": "cifarlab.api",
         "load_run": "cifarlab.run", "Run": "cifarlab.run",
         "register_model": "cifarlab.models", "TrainConfig": "cifarlab.settings", "sample_dir": "cifarlab.sample"}
 

@@ -115,6 +115,24 @@ def ablate(model, dataset, *, without: str | list[str] | None = None, seeds: int
     return run_ablation(cfg, techniques, remove_all, seeds, obj, launch)
 
 
+def depth(family: str = "resnet-cifar", depths: str | list[int] = "20,32,44,56", dataset="cifar10", *,
+          seeds: int = 2, recipe: str | None = "he2015-cifar", out: str | Path | None = None, jobs: int = 1,
+          ray: str | None = None, ray_cpus: int = 1, **settings):
+    """He et al.'s degradation experiment, as `cifarlab depth`: the plain (skip=False) and the residual net of
+    `family` at each depth over `seeds` seeds. Returns a DepthStudy (depth.json's content; print() it, .plot()
+    draws the paper's Fig. 6 from the runs, .runs every `Run`, .nets() them by net).
+
+    depths: "20,56" or [20, 56], each 6n+2 and registered. settings: as for train() (epochs=3, limit_train=5000);
+    not model or skip, which the study sets. jobs, ray, ray_cpus: as for train().
+    """
+    from cifarlab.study.depth import depth_settings, depth_study
+
+    launch = _launch(seeds, jobs, ray, ray_cpus)
+    parsed, settings = depth_settings(family, depths, settings)
+    cfg, _ = _config(settings.pop("model"), dataset, recipe, out, settings)
+    return _as_runs(depth_study(cfg, family, parsed, seeds, launch))
+
+
 def tune(model, dataset, *, trials: int, space: dict | str | Path | None = None, storage: str | None = None,
          study: str | None = None, confirm_seeds: int = 2, recipe: str | None = None, out: str | Path | None = None,
          jobs: int = 1, ray: str | None = None, ray_cpus: int = 1, **settings):
@@ -170,6 +188,15 @@ def command_config(settings: dict, recipe: str | None = None, sample: bool = Fal
 
     settings = with_sample(settings, sample, (settings["dataset"],))
     return train_config(settings, recipe, default_recipe, note=_note)
+
+
+def depth_command(settings: dict, family: str, depths: str, seeds: int, recipe: str | None, sample: bool, launch):
+    """`cifarlab depth`: its flags' settings (dataset cifar10 and recipe he2015-cifar unless given) -> the study."""
+    from cifarlab.study.depth import DEFAULT_RECIPE, depth_settings, depth_study
+
+    parsed, settings = depth_settings(family, depths, {**settings, "dataset": settings.get("dataset") or "cifar10"})
+    cfg = command_config(settings, recipe or DEFAULT_RECIPE, sample)
+    return depth_study(cfg, family, parsed, seeds, launch)
 
 
 def train_command(cfg, seeds: int, launch) -> None:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from cifarlab.cli_flags import build_parser, given_settings, train_settings
+from cifarlab.cli_flags import build_parser, given_settings, parse_model_args, train_settings
 from cifarlab.errors import CifarlabError, Interrupted, UsageError
 
 
@@ -64,6 +64,17 @@ def cmd_ablate(args) -> int:
     result = ablate(cfg, techniques, remove_all, args.seeds, launch=launch)
     print(result, end="")
     print(f"ablation.json, ablation.md, ablation.png, report.html in {result['folder']}")
+    return 0
+
+
+def cmd_depth(args) -> int:
+    from cifarlab.api import depth_command
+
+    _check_seeds(args.seeds)
+    result = depth_command({**given_settings(args), "model_args": parse_model_args(args.model_arg)}, args.family,
+                           args.depths, args.seeds, args.recipe, args.sample, _launch(args))
+    print(result, end="")
+    print(f"depth.json, depth.md, depth.png, report.html in {result['folder']}")
     return 0
 
 
@@ -171,8 +182,8 @@ def cmd_tune(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "models": cmd_models, "recipes": cmd_recipes, "data": cmd_data, "tune": cmd_tune,
-            "compare": cmd_compare, "ablate": cmd_ablate, "reproduce": cmd_reproduce, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "export": cmd_export}
+            "compare": cmd_compare, "ablate": cmd_ablate, "depth": cmd_depth, "reproduce": cmd_reproduce,
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_train_and_ablate(sub)
+    _add_depth_command(sub)
     _add_tune_command(sub)
     _add_study_commands(sub)
     _add_run_commands(sub)
@@ -110,6 +111,36 @@ def _add_train_and_ablate(sub) -> None:
     ablate.add_argument("--without", help="comma list of batchnorm,kaiming,dropout,augment,skip (default: the "
                         "article's four, each), or all = each of the four and all four removed at once; skip (the "
                         "residual shortcuts) only by name, e.g. --model resnet18 --without skip,batchnorm")
+
+
+def _add_depth_command(sub) -> None:
+    """`depth`: He et al.'s degradation experiment, plain and residual nets at several depths."""
+    depth = sub.add_parser("depth", help="plain vs residual nets at several depths: does the deeper plain net train "
+                           "worse? (He et al. 2015, Fig. 6)",
+                           description="Train the plain net (--no-skip: the shortcuts removed) and the residual net "
+                           "of a family at each depth, over seeds, into OUT/plain-D/seed-S and OUT/resnet-D/seed-S; "
+                           "writes depth.json, depth.md, depth.png (He et al.'s Fig. 6 from these runs: training "
+                           "error dashed, test error solid) and report.html. The verdict on degradation: the deepest "
+                           "net's final training error minus the shallowest's, paired over seeds, with its 95% "
+                           "interval; 'no clear effect' where it covers 0. Finished runs are reused, stopped ones "
+                           "resumed. Every train flag but --model and --skip/--no-skip works (--epochs scales the "
+                           "recipe's budget down; --limit-train N takes fewer images).",
+                           epilog="Examples: cifarlab depth --depths 20,56 --epochs 1 --seeds 2 --sample --val-size 0; "
+                           "cifarlab depth --depths 20,32,44,56 --epochs 10 --limit-train 10000 --seeds 2 --jobs 2 "
+                           "--out runs/depth")
+    _add_train_args(depth)
+    depth.add_argument("--family", default="resnet-cifar", help="the nets (default resnet-cifar: He et al.'s CIFAR "
+                       "ResNets resnet20/32/44/56/110, 6n+2 layers, option-A shortcuts)")
+    depth.add_argument("--depths", default="20,32,44,56", metavar="LIST",
+                       help="comma list of depths, each 6n+2 and registered (default 20,32,44,56)")
+    depth.add_argument("--seeds", type=int, default=2, help="seeds per net (default 2; 1 gives no interval)")
+    _add_jobs(depth)
+    for action in depth._actions:      # refused here (the study sets them), so not offered in --help
+        if action.dest in ("model", "skip"):
+            action.help = argparse.SUPPRESS
+    next(a for a in depth._actions if a.dest == "recipe").help = (
+        "a named recipe or a .toml file (default he2015-cifar: the paper's SGD 0.1, momentum 0.9, weight decay "
+        "1e-4, batch 128, lr / 10 at 50%% and 75%%, pad-4 crop + flip, 45k/5k train/val); flags override it")
 
 
 JOBS_HELP = ("run up to N runs at once in N worker processes: one GPU each (round robin over the allowed ones), and "

@@ -21,7 +21,7 @@ from cifarlab.report.stats import (confidence_interval, interval_text, mean_rows
                                    scored_split)
 from cifarlab.report.summary import model_title
 from cifarlab.runfolder import atomic_write_json, atomic_write_text
-from cifarlab.study.runs import SEQUENTIAL, Launch, check_folders, default_out, run_all
+from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_groups
 
 # The article's deeper CNN, whose ablation claims these are: 15 epochs of the 50,000 CIFAR-10 train images.
 ARTICLE_BUDGET = (15, 50_000)
@@ -109,23 +109,12 @@ def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int
     configs = {name: [dataclasses.replace(cfg, **overrides, seed=cfg.seed + i,
                                           out=str(base / name / f"seed-{cfg.seed + i}")) for i in range(seeds)]
                for name, overrides in plan.items()}
-    if launch.parallel:         # every run of the study at once, then grouped again by variant
-        runs = iter(run_all([c for group in configs.values() for c in group], launch, model))
-        results = {name: [next(runs) for _ in group] for name, group in configs.items()}
-    else:
-        check_folders([c for group in configs.values() for c in group], model)
-        results = {name: [_announced(c, name, model) for c in group] for name, group in configs.items()}
+    results = run_groups(configs, launch, model, "ablate")
     result = Ablation(summarize(cfg, plan, results, skipped, seeds))
     result["wall_time_s"] = time.perf_counter() - start
     write_outputs(base, result, results)
     result["folder"] = str(base)
     return result
-
-
-def _announced(cfg: TrainConfig, variant: str, model):
-    if not cfg.quiet:
-        print(f"cifarlab ablate: {variant}, seed {cfg.seed}", flush=True)
-    return run_all([cfg], SEQUENTIAL, model)[0]
 
 
 def summarize(cfg, plan, results, skipped, seeds) -> dict:

@@ -84,6 +84,28 @@ def check_folders(cfgs: list[TrainConfig], model=None) -> None:
         reuse_state(cfg, model)
 
 
+def run_groups(groups: dict[str, list[TrainConfig]], launch: Launch, model=None,
+               command: str = "study") -> dict[str, list[RunFolder]]:
+    """A study's runs in named groups (ablate's variants, depth's nets), each group's runs back in its order.
+
+    In parallel every run of every group is launched at once; one after another, every folder is checked
+    first and each run announced by a line `cifarlab COMMAND: GROUP, seed S` (the parallel launcher has its
+    own lines)."""
+    every = [cfg for group in groups.values() for cfg in group]
+    if launch.parallel:
+        runs = iter(run_all(every, launch, model))
+        return {name: [next(runs) for _ in group] for name, group in groups.items()}
+    check_folders(every, model)
+    return {name: [_announced(cfg, f"cifarlab {command}: {name}", model) for cfg in group]
+            for name, group in groups.items()}
+
+
+def _announced(cfg: TrainConfig, label: str, model) -> RunFolder:
+    if not cfg.quiet:
+        print(f"{label}, seed {cfg.seed}", flush=True)
+    return run_all([cfg], SEQUENTIAL, model)[0]
+
+
 def default_out(prefix: str) -> Path:
     """runs/YYYYmmdd-HHMMSS-PREFIX: a study's folder when no --out is given."""
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{prefix}"
