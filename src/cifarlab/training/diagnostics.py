@@ -69,7 +69,7 @@ class Diagnostics:
         self._acts: dict[str, torch.Tensor] = {}
         self._relu: dict[str, torch.Tensor] = {}
         self._waiting: list[str] = []           # layers run since the last ReLU
-        self._grads = self._before = self._after = None
+        self._hists = self._before = self._after = None
         if hooks:
             self._hooks = [m.register_forward_hook(self._layer_hook(name)) for name, m in self.layers]
             self._hooks += [m.register_forward_hook(self._relu_hook) for m in self.relus]
@@ -79,13 +79,14 @@ class Diagnostics:
             if name not in self._acts and isinstance(output, torch.Tensor):   # a layer called twice: its first call
                 # computed now: an in-place ReLU may overwrite this output before the step ends
                 out = output.detach().float()
-                self._acts[name] = torch.stack([out.mean(), out.std() if out.numel() > 1 else out.new_zeros(())])
+                std, mean = torch.std_mean(out) if out.numel() > 1 else (out.new_zeros(()), out.mean())
+                self._acts[name] = torch.stack([mean, std])
                 self._waiting.append(name)
         return hook
 
     def _relu_hook(self, module, inputs, output):
         if self._waiting:
-            zero = (output.detach() == 0).float().mean()
+            zero = 1 - torch.count_nonzero(output.detach()) / output.numel()   # a third of (x == 0).mean()'s time
             for name in self._waiting:
                 self._relu.setdefault(name, zero)
             self._waiting = []
@@ -101,8 +102,8 @@ class Diagnostics:
             grads = [m.weight.grad for _, m in self.layers]
             self._grad_norms = [torch.full((), float("nan"), device=m.weight.device) if g is None
                                 else torch.linalg.vector_norm(g.detach()) for g, (_, m) in zip(grads, self.layers)]
-            # the histograms need the gradients themselves; some optimizers (Muon) change them in place
-            self._grads = [None if g is None else g.detach().clone() for g in grads] if self.writer else None
+            # read now: some optimizers (Muon) change the gradients in place
+            self._hists = [None if g is None else histogram(g) for g in grads] if self.writer else None
             self._before = [m.weight.detach().clone() for _, m in self.layers]
 
     def after_update(self) -> None:
@@ -124,7 +125,7 @@ class Diagnostics:
                 f.write("".join(json.dumps(r) + "\n" for r in rows))
         if rows and self.writer is not None:
             self._log_tensorboard(rows)
-        self.step = self._before = self._after = self._grads = None
+        self.step = self._before = self._after = self._hists = None
         return rows
 
     def _rows(self) -> list[dict]:
@@ -144,17 +145,29 @@ class Diagnostics:
         return rows
 
     def _log_tensorboard(self, rows: list[dict]) -> None:
-        for row, grad in zip(rows, self._grads or [None] * len(rows)):
+        for row, hist in zip(rows, self._hists or [None] * len(rows)):
             for key in FIELDS:
                 if row[key] is not None:
                     self.writer.add_scalar(f"diagnostics/{key}/{row['layer']}", row[key], row["step"])
-            if grad is not None:
-                self.writer.add_histogram(f"gradients/{row['layer']}", grad.float().cpu(), row["step"])
+            if hist is not None:
+                self.writer.add_histogram_raw(f"gradients/{row['layer']}", global_step=row["step"], **hist)
 
     def _remove_hooks(self) -> None:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+
+
+def histogram(values: torch.Tensor, bins: int = 64) -> dict:
+    """add_histogram_raw's arguments for `values`, counted by torch.histc on their device: add_histogram's numpy
+    binning of a 2M-value gradient costs more than the training step it describes."""
+    flat = values.detach().float().flatten()
+    lo, hi = flat.min().item(), flat.max().item()
+    hi = hi if hi > lo else lo + max(abs(lo), 1.0) * 1e-6     # one value: one narrow bucket
+    counts = torch.histc(flat, bins=bins, min=lo, max=hi)
+    return {"min": lo, "max": hi, "num": flat.numel(), "sum": flat.sum().item(),
+            "sum_squares": flat.square().sum().item(), "bucket_limits": torch.linspace(lo, hi, bins + 1)[1:].tolist(),
+            "bucket_counts": counts.tolist()}
 
 
 def trim(path: Path, last_step: int) -> None:
