@@ -114,6 +114,7 @@ def test_recording_changes_no_number_of_the_run_nor_its_fingerprint(recorded, pl
     assert configs[0]["fingerprint"] == configs[1]["fingerprint"]
 
 
+@pytest.mark.slow                 # trains four times
 def test_resumed_runs_continue_the_file_exactly(recorded, cifar_sample, tmp_path, monkeypatch):
     # stopped mid-epoch 2 (after step 16 of 24), by Ctrl-C: last.pt holds step 16, the file steps 1 and 11
     stopped = tmp_path / "stopped"

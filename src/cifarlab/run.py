@@ -98,7 +98,7 @@ def load_run(path: str | Path, model=None) -> Run:
 
 def resume(run: Run | str | Path, model=None, **changes) -> Run:
     """Continue a stopped run exactly where it stopped; only data_dir, device, quiet, download,
-    checkpoint_every and tensorboard may change."""
+    checkpoint_every, tensorboard and diagnostics may change."""
     from cifarlab.fingerprint import check_same_data
     from cifarlab.study.runs import train_run
     from cifarlab.validation import resume_config
