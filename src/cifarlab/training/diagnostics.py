@@ -8,8 +8,8 @@ stem) it writes one row to RUN/diagnostics.jsonl:
 
 - step (global, 1-based), epoch, layer (its module path, e.g. "features.3"), kind ("Conv2d"), depth (its index
   among the recorded layers, in module order: the forward order of a Sequential model);
-- grad_norm: the L2 norm of the weight's gradient after backward (as the optimizer sees it: summed over
-  ranks under torchrun, unscaled under fp16), torch.linalg.vector_norm(layer.weight.grad);
+- grad_norm: the L2 norm of the weight's gradient after backward (as the optimizer sees it: averaged over
+  ranks by DDP under torchrun, unscaled under fp16), torch.linalg.vector_norm(layer.weight.grad);
 - weight_norm: the L2 norm of the weight before the optimizer step;
 - update_ratio: ||weight after the step - weight before|| / weight_norm (the optimizer's whole step:
   momentum, weight decay, Adam's scaling);
