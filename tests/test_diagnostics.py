@@ -42,7 +42,7 @@ def metrics_of(folder) -> list[dict]:
 @pytest.fixture(scope="module")
 def recorded(cifar_sample, tmp_path_factory):
     out = tmp_path_factory.mktemp("diag") / "recorded"
-    engine.fit(build_config(settings(cifar_sample, out, diagnostics=EVERY)))
+    engine.fit(build_config(settings(cifar_sample, out, diagnostics=EVERY, tensorboard=True)))
     return out
 
 
@@ -91,6 +91,25 @@ def test_diagnostics_10_on_basic_cnn_writes_a_row_for_every_conv_and_linear_ever
         assert all(r["grad_norm"] > 0 and r["weight_norm"] > 0 and 0 < r["update_ratio"] < 1 for r in at)
         assert all(0 <= r["relu_zero"] <= 1 for r in at[:3]) and at[3]["relu_zero"] is None   # no ReLU after the last
         assert all(r["act_std"] > 0 for r in at)
+
+
+def test_tensorboard_gets_the_rows_as_scalars_and_each_gradient_as_a_histogram(recorded):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(recorded / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0}).Reload()
+    rows = rows_of(recorded)
+    for row in rows:
+        for key in ("grad_norm", "weight_norm", "update_ratio", "act_std"):
+            scalars = {e.step: e.value for e in events.Scalars(f"diagnostics/{key}/{row['layer']}")}
+            assert scalars[row["step"]] == pytest.approx(row[key], rel=1e-6)
+    assert "diagnostics/relu_zero/features.0" in events.Tags()["scalars"]
+    assert "diagnostics/relu_zero/classifier.4" not in events.Tags()["scalars"]     # no ReLU after it: no value
+    histogram = {e.step: e.histogram_value for e in events.Histograms("gradients/features.3")}
+    assert sorted(histogram) == [1, 11, 21]
+    # its squares sum to the squared gradient norm
+    norm = next(r["grad_norm"] for r in rows if r["step"] == 11 and r["layer"] == "features.3")
+    assert histogram[11].sum_squares == pytest.approx(norm ** 2, rel=1e-4)
+    assert histogram[11].num == 64 * 32 * 3 * 3
 
 
 def test_a_rows_gradient_norm_is_the_vector_norm_of_that_layers_grad_at_that_step(recorded, plain):
