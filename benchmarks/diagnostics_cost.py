@@ -3,9 +3,9 @@
     python benchmarks/diagnostics_cost.py (--sample | --data-dir CIFAR_ROOT) [--model basic-cnn] [--every 50]
                                           [--epochs 1] [--limit-train N] [--batch-size B] [--repeats 2]
 
-After one untimed warm-up run, each repeat trains the run without --diagnostics and with --diagnostics N (the order alternates between
-repeats, so neither always runs on a warmer cache), TensorBoard on as by default (so the histograms are
-counted), and reads each run's training time (summary.json's train_only_time_s: the steps, not the
+After one untimed warm-up run, each repeat trains the run without --diagnostics and with --diagnostics N
+(the order alternates between repeats, so neither always runs on a warmer cache), TensorBoard on as by
+default (so the histograms are counted), and reads each run's training time (summary.json's train_only_time_s: the steps, not the
 evaluation). It prints the median of each and their ratio (the goal at N = 50: at most 1.05 on a CPU), and
 whether the two runs' numbers (metrics without their timings, final weights) are identical, which they must
 be: the diagnostics only read. Run it on an otherwise idle machine.

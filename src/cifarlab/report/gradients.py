@@ -64,6 +64,7 @@ class RunFlow:
     label: str
     group: str
     rows: list[dict]
+    name: str = ""        # the run's folder, relative to the folder above all the runs shown (seed-0, bn/seed-0)
 
     @property
     def steps(self) -> dict[int, list[dict]]:
@@ -81,13 +82,15 @@ def load_flows(paths: list) -> list[RunFlow]:
     runs = [p if isinstance(p, RunFolder) else open_run(p) for p in paths]
     flows = [RunFlow(run, configuration_label(run.config), _group_key(run.config), run.diagnostics_rows())
              for run in runs]
+    top = os.path.commonpath([str(f.run.path.resolve().parent) for f in flows])
     for flow in flows:
+        flow.name = os.path.relpath(flow.run.path.resolve(), top)
         if not flow.rows:
             raise UsageError(f"{flow.run.path}: diagnostics.jsonl holds no rows yet (fewer steps than --diagnostics)")
     labels: dict[str, str] = {}
     for flow in flows:   # two configurations that read alike get their run folder's name too
         if labels.setdefault(flow.label, flow.group) != flow.group:
-            flow.label = f"{flow.label} ({flow.run.name})"
+            flow.label = f"{flow.label} ({flow.name})"
     return flows
 
 
@@ -177,7 +180,7 @@ class Diagnosis:
         rows = []
         for flow in self.flows:
             (s0, early), (s1, late) = flow.ratio("early"), flow.ratio("late")
-            rows.append([flow.run.name, flow.label, f"{_ratio(early)} (step {s0})", f"{_ratio(late)} (step {s1})"])
+            rows.append([flow.name, flow.label, f"{_ratio(early)} (step {s0})", f"{_ratio(late)} (step {s1})"])
         return rows
 
     def group_rows(self) -> list[list]:
@@ -220,7 +223,8 @@ def diagnose(runs: list, out: str | Path | None = None) -> Diagnosis:
     result = Diagnosis(flows, folder)
     result.figures.append(save(depth_figure(flows), folder / "depth.png"))
     for i, flow in enumerate(flows):
-        result.figures.append(save(heatmap_figure(flow), folder / f"heatmap-{i + 1}-{flow.run.name}.png"))
+        name = flow.name.replace(os.sep, "-")
+        result.figures.append(save(heatmap_figure(flow), folder / f"heatmap-{i + 1}-{name}.png"))
     _report(result).write(folder)
     return result
 
@@ -237,5 +241,5 @@ def _report(result: Diagnosis) -> Report:
     report.section("Gradient norm against depth").image(result.figures[0], "first step, after epoch 1, end")
     maps = report.section("Heat maps: log10 gradient norm, layers x steps")
     for flow, path in zip(result.flows, result.figures[1:]):
-        maps.image(path, f"{flow.run.name}: {flow.label}")
+        maps.image(path, f"{flow.name}: {flow.label}")
     return report
