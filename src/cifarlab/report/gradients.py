@@ -232,6 +232,7 @@ def diagnose(runs: list, out: str | Path | None = None) -> Diagnosis:
 def _report(result: Diagnosis) -> Report:
     report = Report("Gradient flow")
     ratios = report.section("First layer's gradient norm / last layer's")
+    ratios.text('The article, on its deeper CNN: "there may even be vanishing-gradient issues". Measured here: ')
     ratios.text("Early is the first recorded step (the network as initialised), late the last. Below 1, the first "
                 "layers get less gradient than the last: orders of magnitude below is the vanishing-gradient picture.")
     ratios.table(["run", "configuration", "early", "late"], result.run_rows())
