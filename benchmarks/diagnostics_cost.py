@@ -5,10 +5,11 @@
 
 After one untimed warm-up run, each repeat trains the run without --diagnostics and with --diagnostics N
 (the order alternates between repeats, so neither always runs on a warmer cache), TensorBoard on as by
-default (so the histograms are counted), and reads each run's training time (summary.json's train_only_time_s: the steps, not the
-evaluation). It prints the median of each and their ratio (the goal at N = 50: at most 1.05 on a CPU), and
-whether the two runs' numbers (metrics without their timings, final weights) are identical, which they must
-be: the diagnostics only read. Run it on an otherwise idle machine.
+default (so the histograms are counted), and reads each run's training time (summary.json's
+train_only_time_s: the steps, not the evaluation). It prints the median of each (and every time) and their
+ratio (the goal at N = 50: at most 1.05 on a CPU), and whether the two runs' numbers (metrics without their
+timings, final weights) are identical, which they must be: the diagnostics only read. Run it on an
+otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ def main() -> int:
     same = rows_off == rows_on and w_off.keys() == w_on.keys() and all(torch.equal(w_off[k], w_on[k]) for k in w_off)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model}, {args.epochs} epoch(s), "
           f"--limit-train {args.limit_train}, {args.repeats} repeat(s), medians; {recorded} diagnostics rows per run")
-    print(f"without --diagnostics      {off:8.2f} s")
-    print(f"with --diagnostics {args.every:<7} {on:8.2f} s   {on / off:.3f}x the time without")
+    each = {every: ", ".join(f"{t:.2f}" for t in runs) for every, runs in times.items()}
+    print(f"without --diagnostics      {off:8.2f} s   (each: {each[0]})")
+    print(f"with --diagnostics {args.every:<7} {on:8.2f} s   {on / off:.3f}x the time without   "
+          f"(each: {each[args.every]})")
     print(f"numbers identical: {'yes' if same else 'NO'}")
     return 0 if same else 1
 

@@ -98,7 +98,7 @@ def test_diagnostics_cost_times_the_run_with_and_without_and_finds_the_same_numb
     result = script("diagnostics_cost.py", "--sample", "--every", "3", "--repeats", "1", "--batch-size", "32")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     out = result.stdout
-    off = float(re.search(r"without --diagnostics +([\d.]+) s\n", out).group(1))
+    off = float(re.search(r"without --diagnostics +([\d.]+) s +\(each: [\d.]+\)\n", out).group(1))
     on, ratio = re.search(r"with --diagnostics 3 +([\d.]+) s +([\d.]+)x the time without", out).groups()
     # the times are printed to 0.01 s and the ratio to 0.001: allow exactly that rounding
     assert float(ratio) == pytest.approx(float(on) / off, abs=0.0005 + 0.005 / off + 0.005 * float(on) / off ** 2)
