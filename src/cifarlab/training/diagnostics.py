@@ -19,7 +19,8 @@ stem) it writes one row to RUN/diagnostics.jsonl:
   the forward pass (a reused ReLU module counts at each call); null where none follows (the classifier's
   last layer) or the model calls F.relu instead of a module.
 
-Biases are left out. The forward hooks exist on recorded steps only, so other steps cost nothing; a compiled
+With TensorBoard on, each value is also a scalar (diagnostics/<column>/<layer>) and each gradient a histogram
+(gradients/<layer>, counted by torch.histc). Biases are left out. The forward hooks exist on recorded steps only, so other steps cost nothing; a compiled
 model (--compile) would recompile for them, so its act_* and relu_zero are null (the gradient and weight
 columns are recorded as usual). Only rank 0 records. Nothing here changes what is computed: it reads the
 gradients, weights and outputs, draws no random number and writes nothing into the model.
