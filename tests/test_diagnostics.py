@@ -245,3 +245,19 @@ def test_diagnostics_is_checked_and_may_change_on_resume(recorded):
         build_config({"model": "basic-cnn", "dataset": "cifar10", "diagnostics": -1})
     cfg = resume_config(json.loads((recorded / "config.json").read_text()), {"diagnostics": 3}, str(recorded))
     assert cfg.diagnostics == 3
+
+
+def test_a_compiled_models_step_records_the_gradients_but_no_activations():
+    # the engine passes hooks=False while the model is compiled: hooks would make torch.compile recompile
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    diagnostics = Diagnostics(model, every=1)
+    diagnostics.start(1, 1, hooks=False)
+    assert not model[0]._forward_hooks and not model[1]._forward_hooks
+    model(torch.ones(2, 4)).sum().backward()
+    diagnostics.before_update(optimizer)
+    optimizer.step()
+    diagnostics.after_update()
+    rows = diagnostics.finish()
+    assert [r["layer"] for r in rows] == ["0", "2"]
+    assert all(r["grad_norm"] > 0 and r["act_mean"] is None and r["relu_zero"] is None for r in rows)
