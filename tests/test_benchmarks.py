@@ -91,3 +91,15 @@ def test_parallel_study_wait_policy_times_a_lone_run_with_each_policy(cifar_mini
     passive = float(re.search(r"OMP_WAIT_POLICY PASSIVE +([\d.]+) s", result.stdout).group(1))
     cost = float(re.search(r"PASSIVE costs ([+-][\d.]+)% against the default", result.stdout).group(1))
     assert cost == pytest.approx(100 * (passive / default - 1), abs=0.1 + 100 * 0.01 / default)
+
+
+def test_diagnostics_cost_times_the_run_with_and_without_and_finds_the_same_numbers():
+    # the shipped sample: 200 images in batches of 32 = 6 steps; --every 3 records steps 1 and 4, 4 layers each
+    result = script("diagnostics_cost.py", "--sample", "--every", "3", "--repeats", "1", "--batch-size", "32")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    out = result.stdout
+    off = float(re.search(r"without --diagnostics +([\d.]+) s +\(each: [\d.]+\)\n", out).group(1))
+    on, ratio = re.search(r"with --diagnostics 3 +([\d.]+) s +([\d.]+)x the time without", out).groups()
+    # the times are printed to 0.01 s and the ratio to 0.001: allow exactly that rounding
+    assert float(ratio) == pytest.approx(float(on) / off, abs=0.0005 + 0.005 / off + 0.005 * float(on) / off ** 2)
+    assert "8 diagnostics rows per run" in out and "numbers identical: yes" in out

@@ -135,7 +135,7 @@ def test_resume_refuses_a_setting_and_names_every_flag_that_may_change(tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "cifarlab: error: --resume continues the run with its saved settings; --no-batchnorm cannot be changed "
-        "(allowed: --eval-every, --device, --threads, --data-dir, --no-download, --quiet, --no-tensorboard, --checkpoint-every)"]
+        "(allowed: --eval-every, --device, --threads, --data-dir, --no-download, --quiet, --no-tensorboard, --diagnostics, --checkpoint-every)"]
     allowed = run_cli("train", "--resume", str(tmp_path), "--no-tensorboard", "--quiet", "--checkpoint-every", "1")
     assert allowed.returncode == 2 and "cannot be changed" not in allowed.stderr   # passed: stops at the checkpoint
     assert "checkpoints/last.pt: no such checkpoint" in allowed.stderr

@@ -105,6 +105,15 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_diagnose(args) -> int:
+    from cifarlab.report.gradients import diagnose
+
+    result = diagnose(args.runs, args.out)
+    print(result, end="")
+    print(f"depth.png, heat maps, report.md and report.html in {result.folder}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from cifarlab.predict import format_predictions, predict
 
@@ -183,7 +192,7 @@ def cmd_tune(args) -> int:
 
 COMMANDS = {"train": cmd_train, "models": cmd_models, "recipes": cmd_recipes, "data": cmd_data, "tune": cmd_tune,
             "compare": cmd_compare, "ablate": cmd_ablate, "depth": cmd_depth, "reproduce": cmd_reproduce,
-            "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export}
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "diagnose": cmd_diagnose}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -240,6 +240,16 @@ def _add_run_commands(sub) -> None:
     evaluate.add_argument("--out", help="folder for the results (default RUN_DIR/evaluation-SPLIT)")
     evaluate.add_argument("--json", action="store_true")
 
+    diagnose = sub.add_parser(
+        "diagnose", help="draw the gradient flow of runs trained with --diagnostics N",
+        description="Heat maps of log10 gradient norm (layers x steps), gradient norm against layer depth (first "
+        "step, after epoch 1, end; runs overlaid) and the first layer's gradient norm over the last layer's, early "
+        "and late, per run and mean ± std over seeds; writes PNGs, report.md and report.html.",
+        epilog="Example: cifarlab diagnose runs/deeper runs/deeper-no-bn --out runs/flow")
+    diagnose.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    diagnose.add_argument("--out", help="folder for the figures (default RUN_DIR/diagnose for one run, else diagnose/ "
+                          "beside the runs)")
+
     predict = sub.add_parser("predict", help="top-k labels for image files",
                              description="Classify image files (PNG, JPEG, any size) with a trained model: each is "
                              "converted to RGB (grayscale for MNIST-style models), resized to the dataset's size and "

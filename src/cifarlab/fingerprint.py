@@ -13,8 +13,8 @@ The fingerprint is a flat dict, recorded in config.json under "fingerprint" when
 - precision: what --precision resolves to on that device;
 - cifarlab: the version's compatible part (major, or major.minor while the major is 0, as in semantic versioning).
 
-Left out: where things live and what is printed (out, data_dir, quiet, overwrite, tensorboard, checkpoint_every,
-download) and the recipe's name, whose settings are already in the fields it filled. All of it is computed from
+Left out: where things live and what is printed or recorded (out, data_dir, quiet, overwrite, tensorboard,
+checkpoint_every, download, diagnostics: it reads the gradients and changes none) and the recipe's name, whose settings are already in the fields it filled. All of it is computed from
 the settings alone, with no model built, so a study's parent process checks every folder before it starts a run.
 """
 
@@ -31,7 +31,7 @@ from cifarlab.settings import TrainConfig
 
 # TrainConfig fields that never change a run's numbers (where things live, what is printed).
 NOT_NUMBERS = frozenset({"out", "data_dir", "quiet", "overwrite", "tensorboard", "checkpoint_every", "download",
-                         "recipe"})
+                         "recipe", "diagnostics"})
 # Fields recorded as what they resolve to, after the settings.
 RESOLVED = ("device", "threads", "precision")
 SWITCHES = ("batchnorm", "dropout", "skip", "init")     # settings that exist only where the model has the switch

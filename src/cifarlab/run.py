@@ -53,8 +53,21 @@ class Run(RunFolder):
 
         return export_run(self, fmt, out)
 
-    def plot(self):
-        """Loss and accuracy curves per epoch as a matplotlib Figure (shown inline in Jupyter)."""
+    def diagnostics(self) -> list[dict]:
+        """The rows --diagnostics N recorded (diagnostics.jsonl), a dict per layer per recorded step: step, epoch,
+        layer, kind, depth, grad_norm, weight_norm, update_ratio, act_mean, act_std, relu_zero. A list, as
+        `metrics` is: pandas.DataFrame(run.diagnostics()) makes a frame of it."""
+        return self.diagnostics_rows()
+
+    def plot(self, kind: str = "curves"):
+        """A matplotlib Figure (shown inline in Jupyter): "curves", loss and accuracy per epoch; "gradients", the
+        gradient flow --diagnostics recorded (log10 gradient norm per layer and step, and against depth)."""
+        if kind == "gradients":
+            from cifarlab.report.gradients import run_gradients_figure
+
+            return run_gradients_figure(self)
+        if kind != "curves":
+            raise UsageError(f"plot: unknown kind {kind!r} (choose curves or gradients)")
         from cifarlab.report.plots import run_figure
 
         return run_figure(self.name, self.metrics)
@@ -85,7 +98,7 @@ def load_run(path: str | Path, model=None) -> Run:
 
 def resume(run: Run | str | Path, model=None, **changes) -> Run:
     """Continue a stopped run exactly where it stopped; only data_dir, device, quiet, download,
-    checkpoint_every and tensorboard may change."""
+    checkpoint_every, tensorboard and diagnostics may change."""
     from cifarlab.fingerprint import check_same_data
     from cifarlab.study.runs import train_run
     from cifarlab.validation import resume_config

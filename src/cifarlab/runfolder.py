@@ -32,6 +32,8 @@ CONFIG, METRICS, SUMMARY, SUMMARY_TEXT, WEIGHTS = (
     "config.json", "metrics.jsonl", "summary.json", "summary.txt", "model.safetensors")
 CHECKPOINTS, LAST, BEST = "checkpoints", "last.pt", "best.pt"
 STUDY_LOG = "train.log"   # a study's parallel run appends its output here; the parent holds it open
+DIAGNOSTICS = "diagnostics.jsonl"   # --diagnostics N: a row per recorded layer per recorded step
+DIAGNOSE = "diagnose"     # `cifarlab diagnose RUN`'s figures, by default
 # `cifarlab export`: each format and the file it writes in the run folder by default.
 EXPORT_FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt",
                   "safetensors": "model.export.safetensors"}
@@ -49,7 +51,7 @@ def _read_json(path: Path):
 
 # What cifarlab itself writes in a run folder: --overwrite replaces a folder that holds nothing else.
 RUN_ENTRIES = {CONFIG, METRICS, SUMMARY, SUMMARY_TEXT, WEIGHTS, CHECKPOINTS, STUDY_LOG, "tensorboard",
-               *EXPORT_FORMATS.values()}
+               DIAGNOSTICS, DIAGNOSE, *EXPORT_FORMATS.values()}
 
 
 def _check_only_run_files(out: Path) -> None:
@@ -96,6 +98,10 @@ class RunFolder:
     @property
     def weights_path(self) -> Path:
         return self.path / WEIGHTS
+
+    @property
+    def diagnostics_path(self) -> Path:
+        return self.path / DIAGNOSTICS
 
     def checkpoint_path(self, name: str = LAST) -> Path:
         return self.path / CHECKPOINTS / name
@@ -185,6 +191,14 @@ class RunFolder:
             return []
         return [current_metrics_row(json.loads(line)) for line in self.metrics_path.read_text().splitlines()
                 if line.strip()]
+
+    def diagnostics_rows(self) -> list[dict]:
+        """diagnostics.jsonl: a row per recorded layer per recorded step; a run trained without --diagnostics
+        is refused in one line that says how to record them."""
+        if not self.diagnostics_path.is_file():
+            raise UsageError(f"{self.path}: no {DIAGNOSTICS}; train with --diagnostics N (e.g. --diagnostics 50) to "
+                             "record the gradient flow")
+        return [json.loads(line) for line in self.diagnostics_path.read_text().splitlines() if line.strip()]
 
     def load_checkpoint(self, name: str = LAST) -> dict:
         return load_checkpoint(self.checkpoint_path(name))

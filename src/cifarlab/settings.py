@@ -135,6 +135,11 @@ class TrainConfig:
     tensorboard: bool = setting(
         True, "do not write TensorBoard event files (written to RUN/tensorboard when installed)", in_recipes=False,
         on_resume=True)
+    diagnostics: int = setting(
+        0, "every N optimizer steps (and the first), record each conv and linear layer's gradient norm, weight norm, "
+        "update-to-weight ratio, output mean/std and the zero fraction of the ReLU after it, into "
+        "RUN/diagnostics.jsonl and TensorBoard; draw them with `cifarlab diagnose RUN`. Changes no number of the "
+        "run (default 0: off)", metavar="N", in_recipes=False, on_resume=True)
     on_nan: str = setting(
         "stop", "non-finite loss: stop and keep the last good checkpoint (default), or skip the batch", choices=ON_NAN)
     checkpoint_every: float = setting(

@@ -89,6 +89,8 @@ def _validate_numbers(cfg: TrainConfig) -> None:
            and cfg.checkpoint_every >= 0, f"--checkpoint-every must be a number of minutes >= 0, "
            f"got {cfg.checkpoint_every}")
     _check(isinstance(cfg.val_size, int) and cfg.val_size >= 0, f"--val-size must be >= 0, got {cfg.val_size}")
+    _check(isinstance(cfg.diagnostics, int) and cfg.diagnostics >= 0,
+           f"--diagnostics must be a number of steps >= 0 (0: off), got {cfg.diagnostics}")
     _check(cfg.limit_train is None or cfg.limit_train >= 1, f"--limit-train must be >= 1, got {cfg.limit_train}")
     _check(0 <= cfg.crop_padding <= 16 and cfg.cutout_size >= 1 and 0 <= cfg.jitter < 1,
            "augmentation sizes out of range (crop_padding 0..16, cutout_size >= 1, jitter in [0, 1))")

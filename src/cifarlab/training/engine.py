@@ -25,6 +25,7 @@ from cifarlab.runfolder import BEST, LAST, RunFolder, release_folders
 from cifarlab.settings import TrainConfig
 from cifarlab.training import distributed
 from cifarlab.training.device import Precision, cpu_threads, resolve_device, use_tf32
+from cifarlab.training.diagnostics import Diagnostics, trim
 from cifarlab.training.distributed import Dist
 from cifarlab.training.evaluation import evaluate, global_sums
 from cifarlab.training.lookahead import Lookahead
@@ -110,10 +111,13 @@ def setup(cfg: TrainConfig, resume: bool, dist: Dist, supplied=None) -> Trainer:
             raise UsageError(f"{run.path} already finished its {cfg.epochs} epoch{'' if cfg.epochs == 1 else 's'}; "
                              "nothing to resume")
         if dist.is_main:  # metrics.jsonl continues from the checkpoint: no duplicate or lost epochs.
-            run.write_metrics(trainer.state.rows)
+            run.write_metrics(trainer.state.rows)     # and diagnostics.jsonl from its step
+            trim(run.diagnostics_path, trainer.state.epoch * steps + trainer.state.step)
     elif dist.is_main:
         run.write_config(run_config(trainer, data, channels_last, spec.origin, supplied))
     trainer.writer = tensorboard_writer(run.path, cfg.tensorboard)
+    if cfg.diagnostics and dist.is_main:
+        trainer.diagnostics = Diagnostics(bare_model, cfg.diagnostics, run.diagnostics_path, trainer.writer)
     if not cfg.quiet:
         trainer.announce(data, resume)
     return trainer
@@ -184,7 +188,11 @@ def train_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, int, float]
     trainer.progress.start_epoch(epoch, len(loader), state.step)
     for x, y in loader:
         step = state.step + 1
+        if trainer.diagnostics is not None:   # hooks on a recorded step's eager forward only
+            trainer.diagnostics.start((epoch - 1) * len(loader) + step, epoch, not hasattr(trainer.model, "_orig_mod"))
         out, loss, stepped = trainer.train_step(x, y)
+        if trainer.diagnostics is not None:
+            trainer.diagnostics.finish(stepped)
         if stepped:   # False: --on-nan skip-step dropped a non-finite loss
             # Accumulate on the device: no .item() (a host sync) inside the step.
             loss_sum += loss.detach() * len(y)

@@ -20,6 +20,7 @@ from cifarlab.runfolder import LAST, RunFolder, strip_prefixes
 from cifarlab.settings import TrainConfig
 from cifarlab.training import distributed
 from cifarlab.training.device import Precision
+from cifarlab.training.diagnostics import Diagnostics
 from cifarlab.training.distributed import Dist
 from cifarlab.training.evaluation import global_sums
 from cifarlab.training.lookahead import Lookahead
@@ -52,6 +53,7 @@ class Trainer:
     uncompiled: torch.nn.Module | None = None    # the model before torch.compile: the fallback if it fails
     lookahead: Lookahead | None = None
     on_epoch: Callable[[dict], None] | None = None    # fit()'s hook, called with each epoch's metrics row
+    diagnostics: Diagnostics | None = None   # --diagnostics N (rank 0): reads the gradients around optimizer.step
 
     @property
     def bare_model(self) -> torch.nn.Module:
@@ -114,13 +116,17 @@ class Trainer:
         if self.cfg.on_nan == "skip-step" and not torch.isfinite(loss):
             self.scheduler.step()      # the schedule keeps its length; the batch is dropped
             return False
+        watch = self.diagnostics
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        if watch is not None:
+            watch.before_update(self.optimizer, self.scaler)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self.optimizer.step()
+        if watch is not None:
+            watch.after_update()
         self.scheduler.step()
         return True
 
