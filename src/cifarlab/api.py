@@ -163,9 +163,12 @@ def _launch(seeds, jobs, ray, ray_cpus):
 
 def reproduce(data_dir: str | Path | None = None, *, scale: float = 1.0, tuned: bool = False,
               out: str | Path | None = None, jobs: int = 1, ray: str | None = None, ray_cpus: int = 1,
+              question_seeds: int = 2, depth_study: str | Path | None = None, with_depth: bool = False,
               **settings):
-    """The article's six runs with its recipes (and our tuned ones), its figures beside ours; jobs, ray,
-    ray_cpus: as for train()."""
+    """The article's six runs with its recipes (and our tuned ones), its figures beside ours, and what the article
+    could not tell (skip connections, gradient flow over question_seeds seeds; 0 leaves it out), with a finished
+    depth study (depth_study=DIR) or a new one (with_depth=True); jobs, ray, ray_cpus: as for train()."""
+    from cifarlab.study.questions import Questions
     from cifarlab.study.reproduce import reproduce as run_study
 
     launch = _launch(1, jobs, ray, ray_cpus)
@@ -174,7 +177,9 @@ def reproduce(data_dir: str | Path | None = None, *, scale: float = 1.0, tuned: 
     unknown = sorted(set(settings) - allowed)
     if unknown:
         raise UsageError(f"reproduce takes no setting '{unknown[0]}' (it takes: {', '.join(sorted(allowed))})")
-    return run_study(str(data_dir) if data_dir else None, scale, tuned, str(out) if out else None, settings, launch)
+    questions = Questions(question_seeds, str(depth_study) if depth_study else None, with_depth)
+    return run_study(str(data_dir) if data_dir else None, scale, tuned, str(out) if out else None, settings, launch,
+                     questions)
 
 
 # ---------------------------------------------------------------- what the command line calls

@@ -80,11 +80,13 @@ def cmd_depth(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from cifarlab.sample import study_settings
+    from cifarlab.study.questions import Questions
     from cifarlab.study.reproduce import FULL_STUDY, reproduce
 
     overrides = {k: getattr(args, k) for k in ("device", "download", "quiet") if getattr(args, k) is not None}
     data_dir, scale, out, overrides = study_settings(args.data_dir, args.scale, args.out, overrides, args.sample)
-    result = reproduce(data_dir, scale, args.tuned, out, overrides, _launch(args))
+    questions = Questions(args.question_seeds, args.depth_study, args.with_depth)
+    result = reproduce(data_dir, scale, args.tuned, out, overrides, _launch(args), questions)
     print(result, end="")
     print(f"report: {Path(result['folder']) / 'report.html'} (and report.md)")
     if args.sample:

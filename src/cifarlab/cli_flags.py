@@ -218,6 +218,16 @@ def _add_study_commands(sub) -> None:
                            "the deeper-cnn and resnet18 ones take hours on a CPU)")
     reproduce.add_argument("--out", help="study folder (default runs/reproduce; runs/reproduce-sample with --sample, "
                            "so that the full study never meets the sample's runs)")
+    reproduce.add_argument("--question-seeds", type=int, default=2, metavar="K",
+                           help="the section 'What the article could not tell': ResNet-18 with and without skip "
+                           "connections on CIFAR-10 and CIFAR-100 and the deeper CNN with and without BatchNorm, K "
+                           "seeds each (seed 0 of each is the article's run), with their gradient flow (default 2; "
+                           "0 leaves the section out)")
+    reproduce.add_argument("--depth-study", metavar="DIR", help="add a finished `cifarlab depth --out DIR` study "
+                           "(He et al.'s Fig. 6 and the degradation verdicts) to that section")
+    reproduce.add_argument("--with-depth", action="store_true",
+                           help="run the depth study too (plain and residual nets of depth 20, 32, 44, 56, recipe "
+                           "he2015-cifar, scaled by --scale; at full scale a GPU job) into OUT/depth")
     _add_jobs(reproduce)
     reproduce.add_argument("--device", choices=DEVICES)
     reproduce.add_argument("--no-download", dest="download", action="store_const", const=False)

@@ -17,6 +17,8 @@ from cifarlab.errors import UsageError
 from cifarlab.report.document import Report, text_table
 from cifarlab.report.summary import article_summary, comparison_block
 from cifarlab.runfolder import RunFolder, atomic_write_json
+from cifarlab.study.questions import (Questions, answer_questions, question_bases, questions_section,
+                                      summary_lines, with_diagnostics)
 from cifarlab.study.runs import SEQUENTIAL, Launch, check_folders, run_all
 
 
@@ -108,8 +110,9 @@ def train_images(dataset: str, data_dir, scale: float, download: bool) -> int | 
     return None
 
 
-def plan(data_dir, scale: float, tuned: bool, out: Path, overrides: dict) -> list[Job]:
-    """Every run of the study; tuned runs follow their article run."""
+def plan(data_dir, scale: float, tuned: bool, out: Path, overrides: dict, diagnostics: bool = False) -> list[Job]:
+    """Every run of the study; tuned runs follow their article run. diagnostics: the article runs the questions
+    share record their gradients."""
     sizes = {}
     jobs = []
     for a in ARTICLE_RUNS:
@@ -123,15 +126,36 @@ def plan(data_dir, scale: float, tuned: bool, out: Path, overrides: dict) -> lis
             key = a.key if kind == "article" else f"{a.key}-tuned"
             cfg = build_config({**overrides, "model": a.model, "dataset": a.dataset, "epochs": epochs,
                                 "limit_train": limit, "data_dir": data_dir, "out": str(out / key)}, recipe)
+            if diagnostics and kind == "article" and key in question_bases():
+                cfg = with_diagnostics(cfg, sizes[a.dataset])
             jobs.append(Job(key, a, cfg))
     return jobs
 
 
+# He et al.'s budget in the he2015-cifar recipe, scaled like the article's runs by --with-depth
+DEPTH_EPOCHS = 182
+CIFAR10_TRAIN = 50_000
+
+
+def depth_config(data_dir, scale: float, out: Path, overrides: dict) -> TrainConfig:
+    """The depth study of --with-depth: he2015-cifar on CIFAR-10, its epochs and images scaled like the rest, its
+    validation split a tenth of the train images up to the paper's 5,000."""
+    images = train_images("cifar10", data_dir, scale, overrides.get("download", True))
+    epochs, limit = scaled(DEPTH_EPOCHS, images, scale)
+    total = images or CIFAR10_TRAIN
+    return build_config({**overrides, "model": "resnet20", "dataset": "cifar10", "epochs": epochs,
+                         "limit_train": limit, "val_size": min(5000, total // 10), "data_dir": data_dir,
+                         "out": str(out / "depth")}, "he2015-cifar")
+
+
 class Reproduction(dict):
-    """reproduce.json's content; str() is the table `cifarlab reproduce` prints, plot() ours vs the article."""
+    """reproduce.json's content; str() is the table `cifarlab reproduce` prints (and the answers to the article's
+    open questions), plot() ours vs the article."""
 
     def __str__(self) -> str:
-        return self["table"]
+        lines = self.get("question_lines") or []
+        return self["table"] + "".join(f"{line}\n" for line in ["", "What the article could not tell:", *lines]
+                                       if lines)
 
     def plot(self):
         from cifarlab.report.plots import bars_figure, shown
@@ -143,14 +167,17 @@ class Reproduction(dict):
 
 
 def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str | None = None,
-              overrides: dict | None = None, launch: Launch = SEQUENTIAL) -> Reproduction:
+              overrides: dict | None = None, launch: Launch = SEQUENTIAL,
+              questions: Questions = Questions()) -> Reproduction:
     from cifarlab.evaluate import evaluate_run
 
     if not 0 < scale <= 1:
         raise UsageError(f"--scale must be in (0, 1], got {scale}")
+    questions = questions.check()
     out = Path(out or "runs/reproduce")
     overrides = dict(overrides or {})
-    jobs = plan(data_dir, scale, tuned, out, overrides)
+    jobs = plan(data_dir, scale, tuned, out, overrides, diagnostics=questions.seeds > 0)
+    depth_cfg = depth_config(data_dir, scale, out, overrides) if questions.with_depth else None
     start = time.perf_counter()
     runs, evaluations = {}, {}
     if launch.parallel:
@@ -166,13 +193,19 @@ def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str |
         run = runs[job.key]
         evaluations[job.key] = reuse_evaluation(run.path) or evaluate_run(run.path, data_dir=data_dir,
                                                                           device=job.cfg.device)
+    answered = answer_questions(questions, {j.key: j.cfg for j in jobs if j.key == j.article.key},
+                                {j.cfg.out: runs[j.key] for j in jobs}, out, launch, depth_cfg)
     result = Reproduction({"scale": scale, "tuned": tuned, "data_dir": str(data_dir) if data_dir else None,
               "wall_time_s": time.perf_counter() - start, "machine": platform.machine(),
               "runs": [{"key": job.key, "recipe": job.cfg.recipe, "folder": str(runs[job.key].path),
-                        **runs[job.key].summary, "article": article_summary_dict(job.article)} for job in jobs]})
+                        **runs[job.key].summary, "article": article_summary_dict(job.article)} for job in jobs],
+              "questions": {"answers": answered["answers"], "depth": answered["depth"],
+                            "gradients": [{k: v for k, v in g.items() if k != "flows"}
+                                          for g in answered["gradients"] if g is not None]}})
     atomic_write_json(out / "reproduce.json", dict(result))
-    write_report(out, jobs, runs, evaluations, result)
+    write_report(out, jobs, runs, evaluations, result, answered)
     result["table"] = results_table(jobs, runs)
+    result["question_lines"] = summary_lines(answered["answers"], answered["gradients"], answered["depth"])
     result["folder"] = str(out)
     return result
 
@@ -204,7 +237,8 @@ def results_table(jobs: list[Job], runs: dict[str, RunFolder]) -> str:
     return text_table(headers, rows)
 
 
-def write_report(out: Path, jobs: list[Job], runs: dict[str, RunFolder], evaluations: dict[str, dict], result) -> None:
+def write_report(out: Path, jobs: list[Job], runs: dict[str, RunFolder], evaluations: dict[str, dict], result,
+                 answered: dict | None = None) -> None:
     """OUT/report.md and report.html: setup, every run beside the article, the article's comparisons, each run."""
     from cifarlab.report import plots
 
@@ -226,6 +260,8 @@ def write_report(out: Path, jobs: list[Job], runs: dict[str, RunFolder], evaluat
         bars, "Final test accuracy per run, ours beside the article's figures").image(
         curves, "Test accuracy (solid) and train accuracy (dashed) per epoch, every run")
     comparisons_section(report, jobs, runs)
+    if answered and (answered["answers"] or answered["depth"]):
+        questions_section(report, answered["answers"], answered["gradients"], answered["depth"], figures)
     for job in jobs:
         run_section(report, job, runs[job.key], evaluations[job.key], figures)
     report.write(out)
