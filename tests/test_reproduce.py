@@ -3,6 +3,7 @@ Chromium."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,7 @@ import cifarlab
 from cifarlab.study.reproduce import ARTICLE_RUNS
 
 from conftest import headless, render_in_chromium, run_cli
+from test_depth import synthetic  # noqa: F401 - a fixture: the depth tests' synthetic study, written as depth writes it
 
 RUNS = ["basic-cnn-cifar10", "deeper-cnn-cifar10", "deeper-cnn-cifar100-20ep", "deeper-cnn-cifar100-35ep",
         "resnet18-cifar10", "resnet18-cifar100"]
@@ -74,7 +76,8 @@ def test_reproduce_report_blocks_hold_the_run_folders_numbers(study):
         assert f"Final Train Accuracy: {summary['final_train_acc']:.2f}%" in md
         assert (out / key / "evaluation-test" / "confusion.png").is_file()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(images) == 2 + 3 * len(RUNS) and all((out / p).is_file() for p in images)
+    # + the questions' two gradient figures (deeper CNN +- BatchNorm, ResNet-18 +- skips)
+    assert len(images) == 2 + 3 * len(RUNS) + 2 and all((out / p).is_file() for p in images)
 
 
 @pytest.mark.slow
@@ -84,7 +87,7 @@ def test_reproduce_again_reuses_finished_runs(study):
     evaluated = {key: (out / key / "evaluation-test" / "evaluation.json").stat().st_mtime_ns for key in RUNS}
     result = run_cli("reproduce", "--sample", "--scale", "0.02", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("already finished, reusing it") == 6
+    assert result.stdout.count("already finished, reusing it") == 6 + 3 * 3     # + the questions' three pairs
     after = json.loads((out / "reproduce.json").read_text())
     assert [r["final_test_acc"] for r in after["runs"]] == [r["final_test_acc"] for r in before["runs"]]
     # finished runs' evaluations are reused too, not recomputed
@@ -103,9 +106,10 @@ def test_report_html_renders_every_section_and_image_in_chromium(study, tmp_path
     page = (out / "report.html").read_text()
     check = render_in_chromium(out / "report.html", tmp_path)
     assert check["errors"] == [] and check["broken"] == 0
-    assert check["images"] == page.count("<img ") == 2 + 3 * len(RUNS)
-    assert check["sections"][:3] == ["Setup", "Results beside the article", "Comparisons"]
-    assert [s.split(" (")[0] for s in check["sections"][3:]] == RUNS
+    assert check["images"] == page.count("<img ") == 2 + 3 * len(RUNS) + 2
+    assert check["sections"][:4] == ["Setup", "Results beside the article", "Comparisons",
+                                     "What the article could not tell"]
+    assert [s.split(" (")[0] for s in check["sections"][4:]] == RUNS
 
     shot = tmp_path / "report.png"
     result = headless("--window-size=1280,4000", f"--screenshot={shot}", (out / "report.html").as_uri())
@@ -115,3 +119,93 @@ def test_report_html_renders_every_section_and_image_in_chromium(study, tmp_path
     assert pixels.shape[:2] == (4000, 1280)
     non_white = (pixels.min(axis=2) < 0.9).mean()
     assert non_white > 0.05 and pixels.std() > 0.1                      # text, tables and plots, not a blank page
+
+
+# ---------------------------------------------------------------- what the article could not tell
+
+PAIRS = {"skip-cifar10": ("resnet18-cifar10", "skip"), "skip-cifar100": ("resnet18-cifar100", "skip"),
+         "batchnorm-deeper-cnn": ("deeper-cnn-cifar10", "batchnorm")}
+
+
+@pytest.mark.slow
+def test_the_questions_are_answered_from_their_run_folders_paired_over_seeds(study):
+    """Each answer's accuracies are its runs' summaries; seed 0 with the switch on is the article's own run; the
+    interval is Student's t over the two paired differences (t = 12.706 at one degree of freedom)."""
+    out, stdout = study
+    answers = {a["key"]: a for a in json.loads((out / "reproduce.json").read_text())["questions"]["answers"]}
+    assert set(answers) == set(PAIRS)
+    for key, (base, switch) in PAIRS.items():
+        a = answers[key]
+        assert a["with_runs"][0] == str(out / base)
+        for arm, on in (("with", True), ("without", False)):
+            configs = [json.loads((Path(p) / "config.json").read_text()) for p in a[f"{arm}_runs"]]
+            assert [c["seed"] for c in configs] == [0, 1] and all(c[switch] is on for c in configs)
+            assert a[f"{arm}_test_acc_per_seed"] == [
+                json.loads((Path(p) / "summary.json").read_text())["final_test_acc"] for p in a[f"{arm}_runs"]]
+        diffs = [b - w for w, b in zip(a["with_test_acc_per_seed"], a["without_test_acc_per_seed"])]
+        mean, half = sum(diffs) / 2, 12.706 * abs(diffs[0] - diffs[1]) / 2 ** 0.5 / 2 ** 0.5
+        assert a["difference_mean"] == pytest.approx(mean)
+        assert a["difference_ci95"] == pytest.approx([mean - half, mean + half])
+        expected = ("removing it hurts" if mean + half < 0 else "removing it helps" if mean - half > 0
+                    else "no clear effect at this budget")
+        assert a["verdict"] == expected and f"; {expected}." in a["text"]
+    assert "What the article could not tell:" in stdout
+
+
+@pytest.mark.slow
+def test_the_gradient_ratios_are_the_first_over_the_last_layer_of_the_recorded_rows(study):
+    out, _ = study
+    gradients = {g["key"]: g for g in json.loads((out / "reproduce.json").read_text())["questions"]["gradients"]}
+    assert set(gradients) == {"batchnorm-deeper-cnn", "skip-cifar10"}
+    answers = {a["key"]: a for a in json.loads((out / "reproduce.json").read_text())["questions"]["answers"]}
+    for key, g in gradients.items():
+        for arm in ("with", "without"):
+            late = []
+            for run in answers[key][f"{arm}_runs"]:
+                rows = [json.loads(line) for line in (Path(run) / "diagnostics.jsonl").read_text().splitlines()]
+                last = [r for r in rows if r["step"] == max(r["step"] for r in rows)]
+                last.sort(key=lambda r: r["depth"])
+                late.append(last[0]["grad_norm"] / last[-1]["grad_norm"])
+            assert g["arms"][arm]["late_per_seed"] == pytest.approx(late)
+
+
+def test_a_question_run_records_about_twenty_gradient_steps_whatever_its_length():
+    from cifarlab.recipes import train_config
+    from cifarlab.study.questions import diagnostics_every
+
+    one_step = train_config({"model": "resnet18", "dataset": "cifar10", "epochs": 1, "limit_train": 64,
+                             "batch_size": 128})
+    article = train_config({"model": "resnet18", "dataset": "cifar10"}, "article-resnet18")
+    assert diagnostics_every(one_step) == 1
+    assert diagnostics_every(article, 50_000) == 50                      # 15 x 391 steps / 20 = 293: at most 50
+    mid = train_config({"model": "resnet18", "dataset": "cifar10", "epochs": 4, "limit_train": 1280,
+                        "batch_size": 128})
+    assert diagnostics_every(mid) == 2                                   # 40 steps / 20
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--depth-study", "nowhere"], "--depth-study nowhere: no depth.json there; run `cifarlab depth --out nowhere` "
+                                   "first"),
+    (["--depth-study", "nowhere", "--with-depth"], "--depth-study DIR and --with-depth both given: show a finished "
+                                                   "study or run one, not both"),
+    (["--question-seeds", "-1"], "--question-seeds must be an integer >= 0, got -1"),
+])
+def test_the_questions_options_are_refused_before_any_run_in_one_line(args, line, tmp_path):
+    result = run_cli("reproduce", "--sample", "--out", str(tmp_path / "r"), *args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == f"cifarlab: error: {line}\n"
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_finished_depth_study_joins_the_section_with_its_verdicts_and_figure(synthetic, tmp_path):
+    from cifarlab.report.document import Report
+    from cifarlab.study.questions import DEPTH_QUOTE, Questions, questions_section
+
+    folder, _ = synthetic
+    assert Questions(depth_study=str(folder)).check().depth_study == str(folder)
+    report = Report("t")
+    depth = json.loads((folder / "depth.json").read_text())
+    questions_section(report, [], [], depth, tmp_path / "figures")
+    md = report.markdown(tmp_path)
+    assert DEPTH_QUOTE in md and depth["findings"][0] in md and depth["findings"][1] in md
+    assert (tmp_path / "figures" / "depth-figure6.png").stat().st_size > 20_000
+    assert "Gradient flow: not measured" in md

@@ -26,7 +26,7 @@ from cifarlab.report.stats import confidence_interval, interval_text, mean_std, 
 from cifarlab.runfolder import RunFolder
 from cifarlab.settings import TrainConfig
 from cifarlab.study.ablate import verdict
-from cifarlab.study.runs import SEQUENTIAL, Launch, check_folders, run_all
+from cifarlab.study.runs import SEQUENTIAL, Launch, run_groups
 
 QUESTION_SEEDS = 2
 DEPTH_DEPTHS = (20, 32, 44, 56)
@@ -140,18 +140,12 @@ def answer_questions(options: Questions, base: dict[str, TrainConfig], done: dic
 
 def train_questions(plans: dict, done: dict[str, RunFolder], launch: Launch = SEQUENTIAL) -> dict:
     """Train every config of `plans` that is not an article run already in `done` (key: its folder)."""
-    todo = [c for arms in plans.values() for group in arms.values() for c in group if c.out not in done]
-    todo = list({c.out: c for c in todo}.values())
-    if launch.parallel:
-        trained = run_all(todo, launch)
-    else:
-        check_folders(todo)
-        trained = []
-        for i, cfg in enumerate(todo, 1):
-            if not cfg.quiet:
-                print(f"cifarlab reproduce: question run {i}/{len(todo)}: {Path(cfg.out).name}", flush=True)
-            trained.append(run_all([cfg])[0])
-    runs = {**done, **{c.out: r for c, r in zip(todo, trained)}}
+    groups = {f"{key} {arm}": [c for c in group if c.out not in done]
+              for key, arms in plans.items() for arm, group in arms.items()}
+    trained = run_groups({name: group for name, group in groups.items() if group}, launch, command="reproduce")
+    runs = dict(done)
+    for name, group in trained.items():
+        runs.update({c.out: r for c, r in zip(groups[name], group)})
     return {key: {arm: [runs[c.out] for c in group] for arm, group in arms.items()} for key, arms in plans.items()}
 
 
@@ -173,9 +167,9 @@ def skip_answer(pair: Pair, arms: dict[str, list[RunFolder]]) -> dict:
     answer["verdict"] = verdict(answer["difference_ci95"])
     first = arms["with"][0]
     answer["budget"] = budget_text(first)
-    switch = "shortcuts" if pair.switch == "skip" else "BatchNorm"
+    switch, them = ("shortcuts", "them") if pair.switch == "skip" else ("BatchNorm", "it")
     answer["text"] = (f"Without its {switch}: test accuracy {answer['without_test_acc_mean']:.2f}% vs "
-                      f"{answer['with_test_acc_mean']:.2f}% with them, change {answer['difference_mean']:+.2f} pt, "
+                      f"{answer['with_test_acc_mean']:.2f}% with {them}, change {answer['difference_mean']:+.2f} pt, "
                       f"{interval_text(answer['difference_ci95'], signed=True)} (paired over "
                       f"{plural(len(diffs), 'seed')}); {verdict(answer['difference_ci95'])}. {answer['budget']}.")
     return answer
@@ -193,7 +187,7 @@ def gradient_answer(pair: Pair, arms: dict[str, list[RunFolder]]) -> dict | None
     from cifarlab.report.gradients import load_flows
 
     runs = [r for group in arms.values() for r in group]
-    if not all(r.diagnostics_rows() for r in runs):
+    if not all(r.diagnostics_path.is_file() and r.diagnostics_rows() for r in runs):
         return None
     flows = load_flows(runs)
     answer = {"key": pair.key, "question": pair.question, "arms": {}}
