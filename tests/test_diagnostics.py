@@ -249,6 +249,7 @@ def test_diagnostics_is_checked_and_may_change_on_resume(recorded):
 
 def test_a_compiled_models_step_records_the_gradients_but_no_activations():
     # the engine passes hooks=False while the model is compiled: hooks would make torch.compile recompile
+    torch.manual_seed(0)       # weights whose ReLUs pass something, so both layers get a gradient
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     diagnostics = Diagnostics(model, every=1)
@@ -261,3 +262,49 @@ def test_a_compiled_models_step_records_the_gradients_but_no_activations():
     rows = diagnostics.finish()
     assert [r["layer"] for r in rows] == ["0", "2"]
     assert all(r["grad_norm"] > 0 and r["act_mean"] is None and r["relu_zero"] is None for r in rows)
+
+
+def test_a_residual_nets_shortcuts_are_flagged_and_its_main_path_numbered_like_its_plain_twin():
+    from cifarlab.models import build_model
+
+    def layers(skip):
+        model = build_model("resnet18", 10, skip=skip)
+        d = Diagnostics(model, every=1)
+        d.start(1, 1)
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+        d.before_update()
+        d.after_update()
+        return d.finish()
+
+    residual, plain = layers(True), layers(False)
+    shortcuts = [r["layer"] for r in residual if r["shortcut"]]
+    assert shortcuts == ["layer2.0.downsample.0", "layer3.0.downsample.0", "layer4.0.downsample.0"]
+    main = [(r["layer"], r["depth"]) for r in residual if not r["shortcut"]]
+    assert main == [(r["layer"], r["depth"]) for r in plain] and main[-1] == ("fc", 17)
+    assert next(r["depth"] for r in residual if r["layer"] == "layer2.0.downsample.0") == \
+        next(r["depth"] for r in residual if r["layer"] == "layer2.0.conv2")
+
+
+def test_an_fp16_overflow_step_records_no_norm_and_no_update_and_draws_no_histogram():
+    from cifarlab.training.diagnostics import histogram
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    diagnostics = Diagnostics(model, every=1)
+    diagnostics.start(1, 1)
+    model(torch.ones(2, 4)).sum().backward()
+    model[2].weight.grad[0, 0] = float("inf")          # what an fp16 overflow leaves after unscaling
+    diagnostics.before_update()
+    diagnostics.after_update()                          # the scaler skips the step: the weights do not move
+    rows = diagnostics.finish()
+    assert rows[1]["grad_norm"] is None and rows[0]["grad_norm"] > 0
+    assert [r["update_ratio"] for r in rows] == [None, None]
+    assert histogram(model[2].weight.grad) is None and histogram(model[0].weight.grad) is not None
+
+
+def test_a_line_cut_short_by_a_kill_is_not_a_row(tmp_path):
+    from cifarlab.runfolder import RunFolder
+
+    run = RunFolder(tmp_path)
+    run.diagnostics_path.write_text(json.dumps({"step": 1, "layer": "0"}) + "\n" + '{"step": 11, "lay')
+    assert run.diagnostics_rows() == [{"step": 1, "layer": "0"}]

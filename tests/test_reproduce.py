@@ -208,4 +208,22 @@ def test_a_finished_depth_study_joins_the_section_with_its_verdicts_and_figure(s
     md = report.markdown(tmp_path)
     assert DEPTH_QUOTE in md and depth["findings"][0] in md and depth["findings"][1] in md
     assert (tmp_path / "figures" / "depth-figure6.png").stat().st_size > 20_000
-    assert "Gradient flow: not measured" in md
+    assert "vanishing-gradient" not in md               # no pair was trained (--question-seeds 0): no flow to show
+
+
+@pytest.mark.slow
+def test_with_depth_runs_the_depth_study_inside_the_study_on_a_small_copy(tmp_path):
+    """--with-depth on the sample: its validation split is a tenth of the 200 train images, not the paper's 5,000,
+    and the section carries the study's verdicts."""
+    out = tmp_path / "r"
+    result = run_cli("reproduce", "--sample", "--scale", "0.02", "--question-seeds", "0", "--with-depth",
+                     "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    depth = json.loads((out / "depth" / "depth.json").read_text())
+    assert depth["depths"] == [20, 32, 44, 56] and depth["seeds"] == 2 and depth["epochs"] == 4   # 182 x 0.02
+    config = json.loads((out / "depth" / "plain-56" / "seed-1" / "config.json").read_text())
+    assert (config["val_size"], config["limit_train"], config["skip"]) == (20, 64, False)
+    saved = json.loads((out / "reproduce.json").read_text())["questions"]
+    assert saved["answers"] == [] and saved["depth"]["findings"] == depth["findings"]
+    md = (out / "report.md").read_text()
+    assert depth["findings"][0] in md and (out / "figures" / "depth-figure6.png").is_file()

@@ -213,3 +213,10 @@ def test_multistep_cuts_the_lr_at_half_and_three_quarters_of_any_budget():
 def test_milestones_out_of_order_or_range_are_refused(milestones):
     with pytest.raises(UsageError, match="milestones must be increasing fractions of the run in"):
         train_config({"model": "resnet20", "dataset": "cifar10", "schedule": "multistep", "milestones": milestones})
+
+
+@pytest.mark.parametrize("steps, expected", [(1, [1.0]), (2, [1.0, 0.1]), (3, [1.0, 1.0, 0.1]),
+                                             (4, [1.0, 1.0, 0.1, 0.01])])
+def test_multistep_on_a_budget_of_a_few_steps_keeps_the_first_lr_for_the_first_step(steps, expected):
+    cfg = train_config({"model": "resnet20", "dataset": "cifar10", "epochs": 1}, recipe="he2015-cifar")
+    assert [lr_factor(cfg, s, steps) for s in range(steps)] == pytest.approx(expected)

@@ -123,8 +123,9 @@ def _add_depth_command(sub) -> None:
                            "error dashed, test error solid) and report.html. The verdict on degradation: the deepest "
                            "net's final training error minus the shallowest's, paired over seeds, with its 95% "
                            "interval; 'no clear effect' where it covers 0. Finished runs are reused, stopped ones "
-                           "resumed. Every train flag but --model and --skip/--no-skip works (--epochs scales the "
-                           "recipe's budget down; --limit-train N takes fewer images).",
+                           "resumed. Every train flag but --model, --skip/--no-skip and --no-test works (the study sets "
+                           "the first two and needs the test split; --epochs scales the recipe's budget down; "
+                           "--limit-train N takes fewer images).",
                            epilog="Examples: cifarlab depth --depths 20,56 --epochs 1 --seeds 2 --sample --val-size 0; "
                            "cifarlab depth --depths 20,32,44,56 --epochs 10 --limit-train 10000 --seeds 2 --jobs 2 "
                            "--out runs/depth")
@@ -227,7 +228,8 @@ def _add_study_commands(sub) -> None:
                            "(He et al.'s Fig. 6 and the degradation verdicts) to that section")
     reproduce.add_argument("--with-depth", action="store_true",
                            help="run the depth study too (plain and residual nets of depth 20, 32, 44, 56, recipe "
-                           "he2015-cifar, scaled by --scale; at full scale a GPU job) into OUT/depth")
+                           "he2015-cifar, scaled by --scale, over --question-seeds seeds but at least 2; at full "
+                           "scale a GPU job) into OUT/depth")
     _add_jobs(reproduce)
     reproduce.add_argument("--device", choices=DEVICES)
     reproduce.add_argument("--no-download", dest="download", action="store_const", const=False)

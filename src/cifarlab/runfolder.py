@@ -198,7 +198,13 @@ class RunFolder:
         if not self.diagnostics_path.is_file():
             raise UsageError(f"{self.path}: no {DIAGNOSTICS}; train with --diagnostics N (e.g. --diagnostics 50) to "
                              "record the gradient flow")
-        return [json.loads(line) for line in self.diagnostics_path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in self.diagnostics_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:     # a line cut short by a kill (resume trims it): not a row
+                continue
+        return rows
 
     def load_checkpoint(self, name: str = LAST) -> dict:
         return load_checkpoint(self.checkpoint_path(name))

@@ -24,6 +24,8 @@ KIND_TITLES = {"plain": "Plain nets (no shortcuts)", "resnet": "Residual nets (R
 def error_cell(net: dict, what: str) -> str:
     """'22.31 ± 1.20 [19.10, 25.52]': mean ± std over seeds and the 95% interval of the mean."""
     interval = net[f"final_{what}_error_ci95"]
+    if len(net[f"final_{what}_error_per_seed"]) == 1:
+        return f"{net[f'final_{what}_error_mean']:.2f} (1 seed)"       # one value has no spread to show
     text = plus_minus(net, f"final_{what}_error")
     return text if interval is None else f"{text} [{interval[0]:.2f}, {interval[1]:.2f}]"
 

@@ -29,7 +29,7 @@ SWITCH_LABELS = (("batchnorm", "no BatchNorm"), ("skip", "no skips"), ("dropout"
 # ---------------------------------------------------------------- the numbers
 
 def by_step(rows: list[dict]) -> dict[int, list[dict]]:
-    """step -> its rows in depth order."""
+    """step -> its rows in depth order (a shortcut's projection beside the layer before it)."""
     steps: dict[int, list[dict]] = {}
     for row in rows:
         steps.setdefault(row["step"], []).append(row)
@@ -50,8 +50,16 @@ def moments(rows: list[dict]) -> dict[str, int]:
     return chosen
 
 
+def main_path(layers: list[dict]) -> list[dict]:
+    """A step's layers without residual shortcuts' projections: the layers a plain twin has too (rows written
+    before the `shortcut` column are told by their module path)."""
+    return [r for r in layers
+            if not r.get("shortcut", any(p in ("downsample", "shortcut") for p in r["layer"].split(".")))]
+
+
 def first_last_ratio(layers: list[dict]) -> float | None:
-    """One step's first layer's gradient norm over its last layer's."""
+    """One step's first layer's gradient norm over its last layer's (on the main path)."""
+    layers = main_path(layers)
     first, last = layers[0]["grad_norm"], layers[-1]["grad_norm"]
     return first / last if first is not None and last else None
 
@@ -133,13 +141,13 @@ def depth_figure(flows: list[RunFlow]):
     for flow in flows:
         shown_steps = moments(flow.rows)
         for ax, name in zip(axes[0], names):
-            layers = flow.steps[shown_steps.get(name, max(flow.steps))]
+            layers = main_path(flow.steps[shown_steps.get(name, max(flow.steps))])
             labelled = flow is next(f for f in flows if f.group == flow.group)
-            ax.plot([r["depth"] for r in layers], [r["grad_norm"] for r in layers], marker="o", ms=3,
+            ax.plot(range(len(layers)), [r["grad_norm"] for r in layers], marker="o", ms=3,
                     color=colours[flow.group], alpha=0.8, label=flow.label if labelled else None)
     for ax, name in zip(axes[0], names):
         steps = {moments(f.rows).get(name) for f in flows}
-        ax.set(yscale="log", xlabel="layer depth (0 = first)",
+        ax.set(yscale="log", xlabel="layer depth on the main path (0 = first)",
                title=f"{name} (step {steps.pop()})" if len(steps) == 1 else name)
         ax.grid(alpha=0.3, which="both")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -159,7 +167,7 @@ def run_gradients_figure(run: RunFolder):
         ax = fig.add_subplot(grid[1, i])
         layers = flow.steps[step]
         ax.plot([r["depth"] for r in layers], [r["grad_norm"] for r in layers], marker="o", ms=3)
-        ax.set(yscale="log", xlabel="layer depth (0 = first)", title=f"{name} (step {step})")
+        ax.set(yscale="log", xlabel="layer depth on the main path (0 = first)", title=f"{name} (step {step})")
         ax.grid(alpha=0.3, which="both")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return shown(fig)

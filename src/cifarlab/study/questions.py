@@ -205,8 +205,17 @@ def gradient_answer(pair: Pair, arms: dict[str, list[RunFolder]]) -> dict | None
 
 
 def ratio_text(cell: dict, when: str) -> str:
-    mean, std = cell[f"{when}_mean"], cell[f"{when}_std"]
-    return "n/a" if mean is None else f"{mean:.3g} \u00b1 {std:.2g}"
+    """'0.25 ± 0.07 (2 seeds)', '0.25 (1 seed)', 'n/a'."""
+    mean, std, n = cell[f"{when}_mean"], cell[f"{when}_std"], len(cell[f"{when}_per_seed"])
+    if mean is None:
+        return "n/a"
+    return f"{mean:.3g} (1 seed)" if n == 1 else f"{mean:.3g} \u00b1 {std:.2g} ({plural(n, 'seed')})"
+
+
+def accuracy_text(answer: dict, arm: str, what: str) -> str:
+    values = answer[f"{arm}_{what}_acc_per_seed"]
+    mean, std = answer[f"{arm}_{what}_acc_mean"], answer[f"{arm}_{what}_acc_std"]
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} \u00b1 {std:.2f}"
 
 
 def load_depth(folder: str | Path) -> dict:
@@ -231,10 +240,10 @@ def questions_section(report: Report, answers: list[dict], gradients: list[dict]
     for answer in answers:
         section.text(f"> \u201c{answer['quote']}\u201d").text(f"**{answer['question']}.** {answer['text']}")
         section.pre(text_table(["arm", "train %", "test %", "seeds"], [
-            [arm, f"{answer[f'{arm}_train_acc_mean']:.2f} \u00b1 {answer[f'{arm}_train_acc_std']:.2f}",
-             f"{answer[f'{arm}_test_acc_mean']:.2f} \u00b1 {answer[f'{arm}_test_acc_std']:.2f}",
+            [arm, accuracy_text(answer, arm, "train"), accuracy_text(answer, arm, "test"),
              str(len(answer[f"{arm}_test_acc_per_seed"]))] for arm in ("with", "without")]))
-    gradients_block(section, gradients, figures, save)
+    if answers:         # --question-seeds 0 trains no pair, so there is no gradient flow to show
+        gradients_block(section, gradients, figures, save)
     if depth is not None:
         depth_block(section, depth, figures, save)
 
@@ -247,8 +256,9 @@ def gradients_block(section, gradients: list[dict], figures: Path, save) -> None
         section.text("Gradient flow: not measured (the runs were trained before --diagnostics recorded gradients).")
         return
     section.text("> \u201cThere may even be vanishing-gradient issues\u201d \u2014 the first layer's gradient norm "
-                 "over the last layer's, early (the first recorded step) and late (the last), mean \u00b1 std over "
-                 "seeds. Below 1 the first layers get less gradient; orders of magnitude below is the "
+                 "over the last layer's (on the main path: a shortcut's projection is not a layer of the plain "
+                 "twin), early (the first recorded step: the network as initialised) and late (the last), mean "
+                 "\u00b1 std over seeds. Below 1 the first layers get less gradient; orders of magnitude below is the "
                  "vanishing-gradient picture.")
     rows = [[g["arms"][arm]["label"], ratio_text(g["arms"][arm], "early"), ratio_text(g["arms"][arm], "late")]
             for g in measured for arm in ("with", "without")]

@@ -134,15 +134,14 @@ def plan(data_dir, scale: float, tuned: bool, out: Path, overrides: dict, diagno
 
 # He et al.'s budget in the he2015-cifar recipe, scaled like the article's runs by --with-depth
 DEPTH_EPOCHS = 182
-CIFAR10_TRAIN = 50_000
 
 
 def depth_config(data_dir, scale: float, out: Path, overrides: dict) -> TrainConfig:
     """The depth study of --with-depth: he2015-cifar on CIFAR-10, its epochs and images scaled like the rest, its
     validation split a tenth of the train images up to the paper's 5,000."""
-    images = train_images("cifar10", data_dir, scale, overrides.get("download", True))
-    epochs, limit = scaled(DEPTH_EPOCHS, images, scale)
-    total = images or CIFAR10_TRAIN
+    # counted in the files at every scale: the validation split must fit a smaller copy (cifar-mini, the sample)
+    total = len(load_dataset("cifar10", data_dir, download_missing=overrides.get("download", True)).train)
+    epochs, limit = scaled(DEPTH_EPOCHS, total, scale)
     return build_config({**overrides, "model": "resnet20", "dataset": "cifar10", "epochs": epochs,
                          "limit_train": limit, "val_size": min(5000, total // 10), "data_dir": data_dir,
                          "out": str(out / "depth")}, "he2015-cifar")

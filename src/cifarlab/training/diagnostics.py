@@ -7,9 +7,12 @@ parameter of 2 or more dimensions that trains: convolutions and linear layers; n
 stem) it writes one row to RUN/diagnostics.jsonl:
 
 - step (global, 1-based), epoch, layer (its module path, e.g. "features.3"), kind ("Conv2d"), depth (its index
-  among the recorded layers, in module order: the forward order of a Sequential model);
+  among the recorded layers on the main path, in module order: the forward order of a Sequential model),
+  shortcut (true for a residual block's projection, `downsample` or `shortcut`, which is not on the main path:
+  it takes the depth of the layer before it, so a plain net and its residual twin number their layers alike);
 - grad_norm: the L2 norm of the weight's gradient after backward (as the optimizer sees it: averaged over
-  ranks by DDP under torchrun, unscaled under fp16), torch.linalg.vector_norm(layer.weight.grad);
+  ranks by DDP under torchrun, unscaled under fp16), torch.linalg.vector_norm(layer.weight.grad); null where it
+  is not finite (an fp16 overflow, whose step the scaler skips: that step's update_ratio is null too);
 - weight_norm: the L2 norm of the weight before the optimizer step;
 - update_ratio: ||weight after the step - weight before|| / weight_norm (the optimizer's whole step:
   momentum, weight decay, Adam's scaling);
@@ -29,6 +32,7 @@ gradients, weights and outputs, draws no random number and writes nothing into t
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -37,6 +41,14 @@ from torch import nn
 from cifarlab.storage import atomic_write_text
 
 FIELDS = ("grad_norm", "weight_norm", "update_ratio", "act_mean", "act_std", "relu_zero")
+
+
+SHORTCUTS = ("downsample", "shortcut")     # the module names of residual shortcuts (ours and torchvision's)
+
+
+def on_shortcut(name: str) -> bool:
+    """Whether module path `name` lies on a residual shortcut ("layer2.0.downsample.0")."""
+    return any(part in SHORTCUTS for part in name.split("."))
 
 
 def recorded_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -101,6 +113,7 @@ class Diagnostics:
             scaler.unscale_(optimizer)    # what scaler.step does first anyway: the same numbers, read unscaled
         with torch.no_grad():
             grads = [m.weight.grad for _, m in self.layers]
+            self._has_grad = [g is not None for g in grads]
             self._grad_norms = [torch.full((), float("nan"), device=m.weight.device) if g is None
                                 else torch.linalg.vector_norm(g.detach()) for g, (_, m) in zip(grads, self.layers)]
             # read now: some optimizers (Muon) change the gradients in place
@@ -136,12 +149,17 @@ class Diagnostics:
                                    for g, n, u in zip(self._grad_norms, norms, self._after)]).tolist()   # one sync
             acts = {k: v.tolist() for k, v in self._acts.items()}
             relu = {k: v.item() for k, v in self._relu.items()}
-        rows = []
-        for depth, ((name, module), (grad, weight, update)) in enumerate(zip(self.layers, numbers)):
+        rows, depth = [], -1
+        # a gradient that is there but not finite: an fp16 overflow, whose step the scaler skips
+        overflow = any(has and not math.isfinite(g) for has, (g, _, _) in zip(self._has_grad, numbers))
+        for (name, module), (grad, weight, update) in zip(self.layers, numbers):
+            shortcut = on_shortcut(name)
+            depth += 0 if shortcut else 1
             act = acts.get(name, (None, None))
             rows.append({"step": self.step, "epoch": self.epoch, "layer": name, "kind": type(module).__name__,
-                         "depth": depth, "grad_norm": None if grad != grad else grad, "weight_norm": weight,
-                         "update_ratio": update / weight if weight > 0 else None,
+                         "depth": max(depth, 0), "shortcut": shortcut,
+                         "grad_norm": grad if math.isfinite(grad) else None, "weight_norm": weight,
+                         "update_ratio": update / weight if weight > 0 and not overflow else None,
                          "act_mean": act[0], "act_std": act[1], "relu_zero": relu.get(name)})
         return rows
 
@@ -164,6 +182,8 @@ def histogram(values: torch.Tensor, bins: int = 64) -> dict:
     binning of a 2M-value gradient costs more than the training step it describes."""
     flat = values.detach().float().flatten()
     lo, hi = flat.min().item(), flat.max().item()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None       # an fp16 overflow's gradient: torch.histc refuses a range that is not finite
     hi = hi if hi > lo else lo + max(abs(lo), 1.0) * 1e-6     # one value: one narrow bucket
     counts = torch.histc(flat, bins=bins, min=lo, max=hi)
     return {"min": lo, "max": hi, "num": flat.numel(), "sum": flat.sum().item(),

@@ -90,7 +90,9 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         return cfg.gamma ** (step // (cfg.step_size * steps_per_epoch))
     if cfg.schedule == "multistep":
         # cut by gamma at each milestone, a fraction of all the steps (He et al.: 32k and 48k of 64k iterations)
-        return cfg.gamma ** sum(step >= round(m * total) for m in cfg.milestones)
+        # (ceil, at least step 1: a budget of a step or two keeps its first lr, and no two cuts share a step
+        # where the budget has room for both)
+        return cfg.gamma ** sum(step >= max(1, math.ceil(m * total)) for m in cfg.milestones)
     if cfg.schedule == "cosine":
         warm = cfg.warmup_epochs * steps_per_epoch
         if step < warm:
