@@ -90,9 +90,13 @@ class Diagnostics:
     def _layer_hook(self, name: str):
         def hook(module, inputs, output):
             if name not in self._acts and isinstance(output, torch.Tensor):   # a layer called twice: its first call
-                # computed now: an in-place ReLU may overwrite this output before the step ends
-                out = output.detach().float()
-                std, mean = torch.std_mean(out) if out.numel() > 1 else (out.new_zeros(()), out.mean())
+                # computed now: an in-place ReLU may overwrite this output before the step ends. Two passes in
+                # the output's own precision with float32 sums: std_mean over a float copy cost 3.7x as much
+                # (6.5 against 1.7 ms on a bf16 batch of 64 x 32 x 32 x 32, BENCHMARKS.md)
+                out = output.detach()
+                mean = out.mean(dtype=torch.float32)
+                std = (torch.linalg.vector_norm(out - mean.to(out.dtype), dtype=torch.float32)
+                       / math.sqrt(out.numel() - 1)) if out.numel() > 1 else mean.new_zeros(())
                 self._acts[name] = torch.stack([mean, std])
                 self._waiting.append(name)
         return hook
