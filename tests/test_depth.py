@@ -166,13 +166,14 @@ def cifar_resnet_params(depth: int, classes: int = 10) -> int:
     return params + 64 * classes + classes
 
 
-SAMPLE_STUDY = ("depth", "--depths", "20,56", "--epochs", "1", "--seeds", "2", "--sample", "--val-size", "0")
+SAMPLE_STUDY = ("depth", "--depths", "20,56", "--epochs", "1", "--seeds", "2", "--sample")
 
 
 @pytest.fixture(scope="module")
 def sample_study(tmp_path_factory):
-    """The acceptance line on the shipped sample (he2015-cifar holds out 5,000 val images, more than the sample's
-    200: --val-size 0), quietly: 8 one-epoch runs, ~1 min on 2 cores."""
+    """The acceptance line on the shipped sample, as the issue writes it (he2015-cifar holds out 5,000 val
+    images, more than the sample's 200: the study holds out a tenth and says so), quietly: 8 one-epoch runs,
+    ~1 min on 2 cores."""
     out = tmp_path_factory.mktemp("depth") / "study"
     result = run_cli(*SAMPLE_STUDY, "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
@@ -195,13 +196,16 @@ def test_the_acceptance_study_trains_both_kinds_at_each_depth_and_reports_what_t
         assert row["final_train_error_mean"] == pytest.approx(statistics.mean(train))
         assert row["final_test_error_std"] == pytest.approx(statistics.stdev(100 - s["final_test_acc"] for s in summaries))
     assert cifar_resnet_params(20) == 269_722                                # the paper's 0.27M
+    assert config["val_size"] == 20 and result.stderr.splitlines()[0] == (
+        "cifarlab: note: recipe he2015-cifar holds out 5,000 images for validation and cifar10 here has 200 train "
+        "images: holding out 20 (a tenth) instead; --val-size N chooses")
     plain = data["verdicts"]["plain"]
     errors = {n["net"]: n["final_train_error_per_seed"] for n in data["nets"]}
     diffs = [b - a for a, b in zip(errors["plain-20"], errors["plain-56"])]
     assert plain["difference_per_seed"] == pytest.approx(diffs)
     assert plain["difference_ci95"] == pytest.approx(t_interval(diffs, 12.706))
     assert plain["text"] in result.stdout and data["verdicts"]["resnet"]["text"] in result.stdout
-    assert "1 epoch x 1 step = 1 iteration of batch 128 on 200 train images (128 images seen)" in result.stdout
+    assert "1 epoch x 1 step = 1 iteration of batch 128 on 180 train images (128 images seen)" in result.stdout   # 200 - 20 val
     assert "| resnet-56 |" in (out / "depth.md").read_text() and (out / "depth.png").stat().st_size > 20_000
 
 
@@ -222,14 +226,15 @@ def test_a_second_call_reuses_every_run_and_a_stale_one_is_refused(sample_study)
     assert again.stdout.count("already finished, reusing it") == 8
     assert json.loads((out / "depth.json").read_text())["nets"] == before["nets"]
     stale = run_cli(*SAMPLE_STUDY, "--out", str(out), "--lr", "0.05")
-    assert stale.returncode == 2 and len(stale.stderr.splitlines()) == 1
-    assert "plain-20/seed-0 was trained with lr 0.1, this study asks 0.05" in stale.stderr
+    # the note on the validation split, then the refusal: one line
+    assert stale.returncode == 2 and len(stale.stderr.splitlines()) == 2
+    assert "plain-20/seed-0 was trained with lr 0.1, this study asks 0.05" in stale.stderr.splitlines()[-1]
 
 
 @pytest.mark.slow
 def test_from_python_the_study_comes_back_holding_its_runs(sample_study):
     out, _ = sample_study
-    result = cifarlab.depth(depths=[20, 56], seeds=2, epochs=1, val_size=0, data_dir=str(cifarlab.sample_dir()),
+    result = cifarlab.depth(depths=[20, 56], seeds=2, epochs=1, data_dir=str(cifarlab.sample_dir()),
                             download=False, out=out, quiet=True)            # every run reused: nothing trains
     assert isinstance(result.runs[0], cifarlab.Run) and len(result.runs) == 8
     assert list(result.nets()) == ["plain-20", "resnet-20", "plain-56", "resnet-56"]

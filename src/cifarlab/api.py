@@ -125,11 +125,12 @@ def depth(family: str = "resnet-cifar", depths: str | list[int] = "20,32,44,56",
     depths: "20,56" or [20, 56], each 6n+2 and registered. settings: as for train() (epochs=3, limit_train=5000);
     not model or skip, which the study sets. jobs, ray, ray_cpus: as for train().
     """
-    from cifarlab.study.depth import depth_settings, depth_study
+    from cifarlab.study.depth import depth_settings, depth_study, fit_validation
 
     launch = _launch(seeds, jobs, ray, ray_cpus)
     parsed, settings = depth_settings(family, depths, settings)
     cfg, _ = _config(settings.pop("model"), dataset, recipe, out, settings)
+    cfg = fit_validation(cfg, settings.get("val_size") is not None, _note)
     return _as_runs(depth_study(cfg, family, parsed, seeds, launch))
 
 
@@ -197,10 +198,11 @@ def command_config(settings: dict, recipe: str | None = None, sample: bool = Fal
 
 def depth_command(settings: dict, family: str, depths: str, seeds: int, recipe: str | None, sample: bool, launch):
     """`cifarlab depth`: its flags' settings (dataset cifar10 and recipe he2015-cifar unless given) -> the study."""
-    from cifarlab.study.depth import DEFAULT_RECIPE, depth_settings, depth_study
+    from cifarlab.study.depth import DEFAULT_RECIPE, depth_settings, depth_study, fit_validation
 
     parsed, settings = depth_settings(family, depths, {**settings, "dataset": settings.get("dataset") or "cifar10"})
     cfg = command_config(settings, recipe or DEFAULT_RECIPE, sample)
+    cfg = fit_validation(cfg, settings.get("val_size") is not None, _note)
     return depth_study(cfg, family, parsed, seeds, launch)
 
 

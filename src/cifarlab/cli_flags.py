@@ -126,7 +126,7 @@ def _add_depth_command(sub) -> None:
                            "resumed. Every train flag but --model, --skip/--no-skip and --no-test works (the study sets "
                            "the first two and needs the test split; --epochs scales the recipe's budget down; "
                            "--limit-train N takes fewer images).",
-                           epilog="Examples: cifarlab depth --depths 20,56 --epochs 1 --seeds 2 --sample --val-size 0; "
+                           epilog="Examples: cifarlab depth --depths 20,56 --epochs 1 --seeds 2 --sample; "
                            "cifarlab depth --depths 20,32,44,56 --epochs 10 --limit-train 10000 --seeds 2 --jobs 2 "
                            "--out runs/depth")
     _add_train_args(depth)

@@ -86,6 +86,25 @@ def depth_settings(family: str, depths, settings: dict) -> tuple[list[int], dict
     return parsed, {**settings, "model": FAMILIES[family][0].format(depth=parsed[0]), "skip": None}
 
 
+def fit_validation(cfg: TrainConfig, given: bool, note=None) -> TrainConfig:
+    """The recipe's validation split where it fits the data; where it would take half the train images or more
+    (he2015-cifar's 5,000 on the 200 images of the sample, or on cifar-mini's 5,000), a tenth of them instead, said
+    in a note. A --val-size the user gave is kept as given (and refused in one line where it cannot work)."""
+    if given or not cfg.val_size:
+        return cfg
+    from cifarlab.data.sources import load_dataset
+
+    images = len(load_dataset(cfg.dataset, cfg.data_dir, download_missing=cfg.download).train)
+    if cfg.val_size < images // 2:
+        return cfg
+    fitted = dataclasses.replace(cfg, val_size=images // 10)
+    if note is not None:
+        note(f"cifarlab: note: recipe {cfg.recipe} holds out {cfg.val_size:,} images for validation and "
+             f"{cfg.dataset} here has {images:,} train images: holding out {fitted.val_size:,} (a tenth) instead; "
+             "--val-size N chooses")
+    return fitted
+
+
 def check_base(cfg: TrainConfig) -> None:
     """What depth refuses before training: a run that never scores test (the paper's numbers are test errors)."""
     if not cfg.test:
