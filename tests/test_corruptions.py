@@ -1,0 +1,221 @@
+"""CIFAR-10-C-style corruptions on real CIFAR-10 test images: seeded bytes, each corruption's direction, severity
+1 < 5, the cache, the official -C layout reader, and `evaluate --corruptions` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cifarlab.data import corruption_ops as ops
+from cifarlab.data.corruptions import NAMES, corrupt, corrupted_sets, parse_corruptions, parse_severities, \
+    read_official, set_cache_path
+from cifarlab.errors import UsageError
+from conftest import run_cli
+
+# the corruptions whose output depends on random draws (the others are fixed functions of the image)
+RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost", "fog",
+          "elastic_transform"}
+
+
+@pytest.fixture(scope="module")
+def images(cifar10_sample) -> torch.Tensor:
+    """32 real CIFAR-10 test images, uint8 (32, 3, 32, 32)."""
+    return cifar10_sample.test.images[:32].clone()
+
+
+def _f(x: torch.Tensor) -> torch.Tensor:
+    return x.double() / 255
+
+
+def high_frequency(x: torch.Tensor) -> float:
+    """Mean squared difference of neighbouring pixels: the energy a blur removes and noise adds."""
+    x = _f(x)
+    return float(((x[..., 1:, :] - x[..., :-1, :]) ** 2).mean() + ((x[..., :, 1:] - x[..., :, :-1]) ** 2).mean())
+
+
+def rms_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a.double() - b.double()) ** 2).mean().sqrt())
+
+
+def test_the_fifteen_corruptions_of_cifar10c():
+    assert NAMES == ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+                     "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform",
+                     "pixelate", "jpeg_compression")
+    assert parse_corruptions("fog,gaussian_noise") == ["gaussian_noise", "fog"]
+    assert parse_severities("2-4") == [2, 3, 4] and parse_severities("5,1") == [1, 5]
+    with pytest.raises(UsageError, match="unknown corruption 'rain'"):
+        parse_corruptions("fog,rain")
+    with pytest.raises(UsageError, match="severities run from 1 to 5"):
+        parse_severities("0-5")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_gives_the_same_bytes(images, name):
+    first = corrupt(images[:8], name, 3, seed=7)
+    assert first.dtype == torch.uint8 and first.shape == images[:8].shape
+    assert torch.equal(first, corrupt(images[:8], name, 3, seed=7))
+    assert not torch.equal(first, images[:8])
+    if name in RANDOM:
+        assert not torch.equal(first, corrupt(images[:8], name, 3, seed=8))
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "impulse_noise"])
+def test_noise_raises_pixel_variance_and_high_frequency_energy(images, name):
+    out = corrupt(images, name, 3)
+    assert high_frequency(out) > 1.3 * high_frequency(images)
+    assert float(_f(out).var(dim=(2, 3)).mean()) > float(_f(images).var(dim=(2, 3)).mean())
+
+
+@pytest.mark.parametrize("name", ["defocus_blur", "motion_blur", "zoom_blur", "fog"])
+def test_blur_and_fog_lower_high_frequency_energy(images, name):
+    assert high_frequency(corrupt(images, name, 3)) < 0.8 * high_frequency(images)
+
+
+@pytest.mark.parametrize("name", ["pixelate", "jpeg_compression"])
+def test_pixelate_and_jpeg_lose_detail(images, name):
+    assert high_frequency(corrupt(images, name, 5)) < 0.95 * high_frequency(images)
+
+
+def test_glass_blur_shuffles_pixels_without_changing_them(images):
+    # at severity 1 the Gaussian (sigma 0.05) leaves every pixel as it was: only the local swaps remain
+    out = corrupt(images, "glass_blur", 1)
+    assert rms_change(out, images) > 10
+    flat = lambda x: x.permute(0, 2, 3, 1).reshape(len(x), -1, 3)   # noqa: E731
+    for a, b in zip(flat(out), flat(images)):
+        assert sorted(map(tuple, a.tolist())) == sorted(map(tuple, b.tolist()))
+
+
+@pytest.mark.parametrize("name", ["snow", "frost", "brightness"])
+def test_weather_and_brightness_make_images_brighter(images, name):
+    assert float(_f(corrupt(images, name, 3)).mean()) > float(_f(images).mean()) + 0.03
+
+
+def test_brightness_raises_the_largest_channel_by_its_constant(images):
+    out = _f(corrupt(images, "brightness", 5)).amax(1)          # severity 5 adds 0.3 to HSV's value
+    expected = (_f(images).amax(1) + 0.3).clamp(max=1)
+    assert float((out - expected).abs().max()) <= 1 / 255 + 1e-9
+
+
+def test_contrast_scales_each_channels_spread_by_its_constant(images):
+    out = _f(corrupt(images, "contrast", 5))                      # severity 5 keeps 15% of the spread
+    ratio = out.std(dim=(2, 3)) / _f(images).std(dim=(2, 3))
+    assert float((ratio - 0.15).abs().max()) < 0.01
+
+
+def test_elastic_transform_moves_pixels_and_keeps_the_colours(images):
+    out = corrupt(images, "elastic_transform", 3)
+    assert rms_change(out, images) > 10
+    assert float((_f(out).mean(dim=(2, 3)) - _f(images).mean(dim=(2, 3))).abs().mean()) < 0.03
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "elastic_transform"])
+def test_severity_5_distorts_more_than_severity_1(images, name):
+    assert rms_change(corrupt(images, name, 5), images) > rms_change(corrupt(images, name, 1), images)
+
+
+def test_elastic_local_warp_grows_with_severity(images):
+    # CIFAR-10-C's elastic constants shrink the random affine (2.56 px at severity 1, 0.96 px at 5) as they grow
+    # the local warp, so the whole transform's pixel change falls; the local warp alone grows
+    x = images.float() / 255
+    change = []
+    for strength, smoothness, _ in ((0, 0, 0.08 * 32), (3.2, 0.03 * 32, 0.03 * 32)):
+        out = ops.elastic_transform(x, (strength, smoothness, 0.0), torch.Generator().manual_seed(0))
+        change.append(float(((out - x) ** 2).mean().sqrt()))
+    assert change[0] < 1e-6 < 0.02 < change[1]
+
+
+def test_generated_sets_are_cached_by_images_seed_and_version(images, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFARLAB_CACHE", str(tmp_path))
+    first = {(n, s): x for n, s, x in corrupted_sets(images[:8], ["fog"], [1, 5], seed=3, identity="abc")}
+    assert len(list((tmp_path / "corruptions").rglob("*.npy"))) == 2
+    monkeypatch.setattr("cifarlab.data.corruptions.corrupt", lambda *a: pytest.fail("made again, not read"))
+    again = {(n, s): x for n, s, x in corrupted_sets(images[:8], ["fog"], [1, 5], seed=3, identity="abc")}
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert torch.equal(first["fog", 5], corrupt(images[:8], "fog", 5, seed=3))
+    path = set_cache_path("h", "abc", "fog", 5, 3)
+    assert path != set_cache_path("h", "abc", "fog", 5, 4) and path != set_cache_path("h", "abd", "fog", 5, 3)
+
+
+def write_official(folder, images: torch.Tensor, labels: torch.Tensor, names, seed: int = 0):
+    """NAME.npy (5*N, H, W, 3) uint8, severities 1..5 in order, and labels.npy (5*N,) uint8: CIFAR-10-C's layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        sets = [corrupt(images, name, s, seed).permute(0, 2, 3, 1).numpy() for s in range(1, 6)]
+        np.save(folder / f"{name}.npy", np.concatenate(sets).astype(np.uint8))
+    np.save(folder / "labels.npy", np.tile(labels.numpy(), 5).astype(np.uint8))
+
+
+def test_official_layout_reader_gives_back_each_severity(images, cifar10_sample, tmp_path):
+    labels = cifar10_sample.test.labels[:32]
+    write_official(tmp_path, images, labels, ["fog", "pixelate"])
+    got = list(read_official(tmp_path, ["fog", "pixelate"], [2, 5], (3, 32, 32)))
+    assert [(n, s) for n, s, _, _ in got] == [("fog", 2), ("fog", 5), ("pixelate", 2), ("pixelate", 5)]
+    for name, severity, x, y in got:
+        assert torch.equal(x, corrupt(images, name, severity)) and torch.equal(y, labels)
+
+
+def test_official_layout_refused_in_one_line(images, cifar10_sample, tmp_path):
+    write_official(tmp_path, images, cifar10_sample.test.labels[:32], ["fog"])
+    with pytest.raises(UsageError, match="no snow.npy"):
+        list(read_official(tmp_path, ["fog", "snow"], [1], (3, 32, 32)))
+    np.save(tmp_path / "fog.npy", np.zeros((150, 32, 32, 3), np.uint8))
+    with pytest.raises(UsageError, match=r"fog.npy is uint8 \(150, 32, 32, 3\); expected uint8 \(160, 32, 32, 3\)"):
+        list(read_official(tmp_path, ["fog"], [1], (3, 32, 32)))
+    (tmp_path / "labels.npy").unlink()
+    with pytest.raises(UsageError, match="no labels.npy"):
+        list(read_official(tmp_path, ["fog"], [1], (3, 32, 32)))
+
+
+@pytest.fixture(scope="module")
+def sample_run(cifar_sample, tmp_path_factory):
+    """A basic-cnn trained for one epoch on the shipped sample (one subprocess)."""
+    out = tmp_path_factory.mktemp("corrupt") / "run"
+    result = run_cli("train", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_sample),
+                     "--epochs", "1", "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_official_files_score_as_the_same_sets_generated_here(sample_run, cifar10_sample, tmp_path, monkeypatch):
+    from cifarlab import load_run
+
+    monkeypatch.setenv("CIFARLAB_CACHE", str(tmp_path / "cache"))
+    test = cifar10_sample.test
+    write_official(tmp_path / "c10c", test.images[:40], test.labels[:40], ["gaussian_noise", "contrast"], seed=5)
+    run = load_run(sample_run)
+    made = run.evaluate_corruptions("gaussian_noise,contrast", "1,5", limit=40, seed=5, progress=False)
+    read = run.evaluate_corruptions("contrast,gaussian_noise", [1, 5], limit=40, corruptions_dir=tmp_path / "c10c",
+                                    progress=False)
+    assert made["accuracy"] == read["accuracy"] and made["images"] == read["images"] == 40
+    assert made["mean_accuracy"] == pytest.approx(np.mean([v for by in made["accuracy"].values()
+                                                           for v in by.values()]))
+    assert "gaussian_noise" in str(made) and "ratio to clean" in str(made)
+    assert json.loads((sample_run / "evaluation-corruptions-dir" / "corruptions.json").read_text())["generated"] \
+        is False
+
+
+def test_cli_refuses_a_wrong_corruptions_dir_in_one_line(sample_run, tmp_path):
+    result = run_cli("evaluate", str(sample_run), "--corruptions-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"cifarlab: error: --corruptions-dir {tmp_path}: no labels.npy "
+                                                  f"(the official CIFAR-10-C layout: one NAME.npy per corruption "
+                                                  f"and labels.npy)"]
+
+
+@pytest.mark.slow
+def test_evaluate_all_corruptions_writes_json_and_figures(sample_run, tmp_path):
+    env = {**__import__("os").environ, "CIFARLAB_CACHE": str(tmp_path)}
+    result = run_cli("evaluate", str(sample_run), "--corruptions", "all", "--limit", "500", env=env)
+    assert result.returncode == 0, result.stderr
+    folder = sample_run / "evaluation-corruptions"
+    saved = json.loads((folder / "corruptions.json").read_text())
+    assert list(saved["accuracy"]) == list(NAMES) and all(len(by) == 5 for by in saved["accuracy"].values())
+    assert saved["images"] == 100                                 # the sample's whole test split: a cap, not a demand
+    assert saved["mean_accuracy"] == pytest.approx(np.mean([v for by in saved["accuracy"].values()
+                                                             for v in by.values()]))
+    assert f"mean corruption accuracy {saved['mean_accuracy']:.2f}%" in result.stdout
+    for png in ("corruptions.png", "corruption-examples.png"):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
