@@ -106,6 +106,7 @@ def test_contrast_scales_each_channels_spread_by_its_constant(images):
     out = _f(corrupt(images, "contrast", 5))                      # severity 5 keeps 15% of the spread
     ratio = out.std(dim=(2, 3)) / _f(images).std(dim=(2, 3))
     assert float((ratio - 0.15).abs().max()) < 0.01
+    assert float((out.mean(dim=(2, 3)) - _f(images).mean(dim=(2, 3))).abs().max()) < 1 / 255   # each channel's mean
 
 
 def test_elastic_transform_moves_pixels_and_keeps_the_colours(images):
@@ -222,3 +223,27 @@ def test_evaluate_all_corruptions_writes_json_and_figures(sample_run, tmp_path):
     assert f"mean corruption accuracy {saved['mean_accuracy']:.2f}%" in result.stdout
     for png in ("corruptions.png", "corruption-examples.png"):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_limit_below_one_is_refused(sample_run):
+    from cifarlab import load_run
+
+    with pytest.raises(UsageError, match="--limit must be >= 1, got 0"):
+        load_run(sample_run).evaluate_corruptions("fog", limit=0, progress=False)
+
+
+@pytest.mark.slow
+def test_speed_benchmark_times_generation_and_evaluation(cifar_sample):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "corruptions_speed.py"
+    result = subprocess.run([sys.executable, str(script), "--sample", "--images", "20", "--names", "fog,contrast"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures["per_corruption_s"]) == {"fog", "contrast"} and figures["images"] == 20
+    assert figures["ratio"] == pytest.approx(figures["generate_s"] / figures["evaluate_s"])
+    assert figures["extrapolated_full_generate_s"] == pytest.approx(figures["generate_s"] * 500)
+    assert "extrapolated linearly to 10,000 test images x 10 sets (not measured)" in result.stdout
