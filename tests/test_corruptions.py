@@ -201,6 +201,15 @@ def test_official_files_score_as_the_same_sets_generated_here(sample_run, cifar1
         is False
 
 
+def test_official_files_of_another_dataset_are_refused(sample_run, cifar10_sample, tmp_path):
+    from cifarlab import load_run
+
+    test = cifar10_sample.test
+    write_official(tmp_path, test.images[:20], (test.labels[:20] + 1) % 10, ["fog"])
+    with pytest.raises(UsageError, match="labels.npy \\(severity 1\\) differs from the labels of cifar10's test"):
+        load_run(sample_run).evaluate_corruptions("fog", limit=20, corruptions_dir=tmp_path, progress=False)
+
+
 def test_cli_refuses_a_wrong_corruptions_dir_in_one_line(sample_run, tmp_path):
     result = run_cli("evaluate", str(sample_run), "--corruptions-dir", str(tmp_path))
     assert result.returncode == 2

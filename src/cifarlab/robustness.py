@@ -82,7 +82,12 @@ def _sets(cfg, test: Split, names, severities, seed: int, corruptions_dir):
         for name, severity, images, labels in cc.read_official(corruptions_dir, names, severities,
                                                                 tuple(test.images.shape[1:])):
             if len(labels) < limit:
-                raise UsageError(f"--limit {limit}: {name}.npy holds {len(labels):,} images per severity")
+                raise UsageError(f"--corruptions-dir: {name}.npy holds {len(labels):,} images per severity; "
+                                 f"the test split {limit:,} (give --limit {len(labels)})")
+            if not torch.equal(labels[:limit], test.labels[:limit].cpu()):
+                # the -C files are the test split in order: other labels mean another dataset's files
+                raise UsageError(f"--corruptions-dir: labels.npy (severity {severity}) differs from the labels of "
+                                 f"{cfg.dataset}'s test split: files made from another dataset?")
             yield name, severity, images[:limit], labels[:limit]
         return
     from cifarlab.fingerprint import data_identity
