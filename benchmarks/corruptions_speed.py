@@ -5,7 +5,7 @@
 
 Takes the first N CIFAR-10 test images, generates every set asked with data/corruptions.py (no cache: the
 work itself), timing each corruption, then evaluates the model (its weights do not change the time) on each
-set with the evaluation loop `cifarlab evaluate` uses. Prints a table per corruption and the two totals, their
+set with the evaluation loop and precision `cifarlab evaluate` uses. Prints a table per corruption and the two totals, their
 ratio (the goal: generation <= evaluation), and both scaled linearly to CIFAR-10's 10,000 test images
 (750,000 images): an extrapolation, labelled as one. The last line is the figures as JSON. Time it on an
 otherwise idle machine; --threads sets torch's threads (the issue's goal is stated for 2 cores).
@@ -27,7 +27,7 @@ from cifarlab.data.loader import DeviceLoader
 from cifarlab.data.sources import load_dataset
 from cifarlab.models.registry import build_model
 from cifarlab.sample import DATA_DIR as SAMPLE
-from cifarlab.training.device import Precision
+from cifarlab.training.device import Precision, resolve_precision
 from cifarlab.training.evaluation import evaluate
 
 FULL_TEST = 10_000
@@ -36,7 +36,7 @@ FULL_TEST = 10_000
 def measure(images: torch.Tensor, labels: torch.Tensor, names: list[str], model, info) -> dict[str, list[float]]:
     """name -> [generation seconds, evaluation seconds], summed over the five severities."""
     cpu = torch.device("cpu")
-    precision = Precision("fp32")
+    precision = Precision(resolve_precision("auto", cpu))   # what `cifarlab evaluate` uses on this machine
     times = {}
     for name in names:
         made = evaluated = 0.0
@@ -69,7 +69,8 @@ def main() -> int:
     model = build_model(args.model, num_classes=10, in_channels=3).eval()
     names = parse_corruptions(args.names)
     print(f"{len(names) * 5} sets of {len(images):,} CIFAR-10 test images, {args.model}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+          f"{torch.get_num_threads()} threads, {resolve_precision('auto', torch.device('cpu'))}, "
+          f"torch {torch.__version__}")
     times = measure(images, labels, names, model, data.info)
     made = sum(t[0] for t in times.values())
     evaluated = sum(t[1] for t in times.values())
