@@ -5,9 +5,9 @@
 
 Takes the first N CIFAR-10 test images, generates every set asked with data/corruptions.py (no cache: the
 work itself), timing each corruption, then evaluates the model (its weights do not change the time) on each
-set with the evaluation loop and precision `cifarlab evaluate` uses. Prints a table per corruption and the two totals, their
-ratio (the goal: generation <= evaluation), and both scaled linearly to CIFAR-10's 10,000 test images
-(750,000 images): an extrapolation, labelled as one. The last line is the figures as JSON. Time it on an
+set with the evaluation loop and precision `cifarlab evaluate` uses. Prints a table per corruption, the two
+totals, their ratio (the goal: generation <= evaluation), and both scaled linearly to CIFAR-10's 10,000 test
+images (750,000 images): an extrapolation, labelled as one. The last line is the figures as JSON. Time it on an
 otherwise idle machine; --threads sets torch's threads (the issue's goal is stated for 2 cores).
 """
 

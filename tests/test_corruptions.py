@@ -197,6 +197,8 @@ def test_official_files_score_as_the_same_sets_generated_here(sample_run, cifar1
     assert made["mean_accuracy"] == pytest.approx(np.mean([v for by in made["accuracy"].values()
                                                            for v in by.values()]))
     assert "gaussian_noise" in str(made) and "ratio to clean" in str(made)
+    figure = made.plot()                                         # what a notebook shows: one line per corruption
+    assert len([line for line in figure.axes[0].get_lines() if line.get_label() in ("gaussian_noise", "contrast")]) == 2
     assert json.loads((sample_run / "evaluation-corruptions-dir" / "corruptions.json").read_text())["generated"] \
         is False
 

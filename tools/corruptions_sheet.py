@@ -18,7 +18,8 @@ from cifarlab.sample import DATA_DIR as SAMPLE
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=int, default=0, help="which test image of the sample")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "corruptions-sheet.png")
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).resolve().parents[1] / "docs" / "corruptions-sheet.png")
     args = parser.parse_args()
     data = load_dataset("cifar10", SAMPLE, download_missing=False)
     image = data.test.images[args.index:args.index + 1]

@@ -160,5 +160,6 @@ def read_official(folder: str | Path, names: list[str], severities: list[int],
     for name in names:
         for severity in severities:
             part = slice((severity - 1) * per, severity * per)
-            images = torch.from_numpy(np.array(arrays[name][part])).permute(0, 3, 1, 2).contiguous()   # a copy: the file is mapped read-only
+            # a copy: the file is mapped read-only
+            images = torch.from_numpy(np.array(arrays[name][part])).permute(0, 3, 1, 2).contiguous()
             yield name, severity, images, torch.from_numpy(labels[part].astype(np.int64))
