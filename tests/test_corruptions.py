@@ -258,3 +258,27 @@ def test_speed_benchmark_times_generation_and_evaluation(cifar_sample):
     assert figures["ratio"] == pytest.approx(figures["generate_s"] / figures["evaluate_s"])
     assert figures["extrapolated_full_generate_s"] == pytest.approx(figures["generate_s"] * 500)
     assert "extrapolated linearly to 10,000 test images x 10 sets (not measured)" in result.stdout
+
+
+def test_helpers_agree_with_the_libraries_their_script_calls(images):
+    """clipped_zoom (scipy's zoom, order 1), the Gaussian blurs (scipy's gaussian_filter, which skimage calls)
+    and brightness (an HSV round trip, here Python's colorsys) recomputed independently on real images."""
+    import colorsys
+
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    x = images[:2].double() / 255
+    hwc = x[0].permute(1, 2, 0).numpy()
+    for factor in (1.03, 1.25, 2.25):
+        crop, top = int(np.ceil(32 / factor)), (32 - int(np.ceil(32 / factor))) // 2
+        zoomed = scipy_ndimage.zoom(hwc[top:top + crop, top:top + crop], (factor, factor, 1), order=1)
+        trim = (zoomed.shape[0] - 32) // 2
+        ours = ops.clipped_zoom(x[:1].float(), factor)[0].permute(1, 2, 0).numpy()
+        assert np.abs(zoomed[trim:trim + 32, trim:trim + 32] - ours).max() < 1e-5
+    for sigma, ours_mode, scipy_mode, truncate in ((0.4, "edge", "nearest", 4.0), (6.4, "symmetric", "reflect", 3.0)):
+        ref = scipy_ndimage.gaussian_filter(hwc, (sigma, sigma, 0), mode=scipy_mode, truncate=truncate)
+        ours = ops.gaussian_blur(x[:1].float(), sigma, ours_mode, truncate)[0].permute(1, 2, 0).numpy()
+        assert np.abs(ref - ours).max() < 1e-5
+    ours = ops.brightness(x.float(), 0.3, None).permute(0, 2, 3, 1).numpy()
+    for n, i, j in ((0, 0, 0), (0, 5, 17), (1, 31, 31), (1, 12, 3)):
+        h, s, v = colorsys.rgb_to_hsv(*x[n, :, i, j].tolist())
+        assert np.abs(np.array(colorsys.hsv_to_rgb(h, s, min(v + 0.3, 1.0))) - ours[n, i, j]).max() < 1e-5
