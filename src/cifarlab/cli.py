@@ -98,12 +98,30 @@ def cmd_reproduce(args) -> int:
 def cmd_evaluate(args) -> int:
     from cifarlab.evaluate import evaluate_run
 
+    if args.corruptions or args.corruptions_dir or args.severities or args.limit is not None:
+        return _evaluate_corruptions(args)
     r = evaluate_run(args.source, args.split, args.tta, args.data_dir, args.out, args.device)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "folder"}, indent=2))
         return 0
     print(r, end="")
     print(f"evaluation.json, confusion.png, per_class.png in {r['folder']}")
+    return 0
+
+
+def _evaluate_corruptions(args) -> int:
+    from cifarlab.robustness import evaluate_corruptions
+
+    if args.split != "test":
+        raise UsageError("--corruptions: the corrupted sets are made from the test split; leave out --split")
+    r = evaluate_corruptions(args.source, args.corruptions or "all", args.severities, args.limit,
+                             args.corruptions_dir, args.corruption_seed, args.tta, args.data_dir, args.out,
+                             args.device, progress=not args.json)
+    if args.json:
+        print(json.dumps({k: v for k, v in r.items() if k != "folder"}, indent=2))
+        return 0
+    print(r, end="")
+    print(f"corruptions.json, corruptions.png, corruption-examples.png in {r['folder']}")
     return 0
 
 

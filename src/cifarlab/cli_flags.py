@@ -251,6 +251,20 @@ def _add_run_commands(sub) -> None:
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--out", help="folder for the results (default RUN_DIR/evaluation-SPLIT)")
     evaluate.add_argument("--json", action="store_true")
+    robust = evaluate.add_argument_group(
+        "corruptions", "accuracy on CIFAR-10-C-style copies of the test split (Hendrycks & Dietterich's 15 "
+        "corruptions x 5 severities, generated here, seeded and cached), or on the official -C files; writes "
+        "RUN_DIR/evaluation-corruptions/corruptions.json, corruptions.png, corruption-examples.png. "
+        "Example: cifarlab evaluate runs/basic --corruptions all --limit 500")
+    robust.add_argument("--corruptions", metavar="all|NAME,...",
+                        help="which corruptions: all, or names such as gaussian_noise,fog,jpeg_compression")
+    robust.add_argument("--severities", metavar="1-5", help="a range (1-5) or a list (1,3,5); default all five")
+    robust.add_argument("--limit", type=int, metavar="N", help="at most the first N test images (a quick look; a smaller split is used whole)")
+    robust.add_argument("--corruptions-dir", metavar="DIR",
+                        help="evaluate the official CIFAR-10-C / CIFAR-100-C files in DIR (NAME.npy of 5 x N "
+                        "images, severities in order, and labels.npy) instead of generating them")
+    robust.add_argument("--corruption-seed", type=int, default=0, metavar="S",
+                        help="seed of the generated corruptions (the same seed gives the same images)")
 
     diagnose = sub.add_parser(
         "diagnose", help="draw the gradient flow of runs trained with --diagnostics N",

@@ -41,6 +41,14 @@ class Run(RunFolder):
 
         return evaluate_run(self, split, tta, data_dir, out, device)
 
+    def evaluate_corruptions(self, corruptions="all", severities=None, limit: int | None = None,
+                             corruptions_dir: str | Path | None = None, seed: int = 0, **options):
+        """Accuracy on CIFAR-10-C-style corrupted copies of the test split (or the official files in
+        corruptions_dir): str() is the table, plot() accuracy against severity; written to the run folder."""
+        from cifarlab.robustness import evaluate_corruptions
+
+        return evaluate_corruptions(self, corruptions, severities, limit, corruptions_dir, seed, **options)
+
     def predict(self, images, top_k: int = 5) -> list[dict]:
         """Top-k labels for image files, PIL images or uint8 arrays (HWC, or NHWC / NCHW batches)."""
         from cifarlab.predict import predict

@@ -1,0 +1,165 @@
+"""CIFAR-10-C-style test sets: the 15 corruptions x 5 severities of Hendrycks & Dietterich (2019), generated
+from a split's own images (seeded, cached), or read from the official CIFAR-10-C / CIFAR-100-C files.
+
+The severity constants are those of their CIFAR script (hendrycks/robustness,
+ImageNet-C/create_c/make_cifar_c.py); the batched methods are in corruption_ops.py, which says where ours
+differ (motion blur, frost, elastic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from cifarlab.data import corruption_ops as ops
+from cifarlab.data.foldercache import cache_dir
+from cifarlab.errors import UsageError
+from cifarlab.storage import atomic_file
+
+# Bump when any corruption's output changes: cached sets made by older code are then not used.
+CODE_VERSION = "1"
+
+# name -> (function, its parameter at severities 1..5), in the order of CIFAR-10-C's tables
+CORRUPTIONS: dict[str, tuple[Callable, tuple]] = {
+    "gaussian_noise": (ops.gaussian_noise, (0.04, 0.06, 0.08, 0.09, 0.10)),
+    "shot_noise": (ops.shot_noise, (500, 250, 100, 75, 50)),
+    "impulse_noise": (ops.impulse_noise, (0.01, 0.02, 0.03, 0.05, 0.07)),
+    "defocus_blur": (ops.defocus_blur, ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1))),
+    "glass_blur": (ops.glass_blur, ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))),
+    "motion_blur": (ops.motion_blur, ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))),
+    "zoom_blur": (ops.zoom_blur, tuple(tuple(np.arange(1, end, 0.01)) for end in (1.06, 1.11, 1.16, 1.21, 1.26))),
+    "snow": (ops.snow, ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+                        (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+                        (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8))),
+    "frost": (ops.frost, ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45))),
+    "fog": (ops.fog, ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75))),
+    "brightness": (ops.brightness, (0.05, 0.1, 0.15, 0.2, 0.3)),
+    "contrast": (ops.contrast, (0.75, 0.5, 0.4, 0.3, 0.15)),
+    # (displacement strength, its smoothness, affine jitter), each a fraction of the image side (32)
+    "elastic_transform": (ops.elastic_transform, tuple((32 * a, 32 * b, 32 * c) for a, b, c in (
+        (0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)))),
+    "pixelate": (ops.pixelate, (0.95, 0.9, 0.85, 0.75, 0.65)),
+    "jpeg_compression": (ops.jpeg_compression, (80, 65, 58, 50, 40)),
+}
+NAMES = tuple(CORRUPTIONS)
+SEVERITIES = (1, 2, 3, 4, 5)
+
+
+def parse_corruptions(text: str | list[str] | tuple[str, ...]) -> list[str]:
+    """'all' | 'NAME,NAME' | a list -> the names, in the table's order; an unknown name refused in one line."""
+    names = text.split(",") if isinstance(text, str) else list(text)
+    names = [n.strip() for n in names if n.strip()]
+    if names == ["all"] or not names:
+        return list(NAMES)
+    unknown = [n for n in names if n not in CORRUPTIONS]
+    if unknown:
+        raise UsageError(f"unknown corruption '{unknown[0]}' (choose 'all' or from {', '.join(NAMES)})")
+    return [n for n in NAMES if n in names]
+
+
+def parse_severities(text: str | int | list[int] | None) -> list[int]:
+    """'1-5' | '3' | '1,3,5' | a list -> sorted severities in 1..5, else one line."""
+    if text is None:
+        return list(SEVERITIES)
+    if isinstance(text, int):
+        text = [text]
+    try:
+        if isinstance(text, str):
+            low, dash, high = text.partition("-")
+            values = list(range(int(low), int(high) + 1)) if dash else [int(v) for v in text.split(",")]
+        else:
+            values = [int(v) for v in text]
+    except ValueError:
+        raise UsageError(f"--severities '{text}': give a range like 1-5 or a list like 1,3,5") from None
+    if not values or any(v not in SEVERITIES for v in values):
+        raise UsageError(f"--severities '{text}': severities run from 1 to 5")
+    return sorted(set(values))
+
+
+def _stream_seed(seed: int, name: str, severity: int) -> int:
+    # one generator per set, so a set does not depend on which others were asked for, or in what order
+    return int.from_bytes(hashlib.sha256(f"{seed}|{name}|{severity}".encode()).digest()[:8], "little") >> 1
+
+
+def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
+    """One corrupted copy of uint8 images (N, 3, H, W) -> uint8 (N, 3, H, W), the same for the same seed."""
+    if name not in CORRUPTIONS:
+        parse_corruptions([name])
+    if severity not in SEVERITIES:
+        raise UsageError(f"severity {severity}: severities run from 1 to 5")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise UsageError(f"corruptions need colour images (N, 3, H, W); these are {tuple(images.shape)}")
+    function, params = CORRUPTIONS[name]
+    gen = torch.Generator().manual_seed(_stream_seed(seed, name, severity))
+    out = function(images.float() / 255, params[severity - 1], gen)
+    # rounded to the nearest level (theirs rounds down, which darkens every set by half a level on average)
+    return (out * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def _images_hash(images: torch.Tensor) -> str:
+    return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
+
+
+def set_cache_path(images_hash: str, identity: str | None, name: str, severity: int, seed: int) -> Path:
+    key = hashlib.sha256(f"{identity}|{images_hash}|{seed}|{CODE_VERSION}".encode()).hexdigest()[:24]
+    return cache_dir() / "corruptions" / key / f"{name}-{severity}.npy"
+
+
+def corrupted_sets(images: torch.Tensor, names: list[str], severities: list[int], seed: int = 0,
+                   identity: str | None = None, cache: bool = True) -> Iterator[tuple[str, int, torch.Tensor]]:
+    """(name, severity, uint8 images) for each set asked, read from the cache where it was made before by this
+    code version from the same images and seed (identity: the dataset's, from fingerprint.data_identity)."""
+    digest = _images_hash(images) if cache else ""
+    for name in names:
+        for severity in severities:
+            path = set_cache_path(digest, identity, name, severity, seed)
+            if cache and path.is_file():
+                try:
+                    cached = np.load(path, allow_pickle=False)
+                    if cached.shape == tuple(images.shape) and cached.dtype == np.uint8:
+                        yield name, severity, torch.from_numpy(cached)
+                        continue
+                except (OSError, ValueError):
+                    pass   # a damaged cache file is made again
+            out = corrupt(images, name, severity, seed)
+            if cache:
+                with atomic_file(path) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.save(f, out.numpy())
+            yield name, severity, out
+
+
+def read_official(folder: str | Path, names: list[str], severities: list[int],
+                  image_shape: tuple[int, int, int]) -> Iterator[tuple[str, int, torch.Tensor, torch.Tensor]]:
+    """CIFAR-10-C / CIFAR-100-C: FOLDER/NAME.npy (5*N, H, W, C) uint8, severities 1..5 in order, and
+    FOLDER/labels.npy (5*N,). Yields (name, severity, uint8 images (N, C, H, W), int64 labels); a missing file
+    or a wrong shape is refused in one line before anything is evaluated."""
+    folder = Path(folder).expanduser()
+    labels_path = folder / "labels.npy"
+    if not labels_path.is_file():
+        raise UsageError(f"--corruptions-dir {folder}: no labels.npy (the official CIFAR-10-C layout: "
+                         f"one NAME.npy per corruption and labels.npy)")
+    labels = np.load(labels_path, allow_pickle=False)
+    if labels.ndim != 1 or len(labels) % 5:
+        raise UsageError(f"--corruptions-dir: labels.npy has shape {labels.shape}; expected (5*N,) for 5 severities")
+    per = len(labels) // 5
+    c, h, w = image_shape
+    arrays = {}
+    for name in names:
+        path = folder / f"{name}.npy"
+        if not path.is_file():
+            raise UsageError(f"--corruptions-dir {folder}: no {name}.npy")
+        arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+        if arrays[name].shape != (5 * per, h, w, c) or arrays[name].dtype != np.uint8:
+            raise UsageError(f"--corruptions-dir: {name}.npy is {arrays[name].dtype} {arrays[name].shape}; "
+                             f"expected uint8 {(5 * per, h, w, c)} (5 severities x {per:,} images, as labels.npy)")
+    for name in names:
+        for severity in severities:
+            part = slice((severity - 1) * per, severity * per)
+            # a copy: the file is mapped read-only
+            images = torch.from_numpy(np.array(arrays[name][part])).permute(0, 3, 1, 2).contiguous()
+            yield name, severity, images, torch.from_numpy(labels[part].astype(np.int64))
