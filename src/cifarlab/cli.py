@@ -98,12 +98,37 @@ def cmd_reproduce(args) -> int:
 def cmd_evaluate(args) -> int:
     from cifarlab.evaluate import evaluate_run
 
+    if args.calibration or args.dataset:
+        return _evaluate_other(args)
     r = evaluate_run(args.source, args.split, args.tta, args.data_dir, args.out, args.device)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "folder"}, indent=2))
         return 0
     print(r, end="")
     print(f"evaluation.json, confusion.png, per_class.png in {r['folder']}")
+    return 0
+
+
+def _evaluate_other(args) -> int:
+    """evaluate --calibration (calibrate.py) or --dataset cifar10.1 (shift.py)."""
+    if args.calibration and args.dataset:
+        raise UsageError("--calibration and --dataset: one at a time (the temperature is fitted on the run's own val)")
+    if args.calibration:
+        if args.split != "test" or args.tta != "none":
+            raise UsageError("--calibration fits on val and measures test, without test-time views: leave out "
+                             "--split and --tta")
+        from cifarlab.calibrate import calibrate_run
+        r, files = calibrate_run(args.source, args.data_dir, args.out, args.device), "calibration.json, reliability.png"
+    else:
+        if args.split != "test":
+            raise UsageError(f"--dataset {args.dataset} is a test set: leave out --split")
+        from cifarlab.shift import evaluate_shift
+        r, files = evaluate_shift(args.source, args.dataset, args.tta, args.data_dir, args.out, args.device), "shift.json"
+    if args.json:
+        print(json.dumps({k: v for k, v in r.items() if k != "folder"}, indent=2))
+        return 0
+    print(r, end="")
+    print(f"{files}, logits in {r['folder']}")
     return 0
 
 
@@ -119,7 +144,7 @@ def cmd_diagnose(args) -> int:
 def cmd_predict(args) -> int:
     from cifarlab.predict import format_predictions, predict
 
-    results = predict(args.source, args.images, args.top_k)
+    results = predict(args.source, args.images, args.top_k, calibrated=args.calibrated)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -130,7 +155,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from cifarlab.export import export_run
 
-    print(export_run(args.source, args.format, args.out))
+    print(export_run(args.source, args.format, args.out, calibrated=args.calibrated))
     return 0
 
 
