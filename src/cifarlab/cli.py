@@ -118,12 +118,14 @@ def _evaluate_other(args) -> int:
             raise UsageError("--calibration fits on val and measures test, without test-time views: leave out "
                              "--split and --tta")
         from cifarlab.calibrate import calibrate_run
-        r, files = calibrate_run(args.source, args.data_dir, args.out, args.device), "calibration.json, reliability.png"
+        r = calibrate_run(args.source, args.data_dir, args.out, args.device)
+        files = "calibration.json, reliability.png"
     else:
         if args.split != "test":
             raise UsageError(f"--dataset {args.dataset} is a test set: leave out --split")
         from cifarlab.shift import evaluate_shift
-        r, files = evaluate_shift(args.source, args.dataset, args.tta, args.data_dir, args.out, args.device), "shift.json"
+        r = evaluate_shift(args.source, args.dataset, args.tta, args.data_dir, args.out, args.device)
+        files = "shift.json"
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "folder"}, indent=2))
         return 0

@@ -32,14 +32,15 @@ class ShiftEvaluation(dict):
 
     def __str__(self) -> str:
         r, (low, high) = self, self["drop_interval"]
-        lines = [f"{r['model']} trained on {r['trained_on']}, weights {r['weights']}" + (" (flip TTA)" if r["tta"] else ""),
-                 f"  CIFAR-10 test    {r['cifar10']['images']:>6,} images  accuracy {r['cifar10']['accuracy']:6.2f}%"
-                 f"  ECE {r['cifar10']['ece']:5.2f}%",
-                 f"  CIFAR-10.1 (v6)  {r['cifar10.1']['images']:>6,} images  accuracy {r['cifar10.1']['accuracy']:6.2f}%"
-                 f"  ECE {r['cifar10.1']['ece']:5.2f}%",
-                 f"drop: {r['drop']:+.2f} points, 95% CI [{low:+.2f}, {high:+.2f}] (normal approximation for two "
-                 f"independent proportions; with 2,000 CIFAR-10.1 images the interval is about +-2 points)",
-                 f"{'a clear drop' if low > 0 else 'no clear drop' if high > 0 else 'a clear gain'}; {PAPER_DROP}"]
+        views = " (flip TTA)" if r["tta"] else ""
+        lines = [f"{r['model']} trained on {r['trained_on']}, weights {r['weights']}{views}"]
+        for key, title in (("cifar10", "CIFAR-10 test"), ("cifar10.1", "CIFAR-10.1 (v6)")):
+            lines.append(f"  {title:<16} {r[key]['images']:>6,} images  accuracy {r[key]['accuracy']:6.2f}%  "
+                         f"ECE {r[key]['ece']:5.2f}%")
+        verdict = "a clear drop" if low > 0 else "no clear drop" if high > 0 else "a clear gain"
+        lines += [f"drop: {r['drop']:+.2f} points, 95% CI [{low:+.2f}, {high:+.2f}] (normal approximation for two "
+                  f"independent proportions; with 2,000 CIFAR-10.1 images the interval is about +-2 points)",
+                  f"{verdict}; {PAPER_DROP}"]
         return "\n".join(lines) + "\n"
 
 
@@ -72,7 +73,8 @@ def evaluate_shift(source: str | Path | RunFolder, dataset: str = NAME, tta: str
     a, b = scores[TRAINED_ON], scores[NAME]
     result = ShiftEvaluation({
         "source": str(run.path), "model": cfg.model, "trained_on": cfg.dataset, "weights": weights.name,
-        "tta": flip, "tta_shift": shift, **{k: {f: v for f, v in s.items() if f != "logits"} for k, s in scores.items()},
+        "tta": flip, "tta_shift": shift,
+        **{key: {f: v for f, v in score.items() if f != "logits"} for key, score in scores.items()},
         "drop": a["accuracy"] - b["accuracy"],
         "drop_interval": proportion_difference_interval(a["correct"], a["images"], b["correct"], b["images"]),
         "interval_method": "normal approximation, difference of two independent proportions, 95%",
