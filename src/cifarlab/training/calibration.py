@@ -22,15 +22,24 @@ ECE_BINS = 15
 T_RANGE = (0.05, 20.0)
 
 
+def sum_dtype(device) -> torch.dtype:
+    """float64 where `device` has it, so that 10,000 confidences add up to the last digit; float32 on Apple's MPS,
+    which has no float64 (making one raises TypeError there)."""
+    try:
+        torch.zeros((), dtype=torch.float64, device=device)
+        return torch.float64
+    except (TypeError, RuntimeError):
+        return torch.float32
+
+
 def bin_edges(bins: int = ECE_BINS, dtype=torch.float64, device=None) -> torch.Tensor:
     return torch.linspace(0, 1, bins + 1, dtype=dtype, device=device)
 
 
 def bin_sums(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS,
              dtype=torch.float64) -> torch.Tensor:
-    """[3, bins]: per confidence bin, the images, their summed confidence, their correct answers.
-
-    Summed in `dtype` (float64 where the device has it, so that 10,000 images add up to the last digit)."""
+    """[3, bins]: per confidence bin, the images, their summed confidence, their correct answers, summed in `dtype`
+    (sum_dtype(device))."""
     probs = logits.to(dtype).softmax(1)
     confidence, guess = probs.max(1)
     # bucketize(right=False) against the inner edges: edge[m-1] < confidence <= edge[m] lands in bin m
@@ -53,15 +62,16 @@ def calibration_figures(logits: torch.Tensor, labels: torch.Tensor, temperature:
                         bins: int = ECE_BINS) -> dict:
     """NLL, Brier, ECE (%), accuracy (%) of logits / temperature, and each bin's images, confidence and accuracy
     (what the reliability diagram draws)."""
-    scaled = logits.double() / temperature
+    dtype = sum_dtype(logits.device)
+    scaled = logits.to(dtype) / temperature
     labels = labels.long()
     probs = scaled.softmax(1)
-    one_hot = F.one_hot(labels, probs.shape[1]).double()
-    sums = bin_sums(scaled, labels, bins)
+    one_hot = F.one_hot(labels, probs.shape[1]).to(dtype)
+    sums = bin_sums(scaled, labels, bins, dtype)
     counts = sums[0].tolist()
     return {
         "temperature": temperature, "images": len(labels),
-        "accuracy": 100.0 * (probs.argmax(1) == labels).double().mean().item(),
+        "accuracy": 100.0 * (probs.argmax(1) == labels).to(dtype).mean().item(),
         "nll": F.cross_entropy(scaled, labels).item(),
         "brier": ((probs - one_hot) ** 2).sum(1).mean().item(),
         "ece": 100.0 * ece_from_bins(sums),

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab.data.loader import DeviceLoader
-from cifarlab.training.calibration import bin_sums, ece_from_bins
+from cifarlab.training.calibration import bin_sums, ece_from_bins, sum_dtype
 from cifarlab.training.device import Precision
 from cifarlab.training.distributed import SINGLE, Dist
 
@@ -51,8 +51,7 @@ def evaluate(model, loader: DeviceLoader, precision: Precision, flip: bool = Fal
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     predicted, outputs = [], []
-    # float64 sums where the device has them (MPS has not): 10,000 confidences add up to the last digit
-    binned = torch.zeros(3, bins, device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)
+    binned = torch.zeros(3, bins, device=device, dtype=sum_dtype(device)) if bins else None
     with torch.inference_mode(), precision.autocast(device):
         for x, y in loader:
             out = tta_logits(model, x, flip, shift)
