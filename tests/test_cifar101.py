@@ -75,6 +75,17 @@ def test_download_with_a_wrong_md5_leaves_no_file(served, cifar10_sample, tmp_pa
     assert list((tmp_path / "data" / "cifar10.1").iterdir()) == []
 
 
+def test_unreachable_server_says_where_to_put_the_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar101, "BASE_URL", "http://127.0.0.1:9/")
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError) as err:
+        cifar101.load_cifar101(tmp_path / "data")
+    message = str(err.value)
+    assert message.startswith("cannot download http://127.0.0.1:9/cifar10.1_v6_data.npy")
+    assert f"in {tmp_path / 'data' / 'cifar10.1'}" in message and "\n" not in message
+    assert list((tmp_path / "data" / "cifar10.1").iterdir()) == []
+
+
 def test_official_urls_are_the_releases_raw_files():
     assert cifar101.BASE_URL == "https://github.com/modestyachts/CIFAR-10.1/raw/master/datasets/"
     assert set(cifar101.MD5) == {"cifar10.1_v6_data.npy", "cifar10.1_v6_labels.npy"}

@@ -36,7 +36,8 @@ def load_cifar101(data_dir: Path | str | None = None, download_missing: bool = T
     folder = cifar101_folder(data_dir)
     missing = [name for name in (DATA_FILE, LABELS_FILE) if not (folder / name).is_file()]
     if missing and not download_missing:
-        raise DataError(f"{folder / missing[0]}: file not found and --no-download given; {offline_hint(folder)}")
+        raise DataError(f"{folder / missing[0]}: file not found, and downloading is off (--no-download, or a run "
+                        f"trained with it or with --sample); {offline_hint(folder)}")
     if missing:
         download(folder, missing)
     return read_cifar101(folder)
