@@ -100,6 +100,8 @@ def cmd_evaluate(args) -> int:
 
     if args.corruptions or args.corruptions_dir or args.severities or args.limit is not None:
         return _evaluate_corruptions(args)
+    if args.calibration or args.dataset:
+        return _evaluate_other(args)
     r = evaluate_run(args.source, args.split, args.tta, args.data_dir, args.out, args.device)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "folder"}, indent=2))
@@ -117,11 +119,36 @@ def _evaluate_corruptions(args) -> int:
     r = evaluate_corruptions(args.source, args.corruptions or "all", args.severities, args.limit,
                              args.corruptions_dir, args.corruption_seed, args.tta, args.data_dir, args.out,
                              args.device, progress=not args.json)
+    return _print_evaluation(args, r, "corruptions.json, corruptions.png, corruption-examples.png")
+
+
+def _evaluate_other(args) -> int:
+    """evaluate --calibration (calibrate.py) or --dataset cifar10.1 (shift.py)."""
+    if args.calibration and args.dataset:
+        raise UsageError("--calibration and --dataset: one at a time (the temperature is fitted on the run's own val)")
+    if args.calibration:
+        if args.split != "test" or args.tta != "none":
+            raise UsageError("--calibration fits on val and measures test, without test-time views: leave out "
+                             "--split and --tta")
+        from cifarlab.calibrate import calibrate_run
+        r = calibrate_run(args.source, args.data_dir, args.out, args.device)
+        files = "calibration.json, reliability.png"
+    else:
+        if args.split != "test":
+            raise UsageError(f"--dataset {args.dataset} is a test set: leave out --split")
+        from cifarlab.shift import evaluate_shift
+        r = evaluate_shift(args.source, args.dataset, args.tta, args.data_dir, args.out, args.device)
+        files = "shift.json"
+    return _print_evaluation(args, r, f"{files}, logits")
+
+
+def _print_evaluation(args, r, files: str) -> int:
+    """An evaluation's table (or its JSON with --json), then where its files went."""
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "folder"}, indent=2))
         return 0
     print(r, end="")
-    print(f"corruptions.json, corruptions.png, corruption-examples.png in {r['folder']}")
+    print(f"{files} in {r['folder']}")
     return 0
 
 
@@ -137,7 +164,7 @@ def cmd_diagnose(args) -> int:
 def cmd_predict(args) -> int:
     from cifarlab.predict import format_predictions, predict
 
-    results = predict(args.source, args.images, args.top_k)
+    results = predict(args.source, args.images, args.top_k, calibrated=args.calibrated)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -148,7 +175,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from cifarlab.export import export_run
 
-    print(export_run(args.source, args.format, args.out))
+    print(export_run(args.source, args.format, args.out, calibrated=args.calibrated))
     return 0
 
 

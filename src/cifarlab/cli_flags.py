@@ -265,6 +265,13 @@ def _add_run_commands(sub) -> None:
                         "images, severities in order, and labels.npy) instead of generating them")
     robust.add_argument("--corruption-seed", type=int, default=0, metavar="S",
                         help="seed of the generated corruptions (the same seed gives the same images)")
+    evaluate.add_argument("--calibration", action="store_true",
+                          help="NLL, Brier score and ECE (15 bins) on test before and after a temperature fitted on "
+                          "the run's val split (needs a run trained with --val-size); writes calibration.json, "
+                          "reliability.png and RUN_DIR/temperature.json (used by predict/export --calibrated)")
+    evaluate.add_argument("--dataset", choices=("cifar10.1",),
+                          help="cifar10.1: score a CIFAR-10 run on CIFAR-10.1 (read from DATA_DIR/cifar10.1, "
+                          "downloaded if missing) and show the drop from CIFAR-10 test with its 95%% interval")
 
     diagnose = sub.add_parser(
         "diagnose", help="draw the gradient flow of runs trained with --diagnostics N",
@@ -285,6 +292,8 @@ def _add_run_commands(sub) -> None:
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--top-k", type=int, default=5, help="labels to show per image (default 5)")
     predict.add_argument("--json", action="store_true")
+    predict.add_argument("--calibrated", action="store_true",
+                         help="divide the logits by the temperature `evaluate --calibration` stored in the run")
 
     export = sub.add_parser("export", help="write a trained model as ONNX, TorchScript or safetensors",
                             description="Export a run's model (its best checkpoint) for use outside cifarlab. Input: "
@@ -296,6 +305,9 @@ def _add_run_commands(sub) -> None:
     export.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     export.add_argument("--out", metavar="FILE",
                         help="output file (default RUN_DIR/" + ", RUN_DIR/".join(EXPORT_FORMATS.values()) + ")")
+    export.add_argument("--calibrated", action="store_true",
+                        help="use the temperature `evaluate --calibration` stored: ONNX and TorchScript output the "
+                        "logits divided by it; safetensors records it in its metadata")
 
 
 def _add_listing_commands(sub) -> None:

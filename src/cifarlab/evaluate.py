@@ -1,6 +1,7 @@
 """cifarlab evaluate: reload a trained model and measure it on test (or val) in depth.
 
-Accuracy, per-class accuracy, the confusion matrix (JSON + PNG) and the most-confused class pairs.
+Accuracy, per-class accuracy, the confusion matrix (JSON + PNG), the most-confused class pairs, the ECE (15 bins)
+and the logits themselves (logits.npy, labels.npy). --calibration: calibrate.py; --dataset cifar10.1: shift.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import torch
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.errors import UsageError
 from cifarlab.runfolder import RunFolder, atomic_write_json, open_source
+from cifarlab.storage import atomic_file
+from cifarlab.training.calibration import calibration_figures
 from cifarlab.training.device import Precision, resolve_device, resolve_precision
 from cifarlab.training.evaluation import evaluate
 from cifarlab.training.splits import prepare_data
@@ -26,7 +29,7 @@ class Evaluation(dict):
         r = self
         views = (", flip TTA" if r["tta"] else "") + (" + shifts" if r["tta_shift"] else "")
         lines = [f"{r['model']} on {r['dataset']} {r['split']} ({r['images']:,} images{views}): "
-                 f"accuracy {r['accuracy']:.2f}%"]
+                 f"accuracy {r['accuracy']:.2f}%" + (f", ECE {r['ece']:.2f}%" if r.get("ece") is not None else "")]
         width = max(len(c) for c in r["classes"][:20])
         lines += [f"  {name:<{width}}  {acc:6.2f}%" for name, acc in list(r["per_class"].items())[:20]]
         if len(r["classes"]) > 20:
@@ -41,6 +44,21 @@ class Evaluation(dict):
 
         return confusion_figure(self["confusion"], self["classes"],
                                 f"Confusion matrix: {self['model']} on {self['dataset']} {self['split']}")
+
+
+def write_array(path: Path, array) -> Path:
+    """One .npy file, written atomically (np.save through a handle: given a name it would add ".npy")."""
+    import numpy as np
+
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(array))
+    return path
+
+
+def write_logits(folder: Path, logits: torch.Tensor, labels: torch.Tensor, prefix: str = "") -> None:
+    """PREFIXlogits.npy (float32 N x classes, in the split's order) and PREFIXlabels.npy (int64 N)."""
+    write_array(folder / f"{prefix}logits.npy", logits.float().numpy())
+    write_array(folder / f"{prefix}labels.npy", labels.long().numpy())
 
 
 def tta_views(tta: str | bool | None) -> tuple[bool, int]:
@@ -90,8 +108,8 @@ def evaluate_run(source: str | Path | RunFolder, split: str = "test", tta: str |
     precision = Precision(resolve_precision("auto", dev))
     model = run.model(weights, device=dev)
     loader = DeviceLoader(chosen, 1000, data.info.mean, data.info.std, dev, channels_last=dev.type != "mps")
-    preds = evaluate(model, loader, precision, flip, shift, predictions=True).predictions
-    labels = chosen.labels.cpu()
+    scored = evaluate(model, loader, precision, flip, shift, predictions=True, logits=True)
+    preds, labels = scored.predictions, chosen.labels.cpu()
     n = data.info.num_classes
     matrix = confusion(labels, preds, n)
     per_class = (matrix.diag().float() / matrix.sum(1).clamp(min=1).float() * 100).tolist()
@@ -101,10 +119,12 @@ def evaluate_run(source: str | Path | RunFolder, split: str = "test", tta: str |
         "images": len(labels), "accuracy": 100.0 * (preds == labels).float().mean().item(),
         "per_class": dict(zip(data.classes, per_class)), "classes": data.classes,
         "confusion": matrix.tolist(), "most_confused": most_confused(matrix, data.classes),
+        "ece": calibration_figures(scored.logits, labels)["ece"],
     })
     views = ("-tta" if flip else "") + (f"-shift{shift}" if shift else "")
     folder = Path(out) if out else run.path / f"evaluation-{split}{views}"
     atomic_write_json(folder / "evaluation.json", dict(result))
+    write_logits(folder, scored.logits, labels)   # so anyone can recompute ECE or fit their own calibration
     title = f"{cfg.model} on {cfg.dataset} {split}"
     plots.confusion_matrix(result["confusion"], data.classes, folder / "confusion.png", f"Confusion matrix: {title}")
     plots.per_class_bars(data.classes, per_class, folder / "per_class.png", f"Per-class accuracy: {title}")

@@ -120,8 +120,23 @@ def export_safetensors(model: torch.nn.Module, path: Path, metadata: dict) -> st
     return "safetensors.torch.save_file"
 
 
-def export_run(source, fmt: str, out: str | Path | None = None, model=None) -> Exported:
-    """Export the run's model (the weights of Run.weights_to_load()) to `out`, default RUN_DIR/EXPORT_FORMATS[fmt]."""
+class TemperatureScaled(torch.nn.Module):
+    """The model with its logits divided by the temperature `evaluate --calibration` fitted: what export
+    --calibrated writes for ONNX and TorchScript, so their softmax gives calibrated probabilities."""
+
+    def __init__(self, model: torch.nn.Module, temperature: float):
+        super().__init__()
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, x):
+        return self.model(x) / self.temperature
+
+
+def export_run(source, fmt: str, out: str | Path | None = None, model=None, calibrated: bool = False) -> Exported:
+    """Export the run's model (the weights of Run.weights_to_load()) to `out`, default RUN_DIR/EXPORT_FORMATS[fmt].
+
+    calibrated: ONNX and TorchScript output the logits divided by the stored temperature (baked in); safetensors
+    holds weights only, so its metadata carries the temperature to divide by. Either way the metadata says so."""
     from cifarlab.runfolder import open_source
 
     if fmt not in EXPORT_FORMATS:
@@ -130,6 +145,13 @@ def export_run(source, fmt: str, out: str | Path | None = None, model=None) -> E
     cfg, info = run.train_config(), run.dataset_info()
     model = run.model(weights)
     metadata = export_metadata(cfg, info, run.classes)
+    if calibrated:
+        temperature = run.temperature("export --calibrated")
+        metadata["temperature"] = temperature
+        metadata["calibrated"] = ("the output logits are already divided by temperature" if fmt != "safetensors"
+                                  else "divide the logits by temperature before the softmax")
+        if fmt != "safetensors":
+            model = TemperatureScaled(model, temperature).eval()
     path = Path(out) if out else run.path / EXPORT_FORMATS[fmt]
     path.parent.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)

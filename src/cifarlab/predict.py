@@ -77,11 +77,16 @@ def as_images(images, channels: int, size: int) -> tuple[torch.Tensor, list[str]
     return torch.stack(out), labels
 
 
-def predict(source: str | Path | RunFolder, images, top_k: int = 5, batch_size: int = 256, model=None) -> list[dict]:
-    """[{"image": NAME, "top": [{"label", "index", "probability"}, ...]}] in the order of `images`."""
+def predict(source: str | Path | RunFolder, images, top_k: int = 5, batch_size: int = 256, model=None,
+            calibrated: bool = False) -> list[dict]:
+    """[{"image": NAME, "top": [{"label", "index", "probability"}, ...]}] in the order of `images`.
+
+    calibrated: probabilities of the logits divided by the temperature `evaluate --calibration` stored (refused
+    in one line when there is none); the labels and their order stay the same."""
     if top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {top_k}")
     run, weights = open_source(source, model)
+    temperature = run.temperature("predict --calibrated") if calibrated else 1.0
     info = run.dataset_info()
     # Every image is read before anything is predicted: a bad path fails the command, not half its output.
     batch, labels = as_images(images, info.channels, info.size)
@@ -91,7 +96,7 @@ def predict(source: str | Path | RunFolder, images, top_k: int = 5, batch_size: 
     probs = []
     with torch.inference_mode():
         for chunk in batch.split(batch_size):
-            probs.append(net(normalize(chunk.float().div(255), mean, std)).float().softmax(1))
+            probs.append((net(normalize(chunk.float().div(255), mean, std)).float() / temperature).softmax(1))
     values, indices = torch.cat(probs).topk(min(top_k, info.num_classes), dim=1)
     return [{"image": label,
              "top": [{"label": names[i], "index": i, "probability": p} for p, i in zip(vs.tolist(), ix.tolist())]}

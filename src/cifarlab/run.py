@@ -35,8 +35,13 @@ class Run(RunFolder):
 
     # ---- what a user does with a run
     def evaluate(self, split: str = "test", tta: str | None = None, data_dir: str | None = None,
-                 device: str = "auto", out: str | Path | None = None):
-        """Accuracy, per-class accuracy, confusion matrix on test (or val); tta: None, "flip", "flip-shift"."""
+                 device: str = "auto", out: str | Path | None = None, dataset: str | None = None):
+        """Accuracy, per-class accuracy, confusion matrix, ECE on test (or val); tta: None, "flip", "flip-shift".
+        dataset="cifar10.1": a CIFAR-10 run on CIFAR-10.1, and the drop from CIFAR-10 test with its interval."""
+        if dataset is not None:
+            from cifarlab.shift import evaluate_shift
+
+            return evaluate_shift(self, dataset, tta, data_dir, out, device)
         from cifarlab.evaluate import evaluate_run
 
         return evaluate_run(self, split, tta, data_dir, out, device)
@@ -49,17 +54,24 @@ class Run(RunFolder):
 
         return evaluate_corruptions(self, corruptions, severities, limit, corruptions_dir, seed, **options)
 
-    def predict(self, images, top_k: int = 5) -> list[dict]:
-        """Top-k labels for image files, PIL images or uint8 arrays (HWC, or NHWC / NCHW batches)."""
+    def calibrate(self, data_dir: str | None = None, device: str = "auto", out: str | Path | None = None):
+        """NLL, Brier, ECE on test before and after a temperature fitted on val, stored in temperature.json."""
+        from cifarlab.calibrate import calibrate_run
+
+        return calibrate_run(self, data_dir, out, device)
+
+    def predict(self, images, top_k: int = 5, calibrated: bool = False) -> list[dict]:
+        """Top-k labels for image files, PIL images or uint8 arrays (HWC, or NHWC / NCHW batches); calibrated:
+        probabilities after the stored temperature."""
         from cifarlab.predict import predict
 
-        return predict(self, images, top_k)
+        return predict(self, images, top_k, calibrated=calibrated)
 
-    def export(self, fmt: str, out: str | Path | None = None):
+    def export(self, fmt: str, out: str | Path | None = None, calibrated: bool = False):
         """Write the model as onnx, torchscript or safetensors; returns what was written and checked."""
         from cifarlab.export import export_run
 
-        return export_run(self, fmt, out)
+        return export_run(self, fmt, out, calibrated=calibrated)
 
     def diagnostics(self) -> list[dict]:
         """The rows --diagnostics N recorded (diagnostics.jsonl), a dict per layer per recorded step: step, epoch,

@@ -34,6 +34,7 @@ CHECKPOINTS, LAST, BEST = "checkpoints", "last.pt", "best.pt"
 STUDY_LOG = "train.log"   # a study's parallel run appends its output here; the parent holds it open
 DIAGNOSTICS = "diagnostics.jsonl"   # --diagnostics N: a row per recorded layer per recorded step
 DIAGNOSE = "diagnose"     # `cifarlab diagnose RUN`'s figures, by default
+TEMPERATURE = "temperature.json"   # `cifarlab evaluate RUN --calibration`: T fitted on val (predict/export use it)
 # `cifarlab export`: each format and the file it writes in the run folder by default.
 EXPORT_FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt",
                   "safetensors": "model.export.safetensors"}
@@ -51,7 +52,7 @@ def _read_json(path: Path):
 
 # What cifarlab itself writes in a run folder: --overwrite replaces a folder that holds nothing else.
 RUN_ENTRIES = {CONFIG, METRICS, SUMMARY, SUMMARY_TEXT, WEIGHTS, CHECKPOINTS, STUDY_LOG, "tensorboard",
-               DIAGNOSTICS, DIAGNOSE, *EXPORT_FORMATS.values()}
+               DIAGNOSTICS, DIAGNOSE, TEMPERATURE, *EXPORT_FORMATS.values()}
 
 
 def _check_only_run_files(out: Path) -> None:
@@ -105,6 +106,18 @@ class RunFolder:
 
     def checkpoint_path(self, name: str = LAST) -> Path:
         return self.path / CHECKPOINTS / name
+
+    def temperature(self, purpose: str) -> float:
+        """The temperature `cifarlab evaluate RUN --calibration` stored; without one, refused in one line that
+        says how to fit it (`purpose` names what asked: "predict --calibrated")."""
+        path = self.path / TEMPERATURE
+        if not path.is_file():
+            raise UsageError(f"{purpose}: {self.path} has no stored temperature ({TEMPERATURE}); fit one first with "
+                             f"`cifarlab evaluate {self.path} --calibration` (the run needs a val split: --val-size)")
+        value = _read_json(path).get("temperature")
+        if not isinstance(value, (int, float)) or not value > 0:
+            raise UsageError(f"{path}: 'temperature' must be a number > 0, got {value!r}")
+        return float(value)
 
     @classmethod
     def create(cls, out: str | Path | None, overwrite: bool, default_name: str) -> "RunFolder":

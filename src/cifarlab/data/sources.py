@@ -57,6 +57,8 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 CUSTOM_PREFIXES = ("folder:", "npz:")
+# Test sets without a train split (data/cifar101.py reads them), and the dataset whose models they test.
+TEST_ONLY = {"cifar10.1": "cifar10"}
 
 
 def is_custom(name: str) -> bool:
@@ -66,6 +68,9 @@ def is_custom(name: str) -> bool:
 
 def dataset_info(name: str) -> DatasetInfo:
     """The registry entry for `name`, or a one-line error listing the valid names."""
+    if name in TEST_ONLY:
+        raise DataError(f"{name} is a test set only: train on {TEST_ONLY[name]}, then measure the run on it with "
+                        f"`cifarlab evaluate RUN --dataset {name}`")
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{name}' (choose from {', '.join(DATASETS)})")
     return DATASETS[name]

@@ -56,6 +56,14 @@ def difference_interval(a: list[float], b: list[float], paired: bool) -> tuple[f
     return mb - ma - half, mb - ma + half
 
 
+def proportion_difference_interval(correct_a: int, n_a: int, correct_b: int, n_b: int) -> tuple[float, float]:
+    """95% interval of accuracy(a) - accuracy(b), in points, for two independent test sets: the normal
+    approximation to the binomial, 1.96 x sqrt(p_a (1 - p_a) / n_a + p_b (1 - p_b) / n_b)."""
+    p_a, p_b = correct_a / n_a, correct_b / n_b
+    half = 1.960 * math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
+    return 100 * (p_a - p_b - half), 100 * (p_a - p_b + half)
+
+
 def interval_text(interval: tuple[float, float] | None, signed: bool = False) -> str:
     """'95% CI [+0.12, +1.80]', or 'no interval (1 seed)'."""
     if interval is None:

@@ -58,6 +58,9 @@ def article_summary(summary: dict) -> str:
     if summary.get("best_val_acc") is not None:
         extra = [f"Best Val Accuracy: {summary['best_val_acc']:.2f}% (epoch {summary['best_val_epoch']}), "
                  f"Test Accuracy There: {number('test_acc_at_best_val')}"]
+    if summary.get("final_test_ece") is not None:   # runs from before calibration was measured have none
+        extra.append(f"Final Test ECE: {summary['final_test_ece']:.2f}% (15 bins; `cifarlab evaluate RUN "
+                     "--calibration` fits a temperature)")
     return results_block(summary_title(summary), summary, number, extra)
 
 

@@ -24,6 +24,7 @@ from cifarlab.models import build_model, count_params, model_spec
 from cifarlab.runfolder import BEST, LAST, RunFolder, release_folders
 from cifarlab.settings import TrainConfig
 from cifarlab.training import distributed
+from cifarlab.training.calibration import ECE_BINS
 from cifarlab.training.device import Precision, cpu_threads, resolve_device, use_tf32
 from cifarlab.training.diagnostics import Diagnostics, trim
 from cifarlab.training.distributed import Dist
@@ -140,15 +141,18 @@ def run_epoch(trainer: Trainer, epoch: int) -> None:
     # shifted test-time views cost 2x more passes: only the final evaluation uses them
     shift = trainer.cfg.tta_shift if final else 0
 
-    def score(loader):
+    def score(loader, bins=0):
         if loader is None or not scored:
             return None
-        return evaluate(trainer.bare_model, loader, trainer.precision, trainer.cfg.tta, shift, trainer.dist)
-    val, test = score(trainer.val_loader), score(trainer.test_loader)
+        return evaluate(trainer.bare_model, loader, trainer.precision, trainer.cfg.tta, shift, trainer.dist,
+                        bins=bins)
+    # the final model's test ECE costs a softmax and 15 bin sums per batch: summary.json shows it for every run
+    val, test = score(trainer.val_loader), score(trainer.test_loader, ECE_BINS if final else 0)
     epoch_seconds = time.perf_counter() - start
     row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
            "val_loss": val.loss if val else None, "val_acc": val.accuracy if val else None,
            "test_loss": test.loss if test else None, "test_acc": test.accuracy if test else None,
+           "test_ece": test.ece if test else None,
            "epoch_time_s": epoch_seconds, "train_only_time_s": train_seconds, "images_per_s": seen / train_seconds}
     state.rows.append(row)
     state.train_and_eval_time += epoch_seconds
@@ -248,6 +252,7 @@ def summarize(trainer: Trainer) -> dict:
         "images_per_s": state.images / max(state.train_phase, 1e-9),
         "device": str(trainer.device), "precision": trainer.precision.name, "seed": cfg.seed,
         "final_train_loss": final["train_loss"], "final_test_loss": final["test_loss"],
+        "final_test_ece": final.get("test_ece"),     # in %, 15 bins (training/calibration.py)
         "world_size": trainer.dist.world,
     }
     if not trainer.dist.is_main:

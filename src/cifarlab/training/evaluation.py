@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab.data.loader import DeviceLoader
+from cifarlab.training.calibration import bin_sums, ece_from_bins, sum_dtype
 from cifarlab.training.device import Precision
 from cifarlab.training.distributed import SINGLE, Dist
 
@@ -21,6 +22,8 @@ class EvalSums:
     correct: float
     count: float
     predictions: torch.Tensor | None = None   # this rank's predicted labels, in loader order, on request
+    logits: torch.Tensor | None = None        # this rank's logits (float32, CPU), in loader order, on request
+    ece: float | None = None                  # expected calibration error in %, when bins were asked for
 
     @property
     def loss(self) -> float:
@@ -34,18 +37,21 @@ class EvalSums:
 
 
 def evaluate(model, loader: DeviceLoader, precision: Precision, flip: bool = False, shift: int = 0,
-             dist: Dist = SINGLE, predictions: bool = False) -> EvalSums:
+             dist: Dist = SINGLE, predictions: bool = False, logits: bool = False, bins: int = 0) -> EvalSums:
     """Sums over a loader, in large batches, with one host sync at the end.
 
     flip: average the logits of each image and its left-right mirror (shift: and shifted copies).
     dist: under torchrun each rank holds a slice of the split; the sums are added over ranks.
-    predictions: also return the predicted labels (on the CPU).
+    predictions / logits: also return the predicted labels / the logits (on the CPU).
+    bins: also the expected calibration error over that many confidence bins (training.calibration), from
+    per-bin sums kept on the device: no logits are gathered for it.
     """
     model.eval()
     device = loader.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    predicted = []
+    predicted, outputs = [], []
+    binned = torch.zeros(3, bins, device=device, dtype=sum_dtype(device)) if bins else None
     with torch.inference_mode(), precision.autocast(device):
         for x, y in loader:
             out = tta_logits(model, x, flip, shift)
@@ -54,9 +60,18 @@ def evaluate(model, loader: DeviceLoader, precision: Precision, flip: bool = Fal
             correct += (guess == y).sum()
             if predictions:
                 predicted.append(guess)
+            if logits:
+                outputs.append(out)
+            if bins:
+                binned += bin_sums(out, y, bins, binned.dtype)
     sums = EvalSums(*global_sums(dist, loss_sum, correct, len(loader.labels)))
     if predictions:
         sums.predictions = torch.cat(predicted).cpu()
+    if logits:
+        sums.logits = torch.cat(outputs).float().cpu()
+    if bins:
+        totals = dist.all_sum(list(binned.flatten())) if dist.enabled else binned.flatten().tolist()
+        sums.ece = 100.0 * ece_from_bins([totals[i * bins:(i + 1) * bins] for i in range(3)])
     return sums
 
 
