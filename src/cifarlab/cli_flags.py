@@ -236,8 +236,9 @@ def _add_study_commands(sub) -> None:
     reproduce.add_argument("--quiet", action="store_const", const=True)
 
 
-def _add_run_commands(sub) -> None:
-    """`evaluate`, `predict`, `export`: what to do with a trained run."""
+def _add_evaluate(sub) -> None:
+    """`evaluate`: a run's accuracy on test or val, and beyond the test split (corruptions, calibration,
+    CIFAR-10.1)."""
     evaluate = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix of a trained model",
                               description="Reload a run folder (its best checkpoint) or a checkpoint file and "
                               "evaluate it; writes evaluation.json, confusion.png and per_class.png.",
@@ -272,6 +273,11 @@ def _add_run_commands(sub) -> None:
     evaluate.add_argument("--dataset", choices=("cifar10.1",),
                           help="cifar10.1: score a CIFAR-10 run on CIFAR-10.1 (read from DATA_DIR/cifar10.1, "
                           "downloaded if missing) and show the drop from CIFAR-10 test with its 95%% interval")
+
+
+def _add_run_commands(sub) -> None:
+    """`evaluate`, `diagnose`, `predict`, `export`: what to do with a trained run."""
+    _add_evaluate(sub)
 
     diagnose = sub.add_parser(
         "diagnose", help="draw the gradient flow of runs trained with --diagnostics N",
