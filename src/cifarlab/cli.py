@@ -103,12 +103,7 @@ def cmd_evaluate(args) -> int:
     if args.calibration or args.dataset:
         return _evaluate_other(args)
     r = evaluate_run(args.source, args.split, args.tta, args.data_dir, args.out, args.device)
-    if args.json:
-        print(json.dumps({k: v for k, v in r.items() if k != "folder"}, indent=2))
-        return 0
-    print(r, end="")
-    print(f"evaluation.json, confusion.png, per_class.png in {r['folder']}")
-    return 0
+    return _print_evaluation(args, r, "evaluation.json, confusion.png, per_class.png")
 
 
 def _evaluate_corruptions(args) -> int:
