@@ -119,8 +119,8 @@ def test_under_torchrun_a_gpu_run_agrees_on_its_flags_every_50_steps_not_every_s
     summary = engine.fit(cfg)
     assert summary["world_size"] == 2
     # 640 images, 4 per rank per step: 80 steps -> a decision at step 50 and the end-of-epoch check;
-    # then the epoch's training sums and the test split's sums.
-    assert ops == ["max", "max", "sum", "sum"]
+    # then the epoch's training sums, the test split's sums and, the final epoch's, its ECE bins.
+    assert ops == ["max", "max", "sum", "sum", "sum"]
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert len(saved["rng_ranks"]) == 2            # each rank's random state, for an exact resume
 
