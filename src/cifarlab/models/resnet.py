@@ -37,7 +37,10 @@ def _projection(cin: int, cout: int, stride: int, batchnorm: bool, skip: bool) -
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, batchnorm: bool = True, skip: bool = True):
+    def __init__(self, cin: int, planes: int, stride: int = 1, batchnorm: bool = True, skip: bool = True,
+                 shortcut=None):
+        """shortcut: (cin, cout, stride, batchnorm, skip) -> the module on the shortcut where the shape changes,
+        or None; default the projection (option B). He et al.'s CIFAR nets pass their option A."""
         super().__init__()
         # Without BN the convs get a bias back, as a plain conv layer would have.
         bias = not batchnorm
@@ -47,7 +50,7 @@ class BasicBlock(nn.Module):
         self.bn2 = _norm(planes, batchnorm)
         self.relu = nn.ReLU(inplace=True)
         self.skip = skip
-        self.downsample = _projection(cin, planes, stride, batchnorm, skip)
+        self.downsample = (shortcut or _projection)(cin, planes, stride, batchnorm, skip)
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))

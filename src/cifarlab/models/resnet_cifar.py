@@ -11,7 +11,8 @@ subsampled by 2 and zero-padded to the new width, so shortcuts add no
 parameters. With skip=False the same layers run without any shortcut: the
 "plain" nets of the paper's Fig. 6, whose counts equal the residual ones.
 
-The layers carry our other ResNets' names: conv1, bn1, layer1-layer3, fc.
+The blocks are resnet.py's BasicBlock with the option-A shortcut, and the layers carry our other
+ResNets' names: conv1, bn1, layer1-layer3, fc (in a block conv1/bn1/conv2/bn2/downsample).
 """
 
 import torch
@@ -19,12 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlab.models.registry import register_model
+from cifarlab.models.resnet import BasicBlock, _norm
 
 WIDTHS = (16, 32, 64)
-
-
-def _norm(channels: int, batchnorm: bool) -> nn.Module:
-    return nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
 
 
 class PadShortcut(nn.Module):
@@ -40,25 +38,9 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
 
 
-class CifarBlock(nn.Module):
-    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, + shortcut (none when skip is off), ReLU."""
-
-    def __init__(self, cin: int, cout: int, stride: int, batchnorm: bool, skip: bool):
-        super().__init__()
-        bias = not batchnorm      # without BN a conv gets its bias back, as a plain conv layer has
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
-        self.bn1 = _norm(cout, batchnorm)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
-        self.bn2 = _norm(cout, batchnorm)
-        self.relu = nn.ReLU(inplace=True)
-        self.skip = skip
-        self.shortcut = PadShortcut(cin, cout, stride) if skip and (stride != 1 or cin != cout) else None
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        if self.skip:
-            out = out + (x if self.shortcut is None else self.shortcut(x))
-        return self.relu(out)
+def option_a(cin: int, cout: int, stride: int, batchnorm: bool, skip: bool) -> nn.Module | None:
+    """The shortcut where the shape changes: PadShortcut; None (the identity, or no shortcut when skip is off)."""
+    return PadShortcut(cin, cout, stride) if skip and (stride != 1 or cin != cout) else None
 
 
 class CifarResNet(nn.Module):
@@ -73,8 +55,8 @@ class CifarResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         cin = WIDTHS[0]
         for i, cout in enumerate(WIDTHS):
-            blocks = [CifarBlock(cin if j == 0 else cout, cout, 2 if (i > 0 and j == 0) else 1, batchnorm, skip)
-                      for j in range(n)]
+            blocks = [BasicBlock(cin if j == 0 else cout, cout, 2 if (i > 0 and j == 0) else 1, batchnorm, skip,
+                                 shortcut=option_a) for j in range(n)]
             cin = cout
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
