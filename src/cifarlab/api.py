@@ -101,18 +101,23 @@ def _as_runs(result):
 
 
 def ablate(model, dataset, *, without: str | list[str] | None = None, seeds: int = 2, recipe: str | None = None,
-           out: str | Path | None = None, jobs: int = 1, ray: str | None = None, ray_cpus: int = 1, **settings):
+           out: str | Path | None = None, jobs: int = 1, ray: str | None = None, ray_cpus: int = 1,
+           robustness: bool = False, robustness_limit: int | None = None, **settings):
     """The full recipe against each technique removed (batchnorm, kaiming, dropout, augment), over seeds.
 
     without: a list or comma string of techniques, or "all" (each, and all at once).
     jobs, ray, ray_cpus: as for train().
+    robustness: also each run's mean corruption accuracy (robustness_limit test images per corrupted set; None:
+    all), test ECE before and after temperature scaling (needs val_size) and CIFAR-10.1 where its files are.
     """
     from cifarlab.study.ablate import ablate as run_ablation, parse_without
+    from cifarlab.study.robustness import Robustness
 
     launch = _launch(seeds, jobs, ray, ray_cpus)
     techniques, remove_all = parse_without(",".join(without) if isinstance(without, list) else without)
     cfg, obj = _config(model, dataset, recipe, out, settings, default_recipe=True)
-    return run_ablation(cfg, techniques, remove_all, seeds, obj, launch)
+    return run_ablation(cfg, techniques, remove_all, seeds, obj, launch,
+                        Robustness(robustness, robustness_limit).check())
 
 
 def depth(family: str = "resnet-cifar", depths: str | list[int] = "20,32,44,56", dataset="cifar10", *,
@@ -165,12 +170,14 @@ def _launch(seeds, jobs, ray, ray_cpus):
 def reproduce(data_dir: str | Path | None = None, *, scale: float = 1.0, tuned: bool = False,
               out: str | Path | None = None, jobs: int = 1, ray: str | None = None, ray_cpus: int = 1,
               question_seeds: int = 2, depth_study: str | Path | None = None, with_depth: bool = False,
-              **settings):
+              robustness: bool = False, robustness_limit: int | None = None, **settings):
     """The article's six runs with its recipes (and our tuned ones), its figures beside ours, and what the article
     could not tell (skip connections, gradient flow over question_seeds seeds; 0 leaves it out), with a finished
-    depth study (depth_study=DIR) or a new one (with_depth=True); jobs, ray, ray_cpus: as for train()."""
+    depth study (depth_study=DIR) or a new one (with_depth=True); jobs, ray, ray_cpus: as for train().
+    robustness: as for ablate() (each run then holds out a tenth of its train images, at most 5,000, as val)."""
     from cifarlab.study.questions import Questions
     from cifarlab.study.reproduce import reproduce as run_study
+    from cifarlab.study.robustness import Robustness
 
     launch = _launch(1, jobs, ray, ray_cpus)
 
@@ -180,7 +187,7 @@ def reproduce(data_dir: str | Path | None = None, *, scale: float = 1.0, tuned: 
         raise UsageError(f"reproduce takes no setting '{unknown[0]}' (it takes: {', '.join(sorted(allowed))})")
     questions = Questions(question_seeds, str(depth_study) if depth_study else None, with_depth)
     return run_study(str(data_dir) if data_dir else None, scale, tuned, str(out) if out else None, settings, launch,
-                     questions)
+                     questions, Robustness(robustness, robustness_limit).check())
 
 
 # ---------------------------------------------------------------- what the command line calls

@@ -61,10 +61,16 @@ def cmd_ablate(args) -> int:
     launch = _launch(args)
     techniques, remove_all = parse_without(args.without)
     cfg = command_config(train_settings(args), args.recipe, args.sample, default_recipe=True)
-    result = ablate(cfg, techniques, remove_all, args.seeds, launch=launch)
+    result = ablate(cfg, techniques, remove_all, args.seeds, launch=launch, robustness=_robustness(args))
     print(result, end="")
     print(f"ablation.json, ablation.md, ablation.png, report.html in {result['folder']}")
     return 0
+
+
+def _robustness(args):
+    from cifarlab.study.robustness import Robustness
+
+    return Robustness(args.robustness, args.robustness_limit).check()
 
 
 def cmd_depth(args) -> int:
@@ -86,7 +92,7 @@ def cmd_reproduce(args) -> int:
     overrides = {k: getattr(args, k) for k in ("device", "download", "quiet") if getattr(args, k) is not None}
     data_dir, scale, out, overrides = study_settings(args.data_dir, args.scale, args.out, overrides, args.sample)
     questions = Questions(args.question_seeds, args.depth_study, args.with_depth)
-    result = reproduce(data_dir, scale, args.tuned, out, overrides, _launch(args), questions)
+    result = reproduce(data_dir, scale, args.tuned, out, overrides, _launch(args), questions, _robustness(args))
     print(result, end="")
     print(f"report: {Path(result['folder']) / 'report.html'} (and report.md)")
     if args.sample:

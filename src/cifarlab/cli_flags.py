@@ -111,6 +111,18 @@ def _add_train_and_ablate(sub) -> None:
     ablate.add_argument("--without", help="comma list of batchnorm,kaiming,dropout,augment,skip (default: the "
                         "article's four, each), or all = each of the four and all four removed at once; skip (the "
                         "residual shortcuts) only by name, e.g. --model resnet18 --without skip,batchnorm")
+    _add_robustness(ablate, "every run (needs --val-size N: the temperature is fitted on val); each change from "
+                    "the full recipe paired over seeds with its 95%% interval")
+
+
+def _add_robustness(parser, what: str) -> None:
+    parser.add_argument("--robustness", action="store_true",
+                        help="also measure beyond the test split: mean accuracy over 15 generated corruptions x 5 "
+                        "severities, test ECE before and after a temperature fitted on val, and CIFAR-10.1 where "
+                        f"its files are in the data folder, for {what}")
+    parser.add_argument("--robustness-limit", type=int, metavar="N",
+                        help="--robustness: N test images per corrupted set (default: the whole test split; "
+                        "75 sets of it)")
 
 
 def _add_depth_command(sub) -> None:
@@ -230,6 +242,8 @@ def _add_study_commands(sub) -> None:
                            help="run the depth study too (plain and residual nets of depth 20, 32, 44, 56, recipe "
                            "he2015-cifar, scaled by --scale, over --question-seeds seeds but at least 2; at full "
                            "scale a GPU job) into OUT/depth")
+    _add_robustness(reproduce, "each of its runs (which then hold out a tenth of the train images, at most 5,000, "
+                    "as their val split)")
     _add_jobs(reproduce)
     reproduce.add_argument("--device", choices=DEVICES)
     reproduce.add_argument("--no-download", dest="download", action="store_const", const=False)

@@ -35,6 +35,7 @@ STUDY_LOG = "train.log"   # a study's parallel run appends its output here; the 
 DIAGNOSTICS = "diagnostics.jsonl"   # --diagnostics N: a row per recorded layer per recorded step
 DIAGNOSE = "diagnose"     # `cifarlab diagnose RUN`'s figures, by default
 TEMPERATURE = "temperature.json"   # `cifarlab evaluate RUN --calibration`: T fitted on val (predict/export use it)
+ROBUSTNESS = "robustness.json"     # a study's --robustness: this run's figures beyond its test split
 # `cifarlab export`: each format and the file it writes in the run folder by default.
 EXPORT_FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt",
                   "safetensors": "model.export.safetensors"}
@@ -52,7 +53,7 @@ def _read_json(path: Path):
 
 # What cifarlab itself writes in a run folder: --overwrite replaces a folder that holds nothing else.
 RUN_ENTRIES = {CONFIG, METRICS, SUMMARY, SUMMARY_TEXT, WEIGHTS, CHECKPOINTS, STUDY_LOG, "tensorboard",
-               DIAGNOSTICS, DIAGNOSE, TEMPERATURE, *EXPORT_FORMATS.values()}
+               DIAGNOSTICS, DIAGNOSE, TEMPERATURE, ROBUSTNESS, *EXPORT_FORMATS.values()}
 
 
 def _check_only_run_files(out: Path) -> None:

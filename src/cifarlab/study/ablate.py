@@ -21,6 +21,7 @@ from cifarlab.report.stats import (confidence_interval, interval_text, mean_rows
                                    scored_split)
 from cifarlab.report.summary import model_title
 from cifarlab.runfolder import atomic_write_json, atomic_write_text
+from cifarlab.study import robustness as beyond
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_groups
 
 # The article's deeper CNN, whose ablation claims these are: 15 epochs of the 50,000 CIFAR-10 train images.
@@ -97,7 +98,10 @@ class Ablation(dict):
 
 
 def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int, model=None,
-           launch: Launch = SEQUENTIAL) -> Ablation:
+           launch: Launch = SEQUENTIAL, robustness: beyond.Robustness = beyond.Robustness()) -> Ablation:
+    """Each variant over `seeds` seeds; robustness.enabled (--robustness) also measures every run beyond its test
+    split (study/robustness.py) and compares those figures the same way."""
+    robustness = robustness.check()
     base = Path(cfg.out) if cfg.out else default_out(f"ablate-{cfg.model}-{cfg.dataset}")
     plan, skipped = variants(cfg, techniques, remove_all, model)
     if len(plan) == 1:
@@ -105,12 +109,18 @@ def ablate(cfg: TrainConfig, techniques: list[str], remove_all: bool, seeds: int
     if not cfg.test and not cfg.val_size:     # refused before any training, not after all of it
         raise UsageError("--no-test without --val-size: the runs would score neither test nor val, and there "
                          "would be nothing to compare; pass --val-size N")
+    if robustness.enabled:
+        beyond.check_study(cfg)
     start = time.perf_counter()
     configs = {name: [dataclasses.replace(cfg, **overrides, seed=cfg.seed + i,
                                           out=str(base / name / f"seed-{cfg.seed + i}")) for i in range(seeds)]
                for name, overrides in plan.items()}
     results = run_groups(configs, launch, model, "ablate")
     result = Ablation(summarize(cfg, plan, results, skipped, seeds))
+    if robustness.enabled:
+        records = {name: beyond.measure_all(runs, robustness, device=cfg.device, quiet=cfg.quiet)
+                   for name, runs in results.items()}
+        result["robustness"] = beyond.study_summary(records, "full", seeds, robustness)
     result["wall_time_s"] = time.perf_counter() - start
     write_outputs(base, result, results)
     result["folder"] = str(base)
@@ -228,7 +238,9 @@ def text_report(result: dict) -> str:
     notes = ([f"Skipped (the model has no such switch, or the recipe does not use it): "
               f"{', '.join(result['skipped'])}"] if result["skipped"] else [])
     budget = [result["budget"]] if result.get("budget") else []
-    return "\n".join([head, "", text_table(headers, rows), *budget, *result["findings"], *notes]) + "\n"
+    beyond_lines = beyond.text_lines(result["robustness"]) if result.get("robustness") else []
+    return "\n".join([head, "", text_table(headers, rows), *budget, *result["findings"], *notes,
+                      *beyond_lines]) + "\n"
 
 
 def half_width(values: list[float]) -> float:
@@ -244,6 +256,8 @@ def write_outputs(base: Path, result: dict, results: dict) -> None:
     headers, rows = table(result)
     md = text_report(result).split("\n\n", 1)[0] + "\n\n" + markdown_table(headers, rows) + "\n" + \
         "\n".join(f"- {f}" for f in [result.get("budget", ""), *result["findings"]] if f) + "\n"
+    if result.get("robustness"):
+        md += beyond.markdown(result["robustness"])
     atomic_write_text(base / "ablation.md", md)
     series = {name: mean_rows([r.metrics for r in runs]) for name, runs in results.items()}
     curves = plots.curves(series, base / "ablation.png", "Ablation (mean over seeds)")
@@ -264,4 +278,6 @@ def write_outputs(base: Path, result: dict, results: dict) -> None:
     report.section("Curves").image(curves, "Test (solid) and train (dashed) accuracy per epoch, mean over seeds")
     report.section("Final accuracy").image(bars, "Final test accuracy per variant, whiskers = 95% confidence "
                                            "interval of the mean over seeds (none for one seed)")
+    if result.get("robustness"):
+        beyond.report_section(report, result["robustness"], base / "robustness_bars.png")
     report.write(base)

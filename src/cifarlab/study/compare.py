@@ -16,6 +16,7 @@ from cifarlab.report.stats import confidence_interval, difference_interval, inte
 from cifarlab.report.summary import comparison_block
 from cifarlab.runfolder import SUMMARY, RunFolder, open_run
 from cifarlab.storage import current_summary
+from cifarlab.study.robustness import compare_cells
 
 
 class SeedsFolder:
@@ -28,6 +29,10 @@ class SeedsFolder:
     @property
     def metrics(self) -> list[dict]:
         return mean_rows([open_run(self.path / f"seed-{s}").metrics for s in self.summary["seeds"]])
+
+    @property
+    def folders(self) -> list[Path]:
+        return [self.path / f"seed-{s}" for s in self.summary["seeds"]]
 
 
 def open_result(source) -> RunFolder | SeedsFolder:
@@ -116,7 +121,9 @@ def compare(runs: list, plot: str | Path | None = None) -> Comparison:
 
 def comparison_table(runs: list[RunFolder], split: str = "test") -> str:
     """One row per run: its accuracies, parameters, time, and the final accuracy's change from the first run
-    (on test; on val, said in the header, where test was never scored)."""
+    (on test; on val, said in the header, where test was never scored); and where any run was measured beyond
+    its test split (`evaluate --corruptions all`, `--calibration`, `--robustness`), its mean corruption accuracy
+    (images per set) and its test ECE after temperature scaling, averaged over a seeds folder's seeds."""
     key = f"final_{split}_acc"
     first = runs[0].summary[key]
     name = "test" if split == "test" else f"{split} (test not scored)"
@@ -125,6 +132,10 @@ def comparison_table(runs: list[RunFolder], split: str = "test") -> str:
     rows = [[r.name, r.summary["model"], r.summary["dataset"], r.summary["epochs"], r.summary["final_train_acc"],
              r.summary[key], _interval_cell(r, split), r.summary["best_test_acc"], f"{r.summary['params']:,}",
              r.summary["train_and_eval_time_s"], f"{r.summary[key] - first:+.2f}"] for r in runs]
+    cells = [compare_cells(r.folders if isinstance(r, SeedsFolder) else [r.path]) for r in runs]
+    if any(cells):
+        headers += ["corrupted % (images)", "ECE after T %"]
+        rows = [row + list(cell or ("-", "-")) for row, cell in zip(rows, cells)]
     return text_table(headers, rows)
 
 

@@ -17,6 +17,7 @@ from cifarlab.errors import UsageError
 from cifarlab.report.document import Report, text_table
 from cifarlab.report.summary import article_summary, comparison_block
 from cifarlab.runfolder import RunFolder, atomic_write_json
+from cifarlab.study import robustness as beyond
 from cifarlab.study.questions import (Questions, answer_questions, question_bases, questions_section,
                                       summary_lines, with_diagnostics)
 from cifarlab.study.runs import SEQUENTIAL, Launch, check_folders, run_all
@@ -110,14 +111,18 @@ def train_images(dataset: str, data_dir, scale: float, download: bool) -> int | 
     return None
 
 
-def plan(data_dir, scale: float, tuned: bool, out: Path, overrides: dict, diagnostics: bool = False) -> list[Job]:
+def plan(data_dir, scale: float, tuned: bool, out: Path, overrides: dict, diagnostics: bool = False,
+         val_split: bool = False) -> list[Job]:
     """Every run of the study; tuned runs follow their article run. diagnostics: the article runs the questions
-    share record their gradients."""
-    sizes = {}
+    share record their gradients. val_split (--robustness): each run holds out a val split to fit its
+    temperature on, a tenth of the train images up to 5,000."""
+    sizes, val_sizes = {}, {}
     jobs = []
     for a in ARTICLE_RUNS:
         if a.dataset not in sizes:
             sizes[a.dataset] = train_images(a.dataset, data_dir, scale, overrides.get("download", True))
+            val_sizes[a.dataset] = (val_size(a.dataset, data_dir, overrides.get("download", True))
+                                    if val_split else 0)
         epochs, limit = scaled(a.epochs, sizes[a.dataset], scale)
         recipes = [("article", a.recipe)]
         if tuned and tuned_recipe(a.model, a.dataset):
@@ -125,11 +130,17 @@ def plan(data_dir, scale: float, tuned: bool, out: Path, overrides: dict, diagno
         for kind, recipe in recipes:
             key = a.key if kind == "article" else f"{a.key}-tuned"
             cfg = build_config({**overrides, "model": a.model, "dataset": a.dataset, "epochs": epochs,
-                                "limit_train": limit, "data_dir": data_dir, "out": str(out / key)}, recipe)
+                                "limit_train": limit, "data_dir": data_dir, "out": str(out / key),
+                                **({"val_size": val_sizes[a.dataset]} if val_split else {})}, recipe)
             if diagnostics and kind == "article" and key in question_bases():
                 cfg = with_diagnostics(cfg, sizes[a.dataset])
             jobs.append(Job(key, a, cfg))
     return jobs
+
+
+def val_size(dataset: str, data_dir, download: bool) -> int:
+    """A tenth of the train images in the files, at most the 5,000 CIFAR papers hold out (cifar-mini: 500)."""
+    return min(5000, len(load_dataset(dataset, data_dir, download_missing=download).train) // 10)
 
 
 # He et al.'s budget in the he2015-cifar recipe, scaled like the article's runs by --with-depth
@@ -153,7 +164,12 @@ class Reproduction(dict):
 
     def __str__(self) -> str:
         lines = self.get("question_lines") or []
-        return self["table"] + "".join(f"{line}\n" for line in ["", "What the article could not tell:", *lines]
+        table = self["table"]
+        if self.get("robustness"):
+            records = self["robustness"]["runs"]
+            headers, rows = beyond.run_table(list(records), list(records.values()))
+            table += "\nBeyond the test split (--robustness):\n" + text_table(headers, rows)
+        return table + "".join(f"{line}\n" for line in ["", "What the article could not tell:", *lines]
                                        if lines)
 
     def plot(self):
@@ -167,15 +183,16 @@ class Reproduction(dict):
 
 def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str | None = None,
               overrides: dict | None = None, launch: Launch = SEQUENTIAL,
-              questions: Questions = Questions()) -> Reproduction:
+              questions: Questions = Questions(), robustness: beyond.Robustness = beyond.Robustness()) -> Reproduction:
     from cifarlab.evaluate import evaluate_run
 
     if not 0 < scale <= 1:
         raise UsageError(f"--scale must be in (0, 1], got {scale}")
-    questions = questions.check()
+    questions, robustness = questions.check(), robustness.check()
     out = Path(out or "runs/reproduce")
     overrides = dict(overrides or {})
-    jobs = plan(data_dir, scale, tuned, out, overrides, diagnostics=questions.seeds > 0)
+    jobs = plan(data_dir, scale, tuned, out, overrides, diagnostics=questions.seeds > 0,
+                val_split=robustness.enabled)
     depth_cfg = depth_config(data_dir, scale, out, overrides) if questions.with_depth else None
     start = time.perf_counter()
     runs, evaluations = {}, {}
@@ -192,6 +209,9 @@ def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str |
         run = runs[job.key]
         evaluations[job.key] = reuse_evaluation(run.path) or evaluate_run(run.path, data_dir=data_dir,
                                                                           device=job.cfg.device)
+    records = (dict(zip([job.key for job in jobs], beyond.measure_all(
+        [runs[job.key] for job in jobs], robustness, data_dir, overrides.get("device", "auto"),
+        overrides.get("quiet", False)))) if robustness.enabled else None)
     answered = answer_questions(questions, {j.key: j.cfg for j in jobs if j.key == j.article.key},
                                 {j.cfg.out: runs[j.key] for j in jobs}, out, launch, depth_cfg)
     result = Reproduction({"scale": scale, "tuned": tuned, "data_dir": str(data_dir) if data_dir else None,
@@ -201,6 +221,9 @@ def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str |
               "questions": {"answers": answered["answers"], "depth": answered["depth"],
                             "gradients": [{k: v for k, v in g.items() if k != "flows"}
                                           for g in answered["gradients"] if g is not None]}})
+    if records is not None:
+        result["robustness"] = {"limit": robustness.limit, "corruption_seed": robustness.seed,
+                                "method": beyond.method_text(list(records.values())), "runs": records}
     atomic_write_json(out / "reproduce.json", dict(result))
     write_report(out, jobs, runs, evaluations, result, answered)
     result["table"] = results_table(jobs, runs)
@@ -259,6 +282,8 @@ def write_report(out: Path, jobs: list[Job], runs: dict[str, RunFolder], evaluat
         bars, "Final test accuracy per run, ours beside the article's figures").image(
         curves, "Test accuracy (solid) and train accuracy (dashed) per epoch, every run")
     comparisons_section(report, jobs, runs)
+    if result.get("robustness"):
+        robustness_section(report, result["robustness"], figures)
     if answered and (answered["answers"] or answered["depth"]):
         questions_section(report, answered["answers"], answered["gradients"], answered["depth"], figures)
     for job in jobs:
@@ -278,6 +303,20 @@ def data_text(data_dir: str | None) -> str:
                 f"per dataset: a first look, far too few for the article's accuracies; `{FULL_STUDY}` runs the full "
                 "study)")
     return data_dir or "default data folder"
+
+
+def robustness_section(report: Report, robustness: dict, figures: Path) -> None:
+    """--robustness: each run's clean and corrupted accuracy, ECE before and after T, CIFAR-10.1."""
+    from cifarlab.report import plots
+
+    records = robustness["runs"]
+    headers, rows = beyond.run_table(list(records), list(records.values()))
+    bars = plots.accuracy_bars(list(records), {"clean": [r["clean_accuracy"] for r in records.values()],
+                                               "corrupted": [r["corruption_accuracy"] for r in records.values()]},
+                               figures / "robustness.png", title="Clean and mean corrupted test accuracy")
+    report.section("Beyond the test split").text(
+        robustness["method"] + " Every run held out its val split for this, so it trained on fewer images than "
+        "the article's.").table(headers, rows).image(bars, "Clean and mean corrupted test accuracy per run")
 
 
 def comparisons_section(report: Report, jobs: list[Job], runs: dict[str, RunFolder]) -> None:

@@ -1,0 +1,176 @@
+"""`ablate --robustness`, `reproduce --robustness` and compare's robustness columns (study/robustness.py), on
+the real CIFAR-10 sample with a CIFAR-10.1 copy written in the official layout."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cifarlab
+from cifarlab.data import cifar101
+from conftest import run_cli
+
+T_975_DF1 = 12.7062047361747      # Student's t, 97.5% quantile, 1 degree of freedom (2 seeds)
+LIMIT = 40
+
+
+@pytest.fixture(scope="module")
+def data(cifar_sample, tmp_path_factory):
+    """The sample's CIFAR-10, and as CIFAR-10.1 its last 60 real test images in the release's layout."""
+    root = tmp_path_factory.mktemp("robust-data")
+    shutil.copytree(cifar_sample / "cifar-10-batches-py", root / "cifar-10-batches-py")
+    from cifarlab.data.sources import load_dataset
+
+    test = load_dataset("cifar10", root, download_missing=False).test
+    (root / cifar101.FOLDER).mkdir()
+    np.save(root / cifar101.FOLDER / cifar101.DATA_FILE, test.images[40:].permute(0, 2, 3, 1).numpy())
+    np.save(root / cifar101.FOLDER / cifar101.LABELS_FILE, test.labels[40:].numpy().astype(np.int64))
+    return root
+
+
+@pytest.fixture(scope="module")
+def ablation(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("robust-ablate") / "study"
+    return cifarlab.ablate("basic-cnn", "cifar10", without="augment", seeds=2, data_dir=str(data), epochs=1,
+                           val_size=20, augment=["crop", "flip"], robustness=True, robustness_limit=LIMIT,
+                           quiet=True, out=str(out))
+
+
+def _record(folder):
+    return json.loads((folder / "robustness.json").read_text())
+
+
+def test_each_run_records_what_evaluate_measured(ablation):
+    for variant in ("full", "no-augment"):
+        for seed in (0, 1):
+            folder = Path(ablation["folder"]) / variant / f"seed-{seed}"
+            record = _record(folder)
+            sets = json.loads((folder / "evaluation-corruptions" / "corruptions.json").read_text())
+            per_set = [v for by in sets["accuracy"].values() for v in by.values()]
+            assert len(per_set) == 75 and sets["images"] == LIMIT
+            assert record["corruption_accuracy"] == pytest.approx(sum(per_set) / 75)
+            assert record["corruption_gap"] == pytest.approx(sets["clean_accuracy"] - sum(per_set) / 75)
+            calibration = json.loads((folder / "evaluation-calibration" / "calibration.json").read_text())
+            assert record["ece"] == pytest.approx(calibration["test"]["before"]["ece"])
+            assert record["ece_calibrated"] == pytest.approx(calibration["test"]["after"]["ece"])
+            assert calibration["val"]["before"]["images"] == 20
+            shift = json.loads((folder / "evaluation-cifar10.1" / "shift.json").read_text())
+            assert shift["cifar10.1"]["images"] == 60
+            assert record["cifar101_accuracy"] == pytest.approx(shift["cifar10.1"]["accuracy"])
+
+
+def test_changes_are_paired_over_seeds_with_their_t_interval(ablation):
+    root = Path(ablation["folder"])
+    rows = {r["group"]: r for r in ablation["robustness"]["rows"]}
+    for key in ("corruption_accuracy", "corruption_gap", "ece", "ece_calibrated", "cifar101_accuracy"):
+        diffs = [_record(root / "no-augment" / f"seed-{s}")[key] - _record(root / "full" / f"seed-{s}")[key]
+                 for s in (0, 1)]
+        mean = sum(diffs) / 2
+        half = T_975_DF1 * abs(diffs[0] - diffs[1]) / math.sqrt(2) / math.sqrt(2)   # sd of 2 = |a-b|/sqrt(2)
+        assert rows["no-augment"][f"{key}_change"] == pytest.approx(mean)
+        assert rows["no-augment"][f"{key}_change_ci95"] == pytest.approx([mean - half, mean + half])
+    text = str(ablation)
+    assert "Beyond the test split (--robustness)" in text
+    assert "Removing augment (paired over 2 seeds): mean corruption accuracy" in text
+    change = rows["no-augment"]["corruption_accuracy_change"]
+    assert f"({change:+.2f} pt, 95% CI" in text
+    assert "CIFAR-10.1 accuracy" in text
+
+
+def test_report_markdown_and_figure(ablation):
+    root = Path(ablation["folder"])
+    assert "## Beyond the test split" in (root / "ablation.md").read_text()
+    assert "Beyond the test split" in (root / "report.html").read_text()
+    assert (root / "robustness_bars.png").stat().st_size > 5000
+    saved = json.loads((root / "ablation.json").read_text())
+    assert saved["robustness"]["limit"] == LIMIT
+
+
+def test_a_second_pass_reuses_the_records_and_new_weights_are_measured_again(ablation, data):
+    from cifarlab.runfolder import open_run
+    from cifarlab.storage import load_checkpoint, save_checkpoint
+    from cifarlab.study.robustness import Robustness, measure
+
+    folder = Path(ablation["folder"]) / "full" / "seed-0"
+    before = (folder / "robustness.json").stat().st_mtime_ns
+    again = cifarlab.ablate("basic-cnn", "cifar10", without="augment", seeds=2, data_dir=str(data), epochs=1,
+                            val_size=20, augment=["crop", "flip"], robustness=True, robustness_limit=LIMIT,
+                            quiet=True, out=ablation["folder"])
+    assert (folder / "robustness.json").stat().st_mtime_ns == before
+    assert again["robustness"]["rows"] == ablation["robustness"]["rows"]
+    run = open_run(folder)
+    weights = run.weights_to_load()
+    state = load_checkpoint(weights)
+    tensors = state["model"] if "model" in state else state
+    name = next(k for k, v in tensors.items() if torch.is_floating_point(v))
+    tensors[name] = tensors[name] + 0.05
+    save_checkpoint(state, weights)
+    old = _record(folder)
+    new = measure(run, Robustness(True, LIMIT), progress=False)
+    assert new["key"]["weights_sha256"] != old["key"]["weights_sha256"]
+    assert _record(folder)["key"] == new["key"]
+
+
+def test_compare_shows_the_robustness_columns(ablation):
+    root = Path(ablation["folder"])
+    a, b = root / "full" / "seed-0", root / "no-augment" / "seed-1"
+    result = run_cli("compare", str(a), str(b))
+    assert result.returncode == 0, result.stderr
+    assert "corrupted % (images)" in result.stdout and "ECE after T %" in result.stdout
+    for folder in (a, b):
+        record = _record(folder)
+        assert f"{record['corruption_accuracy']:.2f} ({LIMIT})" in result.stdout
+        assert f"{record['ece_calibrated']:.2f}" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--augment", "crop,flip"], "--robustness fits a temperature on a val split (never on test), and these runs "
+                                 "have none: pass --val-size N, e.g. 5000"),
+    (["--val-size", "20", "--no-test"], "--robustness corrupts the test split and scores it: leave out --no-test"),
+    (["--val-size", "20", "--robustness-limit", "0"], "--robustness-limit must be >= 1, got 0"),
+])
+def test_ablate_refuses_before_training(cifar_sample, tmp_path, args, message):
+    out = tmp_path / "study"
+    result = run_cli("ablate", "--model", "basic-cnn", "--dataset", "cifar10", "--data-dir", str(cifar_sample),
+                     "--epochs", "1", "--without", "augment", "--augment", "crop,flip", "--robustness", *args,
+                     "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"cifarlab: error: {message}"
+    assert not out.exists()
+
+
+def test_refusals_for_grey_images_and_a_limit_alone(tmp_path):
+    result = run_cli("ablate", "--model", "basic-cnn", "--dataset", "mnist", "--data-dir", str(tmp_path),
+                     "--val-size", "100", "--robustness", "--out", str(tmp_path / "m"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("cifarlab: error: --robustness: mnist has 1 channel(s); the corruptions are "
+                                     "defined for colour images")
+    result = run_cli("reproduce", "--sample", "--robustness-limit", "5", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("cifarlab: error: --robustness-limit sets how many test images each corrupted "
+                                     "set holds: add --robustness")
+
+
+def test_reproduce_adds_each_runs_robustness(data, tmp_path, monkeypatch):
+    from cifarlab.study import reproduce as study
+
+    monkeypatch.setattr(study, "ARTICLE_RUNS", study.ARTICLE_RUNS[:1])       # basic-cnn on CIFAR-10 alone
+    out = tmp_path / "reproduce"
+    result = cifarlab.reproduce(str(data), scale=0.2, out=str(out), question_seeds=0, robustness=True,
+                                robustness_limit=30, quiet=True)
+    config = json.loads((out / "basic-cnn-cifar10" / "config.json").read_text())
+    assert config["val_size"] == 20                          # a tenth of the sample's 200 train images
+    record = result["robustness"]["runs"]["basic-cnn-cifar10"]
+    assert record == _record(out / "basic-cnn-cifar10")
+    assert record["images_per_set"] == 30 and record["cifar101"]["images"] == 60
+    text = str(result)
+    assert "Beyond the test split (--robustness):" in text
+    assert f"{record['corruption_accuracy']:.2f}" in text and f"{record['ece_calibrated']:.2f}" in text
+    saved = json.loads((out / "reproduce.json").read_text())
+    assert saved["robustness"]["runs"]["basic-cnn-cifar10"]["corruption_accuracy"] == record["corruption_accuracy"]
+    assert "Beyond the test split" in (out / "report.html").read_text()
+    assert (out / "figures" / "robustness.png").is_file()
