@@ -173,12 +173,14 @@ def test_generated_sets_are_cached_by_images_seed_and_version(images, tmp_path, 
     again = sets(images[:8])
     assert len(made) == 2 and all(torch.equal(first[k], again[k]) for k in first)    # read, not made again
     assert torch.equal(first["fog", 5], real_corrupt(images[:8], "fog", 5, seed=3))
+    next((tmp_path / "corruptions").rglob("fog-5.npy")).write_bytes(b"")             # an emptied file
+    assert torch.equal(sets(images[:8])["fog", 5], first["fog", 5]) and made[2:] == [("fog", 5, 3)]
     other = sets(images[8:16])                                                        # other images
-    assert len(made) == 4 and not torch.equal(other["fog", 5], first["fog", 5])
+    assert len(made) == 5 and not torch.equal(other["fog", 5], first["fog", 5])
     sets(images[:8], seed=4)                                                          # another seed
-    assert len(made) == 6
+    assert len(made) == 7
     monkeypatch.setattr(cc, "CODE_VERSION", cc.CODE_VERSION + "-next")               # newer code
-    assert torch.equal(sets(images[:8])["fog", 5], first["fog", 5]) and len(made) == 8
+    assert torch.equal(sets(images[:8])["fog", 5], first["fog", 5]) and len(made) == 9
     path = set_cache_path("h", "abc", "fog", 5, 3)
     assert path != set_cache_path("h", "abd", "fog", 5, 3)
     import PIL

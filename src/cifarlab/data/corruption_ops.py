@@ -9,6 +9,8 @@ follow theirs, written again here for whole batches. Where theirs calls somethin
 - frost (six photographs of frost): a procedural texture, a plasma-fractal haze with motion-blurred ice
   needles, bluish white; its statistics are not fitted to the photographs;
 - elastic: the random affine and the smooth displacement are applied in one bilinear sample, not two.
+Pixelate calls PIL in theirs; here PIL's BOX arithmetic (fixed point, one axis at a time, 8 bits after each pass)
+is done in torch for whole batches, with the same bytes.
 """
 
 from __future__ import annotations

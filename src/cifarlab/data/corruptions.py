@@ -9,6 +9,7 @@ differ (motion blur, frost, elastic).
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -115,13 +116,25 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> to
     check_side(images.shape[-2:])
     function, params = CORRUPTIONS[name]
     out = torch.empty_like(images, dtype=torch.uint8)
-    for start in range(0, len(images), BLOCK):
+
+    def one_block(start: int) -> None:
         block = images[start:start + BLOCK]
         padded = torch.zeros((BLOCK, *images.shape[1:]), dtype=torch.float32)
         padded[:len(block)] = block.float() / 255   # black filler: every corruption works image by image
         gen = torch.Generator().manual_seed(_stream_seed(seed, name, severity, start // BLOCK))
         # truncated to 8 bits, as their np.uint8(...)
         out[start:start + len(block)] = ops.to_levels(function(padded, params[severity - 1], gen)[:len(block)])
+
+    # The blocks run side by side, each on one thread: a block's many small ops would otherwise wait for each
+    # other's threads (slow on a busy machine), and the bytes cannot depend on the thread count.
+    starts = range(0, len(images), BLOCK)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+            list(pool.map(one_block, starts))
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -160,8 +173,8 @@ def corrupted_sets(images: torch.Tensor, names: list[str], severities: list[int]
                     if cached.shape == tuple(images.shape) and cached.dtype == np.uint8:
                         yield name, severity, torch.from_numpy(cached)
                         continue
-                except (OSError, ValueError):
-                    pass   # a damaged cache file is made again
+                except (OSError, ValueError, EOFError):
+                    pass   # a damaged (or empty) cache file is made again
             out = corrupt(images, name, severity, seed)
             if cache:
                 with atomic_file(path) as tmp:
