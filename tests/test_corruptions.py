@@ -71,6 +71,20 @@ def test_an_images_bytes_do_not_depend_on_the_batch_it_is_in(cifar10_sample, nam
     assert torch.equal(corrupt(x[:40], name, 4, seed=2), corrupt(x, name, 4, seed=2)[:40])
 
 
+def test_the_thread_count_changes_no_byte(images):
+    threads = torch.get_num_threads()
+    made = {}
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            made[count] = [corrupt(images, name, 5, seed=1) for name in ("glass_blur", "elastic_transform", "fog")]
+            assert torch.get_num_threads() == count                   # given back as it was
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(made[1], made[2]))
+    assert corrupt(images[:0], "fog", 1).shape == (0, 3, 32, 32)
+
+
 def test_values_are_truncated_to_8_bits_as_their_np_uint8(cifar10_sample):
     # contrast recomputed as their script does it, in float64 numpy; rounding instead would differ in half the
     # values, float32 against float64 in a few near a whole level

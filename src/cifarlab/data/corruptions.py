@@ -106,7 +106,8 @@ def _stream_seed(seed: int, name: str, severity: int, block: int) -> int:
 
 
 def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
-    """One corrupted copy of uint8 images (N, 3, H, W) -> uint8 (N, 3, H, W), the same for the same seed."""
+    """One corrupted copy of uint8 images (N, 3, 32, 32) -> uint8 (N, 3, 32, 32). Image i's bytes depend only
+    on it, the seed and i (its block of BLOCK images), not on the other images, their number or the threads."""
     if name not in CORRUPTIONS:
         parse_corruptions([name])
     if severity not in SEVERITIES:
@@ -131,7 +132,7 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> to
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+        with ThreadPoolExecutor(max(1, min(threads, len(starts)))) as pool:
             list(pool.map(one_block, starts))
     finally:
         torch.set_num_threads(threads)
