@@ -32,8 +32,8 @@ SIDE = 32   # the severity constants (pixelate's sizes, elastic's, motion radii,
 
 # How the sets generated here differ from Hendrycks & Dietterich's (also in the report and corruptions.json)
 DIFFERENCES = {
-    "frost": "a procedural texture (plasma-fractal haze with ice needles), not crops of their six photographs "
-             "of frost; its statistics are not fitted to them, so frost differs most",
+    "frost": "a procedural texture (plasma haze, ice needles), not crops of their six photographs of frost; "
+             "not fitted to them: frost differs most",
     "motion_blur": "ImageMagick's line kernel reimplemented in torch (snow's streaks too): agrees in kind, not "
                    "to the byte",
     "elastic_transform": "the random affine and the smooth displacement in one bilinear sample, not two",
