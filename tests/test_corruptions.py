@@ -62,6 +62,46 @@ def test_same_seed_gives_the_same_bytes(images, name):
         assert not torch.equal(first, corrupt(images[:8], name, 3, seed=8))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_an_images_bytes_do_not_depend_on_the_batch_it_is_in(cifar10_sample, name, monkeypatch):
+    # so the sets of `--limit 500` are the first 500 images of the full sets
+    x = cifar10_sample.test.images[:64]
+    assert torch.equal(corrupt(x[:8], name, 4, seed=2), corrupt(x, name, 4, seed=2)[:8])
+    monkeypatch.setattr("cifarlab.data.corruptions.BLOCK", 16)     # across block boundaries, a partial block
+    assert torch.equal(corrupt(x[:40], name, 4, seed=2), corrupt(x, name, 4, seed=2)[:40])
+
+
+def test_the_thread_count_changes_no_byte(images):
+    threads = torch.get_num_threads()
+    made = {}
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            made[count] = [corrupt(images, name, 5, seed=1) for name in ("glass_blur", "elastic_transform", "fog")]
+            assert torch.get_num_threads() == count                   # given back as it was
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(made[1], made[2]))
+    assert corrupt(images[:0], "fog", 1).shape == (0, 3, 32, 32)
+
+
+def test_values_are_truncated_to_8_bits_as_their_np_uint8(cifar10_sample):
+    # contrast recomputed as their script does it, in float64 numpy; rounding instead would differ in half the
+    # values, float32 against float64 in a few near a whole level
+    images = cifar10_sample.test.images
+    x = images.permute(0, 2, 3, 1).numpy() / 255.0
+    means = x.mean(axis=(1, 2), keepdims=True)
+    theirs = np.uint8(np.clip((x - means) * 0.15 + means, 0, 1) * 255)
+    ours = corrupt(images, "contrast", 5).permute(0, 2, 3, 1).numpy()
+    assert (ours != theirs).mean() < 0.01 and np.abs(ours.astype(int) - theirs).max() <= 1
+
+
+def test_only_32x32_images_are_corrupted(images):
+    bigger = torch.nn.functional.interpolate(images[:2].float(), size=(64, 64)).to(torch.uint8)
+    with pytest.raises(UsageError, match="the images are 64x64; the severity constants are CIFAR's, for 32x32"):
+        corrupt(bigger, "pixelate", 1)
+
+
 @pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "impulse_noise"])
 def test_noise_raises_pixel_variance_and_high_frequency_energy(images, name):
     out = corrupt(images, name, 3)
@@ -132,15 +172,37 @@ def test_elastic_local_warp_grows_with_severity(images):
 
 
 def test_generated_sets_are_cached_by_images_seed_and_version(images, tmp_path, monkeypatch):
+    from cifarlab.data import corruptions as cc
+
     monkeypatch.setenv("CIFARLAB_CACHE", str(tmp_path))
-    first = {(n, s): x for n, s, x in corrupted_sets(images[:8], ["fog"], [1, 5], seed=3, identity="abc")}
-    assert len(list((tmp_path / "corruptions").rglob("*.npy"))) == 2
-    monkeypatch.setattr("cifarlab.data.corruptions.corrupt", lambda *a: pytest.fail("made again, not read"))
-    again = {(n, s): x for n, s, x in corrupted_sets(images[:8], ["fog"], [1, 5], seed=3, identity="abc")}
-    assert all(torch.equal(first[k], again[k]) for k in first)
-    assert torch.equal(first["fog", 5], corrupt(images[:8], "fog", 5, seed=3))
+    made = []
+    real_corrupt = cc.corrupt
+    monkeypatch.setattr(cc, "corrupt", lambda *a: made.append(a[1:]) or real_corrupt(*a))
+
+    def sets(x, seed=3):
+        return {(n, s): out for n, s, out in corrupted_sets(x, ["fog"], [1, 5], seed=seed, identity="abc")}
+
+    first = sets(images[:8])
+    assert made == [("fog", 1, 3), ("fog", 5, 3)] and len(list((tmp_path / "corruptions").rglob("*.npy"))) == 2
+    again = sets(images[:8])
+    assert len(made) == 2 and all(torch.equal(first[k], again[k]) for k in first)    # read, not made again
+    assert torch.equal(first["fog", 5], real_corrupt(images[:8], "fog", 5, seed=3))
+    next((tmp_path / "corruptions").rglob("fog-5.npy")).write_bytes(b"")             # an emptied file
+    assert torch.equal(sets(images[:8])["fog", 5], first["fog", 5]) and made[2:] == [("fog", 5, 3)]
+    other = sets(images[8:16])                                                        # other images
+    assert len(made) == 5 and not torch.equal(other["fog", 5], first["fog", 5])
+    sets(images[:8], seed=4)                                                          # another seed
+    assert len(made) == 7
+    monkeypatch.setattr(cc, "CODE_VERSION", cc.CODE_VERSION + "-next")               # newer code
+    assert torch.equal(sets(images[:8])["fog", 5], first["fog", 5]) and len(made) == 9
     path = set_cache_path("h", "abc", "fog", 5, 3)
-    assert path != set_cache_path("h", "abc", "fog", 5, 4) and path != set_cache_path("h", "abd", "fog", 5, 3)
+    assert path != set_cache_path("h", "abd", "fog", 5, 3)
+    import PIL
+
+    for module in (torch, PIL):                       # torch's random streams, Pillow's JPEG codec
+        with monkeypatch.context() as m:
+            m.setattr(module, "__version__", "0.0-other")
+            assert set_cache_path("h", "abc", "fog", 5, 3) != path
 
 
 def write_official(folder, images: torch.Tensor, labels: torch.Tensor, names, seed: int = 0):
@@ -173,6 +235,24 @@ def test_official_layout_refused_in_one_line(images, cifar10_sample, tmp_path):
         list(read_official(tmp_path, ["fog"], [1], (3, 32, 32)))
 
 
+@pytest.mark.parametrize("broken", ["object-array", "pickled", "truncated", "empty"])
+@pytest.mark.parametrize("which", ["labels.npy", "fog.npy"])
+def test_unreadable_official_files_are_refused_naming_the_file(images, cifar10_sample, tmp_path, broken, which):
+    import pickle
+
+    write_official(tmp_path, images[:4], cifar10_sample.test.labels[:4], ["fog"])
+    path = tmp_path / which
+    good = path.read_bytes()
+    if broken == "object-array":
+        np.save(path, np.array([{"label": 1}] * 20, dtype=object), allow_pickle=True)
+    elif broken == "pickled":
+        path.write_bytes(pickle.dumps(np.load(path)))
+    else:
+        path.write_bytes(good[:len(good) // 2] if broken == "truncated" else b"")
+    with pytest.raises(UsageError, match=f"--corruptions-dir: {tmp_path / which} is not a readable .npy array"):
+        list(read_official(tmp_path, ["fog"], [1], (3, 32, 32)))
+
+
 @pytest.fixture(scope="module")
 def sample_run(cifar_sample, tmp_path_factory):
     """A basic-cnn trained for one epoch on the shipped sample (one subprocess)."""
@@ -201,6 +281,23 @@ def test_official_files_score_as_the_same_sets_generated_here(sample_run, cifar1
     assert len([line for line in figure.axes[0].get_lines() if line.get_label() in ("gaussian_noise", "contrast")]) == 2
     assert json.loads((sample_run / "evaluation-corruptions-dir" / "corruptions.json").read_text())["generated"] \
         is False
+    # the generated sets say how they differ from the official ones, in the table and the JSON; the files do not
+    saved = json.loads((sample_run / "evaluation-corruptions" / "corruptions.json").read_text())
+    assert set(saved["differences"]) >= {"frost", "motion_blur"} and "photographs" in saved["differences"]["frost"]
+    assert "CIFAR-10-C-style sets, generated here" in str(made) and "  frost: a procedural texture" in str(made)
+    assert read["differences"] is None and "CIFAR-10-C-style" not in str(read)
+
+
+def test_generated_corruptions_refuse_a_run_that_is_not_32x32(sample_run, cifar10_sample, monkeypatch):
+    from cifarlab import load_run
+    from cifarlab.data.formats import Split
+
+    test = cifar10_sample.test                          # as a run trained with --image-size 64 sees its test split
+    bigger = Split(torch.nn.functional.interpolate(test.images[:8].float(), size=(64, 64)).to(torch.uint8),
+                   test.labels[:8])
+    monkeypatch.setattr("cifarlab.robustness._test_split", lambda cfg, limit: (bigger, cifar10_sample.info))
+    with pytest.raises(UsageError, match="the images are 64x64; the severity constants are CIFAR's, for 32x32"):
+        load_run(sample_run).evaluate_corruptions("fog", progress=False)
 
 
 def test_official_files_of_another_dataset_are_refused(sample_run, cifar10_sample, tmp_path):
@@ -258,6 +355,21 @@ def test_speed_benchmark_times_generation_and_evaluation(cifar_sample):
     assert figures["ratio"] == pytest.approx(figures["generate_s"] / figures["evaluate_s"])
     assert figures["extrapolated_full_generate_s"] == pytest.approx(figures["generate_s"] * 500)
     assert "extrapolated linearly to 10,000 test images x 10 sets (not measured)" in result.stdout
+
+
+@pytest.mark.parametrize("severity", [1, 2, 3, 4, 5])
+def test_pixelate_is_pils_box_resize_down_and_up(cifar10_sample, severity):
+    """Their pixelate: Image.resize(BOX) to int(32 c) and back to 32, on the uint8 image; ours must be exact."""
+    from PIL import Image
+
+    from cifarlab.data.corruptions import CORRUPTIONS
+
+    images = cifar10_sample.test.images                  # the sample's 100 real test images
+    side = int(32 * CORRUPTIONS["pixelate"][1][severity - 1])
+    theirs = [np.asarray(Image.fromarray(im).resize((side, side), Image.BOX).resize((32, 32), Image.BOX))
+              for im in images.permute(0, 2, 3, 1).numpy()]
+    ours = corrupt(images, "pixelate", severity).permute(0, 2, 3, 1).numpy()
+    assert side < 32 and np.array_equal(ours, np.stack(theirs))
 
 
 def test_helpers_agree_with_the_libraries_their_script_calls(images):

@@ -42,6 +42,10 @@ class CorruptionEvaluation(dict):
                      + f"{r['mean_accuracy']:8.1f}")
         lines.append(f"clean {r['clean_accuracy']:.2f}%, mean corruption accuracy {r['mean_accuracy']:.2f}% "
                      f"(ratio to clean {r['ratio_to_clean']:.3f})")
+        if r.get("differences"):
+            lines.append("CIFAR-10-C-style sets, generated here (not the official files); where they differ from "
+                         "Hendrycks & Dietterich's:")
+            lines += [f"  {what}: {how}" for what, how in r["differences"].items()]
         if r["dataset"] == "cifar10":
             ref = REFERENCE
             lines.append(f"for scale, on the official CIFAR-10-C: {ref['model']} {ref['clean']}% clean, "
@@ -114,6 +118,8 @@ def evaluate_corruptions(source: str | Path | RunFolder, corruptions="all", seve
     if test.images.shape[1] != 3:
         raise UsageError(f"--corruptions: {cfg.dataset} has {test.images.shape[1]} channel(s); the corruptions "
                          f"are defined for colour images")
+    if corruptions_dir is None:
+        cc.check_side(test.images.shape[-2:])
     dev = resolve_device(device)
     precision = Precision(resolve_precision("auto", dev))
     net = run.model(weights, device=dev)
@@ -157,6 +163,7 @@ def _result(run, cfg, source, test, clean, accuracy, corruptions_dir, seed, limi
                                   else f"official files in {corruptions_dir}"),
         "generated": generated, "seed": seed if generated else None,
         "code_version": cc.CODE_VERSION if generated else None,
+        "differences": dict(cc.DIFFERENCES) if generated else None,
         "clean_accuracy": clean, "accuracy": accuracy, "mean_by_severity": by_severity,
         "mean_accuracy": mean, "ratio_to_clean": mean / clean if clean else float("nan"),
         "reference": REFERENCE if cfg.dataset == "cifar10" else None,

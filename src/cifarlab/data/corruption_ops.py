@@ -9,6 +9,8 @@ follow theirs, written again here for whole batches. Where theirs calls somethin
 - frost (six photographs of frost): a procedural texture, a plasma-fractal haze with motion-blurred ice
   needles, bluish white; its statistics are not fitted to the photographs;
 - elastic: the random affine and the smooth displacement are applied in one bilinear sample, not two.
+Pixelate calls PIL in theirs; here PIL's BOX arithmetic (fixed point, one axis at a time, 8 bits after each pass)
+is done in torch for whole batches, with the same bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+# np.uint8(v) truncates; float32 arithmetic lands a whole level k at k - 1e-5 now and then, which theirs (float64)
+# would not turn into k - 1: so truncate after this much slack, far below a level
+TRUNCATION_SLACK = 1e-3
+
+
+def to_levels(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] -> uint8, truncated as their script's np.uint8(... * 255)."""
+    return (x * 255 + TRUNCATION_SLACK).floor().clamp(0, 255).to(torch.uint8)
 
 
 def _uniform(shape, low, high, gen) -> torch.Tensor:
@@ -152,7 +164,7 @@ def defocus_blur(x, c, gen):
 def glass_blur(x, c, gen):
     sigma, delta, iterations = c
     n, ch, h, w = x.shape
-    x = (gaussian_blur(x, sigma) * 255).round().clamp(0, 255).to(torch.uint8)   # 8 bits between, as theirs
+    x = to_levels(gaussian_blur(x, sigma))   # np.uint8 between the blurs, as theirs: truncated
     rows, cols = torch.arange(delta + 1, h), torch.arange(delta + 1, w)   # theirs: range(H - d, d, -1)
     batch = torch.arange(n)[:, None, None]
     for _ in range(iterations):
@@ -171,7 +183,8 @@ def glass_blur(x, c, gen):
 def motion_blur(x, c, gen):
     radius, sigma = c
     angles = _uniform((x.shape[0],), -45, 45, gen)
-    return motion_blur_batch(x, radius, sigma, angles).clamp(0, 1)
+    # theirs reads the image back from ImageMagick's 8-bit PNG, which rounds to the nearest level
+    return (motion_blur_batch(x, radius, sigma, angles).clamp(0, 1) * 255).round() / 255
 
 
 def zoom_blur(x, c, gen):
@@ -263,29 +276,46 @@ def elastic_transform(x, c, gen):
     return out.clamp(0, 1)
 
 
-def _box_matrix(size_in: int, size_out: int) -> torch.Tensor:
-    """PIL's BOX resampling along one axis as a (size_out, size_in) matrix: the mean of the input pixels whose
-    centres fall in each output pixel's footprint."""
+# Pillow's resampling arithmetic: coefficients in fixed point with 22 fractional bits, sums rounded half up
+PIL_PRECISION_BITS = 22
+
+
+def _pil_box_weights(size_in: int, size_out: int) -> torch.Tensor:
+    """Pillow's BOX resampling along one axis as a (size_out, size_in) matrix of its fixed-point integer
+    coefficients (precompute_coeffs and normalize_coeffs_8bpc in its Resample.c), as float64: exact."""
     scale = size_in / size_out
-    support = 0.5 * max(scale, 1.0)
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
     m = torch.zeros(size_out, size_in, dtype=torch.float64)
     for i in range(size_out):
         centre = (i + 0.5) * scale
         low, high = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), size_in)
-        for j in range(low, high):
-            if -0.5 <= (j - centre + 0.5) / max(scale, 1.0) < 0.5:
-                m[i, j] = 1.0
-        m[i] /= m[i].sum()
-    return m.float()
+        inside = [j for j in range(low, high) if -0.5 < (j - centre + 0.5) / filterscale <= 0.5]
+        for j in inside:
+            m[i, j] = int(0.5 + (1 << PIL_PRECISION_BITS) / len(inside))
+    return m
+
+
+def _pil_resize_axis(levels: torch.Tensor, weights: torch.Tensor, axis: int) -> torch.Tensor:
+    """One of Pillow's 8-bit passes: integer levels times the fixed-point weights, plus half, shifted back to
+    8 bits and clipped (every sum is an integer below 2^53, so float64 holds it exactly)."""
+    moved = levels.movedim(axis, -1) @ weights.T
+    out = torch.floor((moved + (1 << (PIL_PRECISION_BITS - 1))) / (1 << PIL_PRECISION_BITS)).clamp(0, 255)
+    return out.movedim(-1, axis)
+
+
+def pil_box_resize(levels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Image.resize((width, height), Image.BOX) on 8-bit levels (..., H, W) as float64: horizontal pass, then
+    vertical, each rounded to 8 bits, as Pillow does."""
+    out = _pil_resize_axis(levels, _pil_box_weights(levels.shape[-1], width), -1)
+    return _pil_resize_axis(out, _pil_box_weights(levels.shape[-2], height), -2)
 
 
 def pixelate(x, c, gen):
     h, w = x.shape[-2:]
-    small_h, small_w = int(h * c), int(w * c)
-    down_h, down_w = _box_matrix(h, small_h), _box_matrix(w, small_w)
-    small = torch.einsum("ih,nchw,jw->ncij", down_h, x * 255, down_w).round()   # PIL keeps 8 bits between
-    up = torch.einsum("ih,nchw,jw->ncij", _box_matrix(small_h, h), small, _box_matrix(small_w, w)).round()
-    return up / 255
+    levels = (x.double() * 255).round()   # the uint8 image PIL is given
+    small = pil_box_resize(levels, int(h * c), int(w * c))
+    return (pil_box_resize(small, h, w) / 255).float()
 
 
 def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
@@ -301,6 +331,6 @@ def jpeg_compression(x, c, gen):
     # PIL's encoder, as theirs; its C code releases the GIL, so threads use every core
     images = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     workers = max(1, torch.get_num_threads())
-    with ThreadPoolExecutor(workers) as pool:
-        out = list(pool.map(lambda im: _jpeg_round_trip(im, c), images, chunksize=256))
+    with ThreadPoolExecutor(workers) as pool:   # one chunk per worker: a block is small
+        out = list(pool.map(lambda im: _jpeg_round_trip(im, c), images, chunksize=-(-len(images) // workers)))
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
