@@ -121,8 +121,10 @@ def _evaluate_mode(args) -> str | None:
         raise UsageError(f"evaluate: {' and '.join(modes)} are separate evaluations; run them one at a time")
     stray = [flag for name, flag in CORRUPTION_FLAGS if getattr(args, name) is not None]
     if stray and not corruptions:
-        raise UsageError(f"evaluate: {', '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} with --corruptions "
-                         f"(or --corruptions-dir); add it, or leave {'them' if len(stray) > 1 else 'it'} out")
+        named, it = ", ".join(stray), "them" if len(stray) > 1 else "it"
+        raise UsageError(f"evaluate: {named} only {'apply' if len(stray) > 1 else 'applies'} to --corruptions or "
+                         + (f"--corruptions-dir; {modes[0]} would ignore {it}, so leave {it} out" if modes else
+                            f"--corruptions-dir, and neither was given; add one, or leave {named} out"))
     if args.corruptions_dir and args.corruption_seed is not None:
         raise UsageError("evaluate: --corruption-seed seeds the corruptions generated here; the files in "
                          "--corruptions-dir are already corrupted, so leave it out")
