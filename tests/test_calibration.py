@@ -159,8 +159,8 @@ EVALUATE_REFUSALS = {
                                      "--corruptions and --calibration are separate evaluations"),
     "corruptions dir with dataset": (["--corruptions-dir", "c10c", "--dataset", "cifar10.1"],
                                      "--corruptions-dir and --dataset are separate evaluations"),
-    "severities alone": (["--severities", "1", "--limit", "5"],
-                         "--limit, --severities only apply to --corruptions or --corruptions-dir, and neither was given"),
+    "severities alone": (["--severities", "1", "--limit", "5"], "--limit, --severities only apply to --corruptions "
+                         "or --corruptions-dir, and neither was given"),
     "seed with calibration": (["--calibration", "--corruption-seed", "0"],
                               "--corruption-seed only applies to --corruptions or --corruptions-dir; --calibration"),
     "seed with official files": (["--corruptions-dir", "c10c", "--corruption-seed", "1"],
@@ -254,11 +254,13 @@ def test_fit_temperature_refuses_a_minimum_beyond_either_edge_of_the_search():
     labels = torch.arange(10).repeat(50)
     one_hot = torch.nn.functional.one_hot(labels, 10).double()
     # the right class always has the lowest logit: NLL falls all the way to T = infinity (the uniform guess)
-    with pytest.raises(UsageError, match=r"still falls past T = 20, the largest temperature searched"):
+    with pytest.raises(UsageError, match=r"still falls past T = 20, the largest temperature searched") as err:
         fit_temperature(-one_hot, labels)
+    assert err.value.edge == 20 and "\n" not in str(err.value)
     # always right by a margin: NLL = log(1 + 9 exp(-0.5 / T)) falls all the way to T = 0
-    with pytest.raises(UsageError, match=r"still falls below T = 0.05, the smallest temperature searched"):
+    with pytest.raises(UsageError, match=r"still falls below T = 0.05, the smallest temperature searched") as err:
         fit_temperature(0.5 * one_hot, labels)
+    assert err.value.edge == 0.05
 
 
 # ---- figures are written atomically

@@ -3,8 +3,9 @@
 NLL, Brier score and ECE (15 bins, Guo et al. 2017; training/calibration.py) on the test split, before and after
 temperature scaling. The temperature is fitted on the run's val split by minimising NLL, never on test: a run
 without a val split (none from --val-size, nor an npz: / folder: dataset's own) is refused in one line. The
-temperature is stored with the sha256 of the weights it was fitted on; predict/export refuse it with other weights. The logits are the model's own, without test-time views: what
-`predict` and `export` compute, the two that use the stored temperature (RUN/temperature.json).
+logits are the model's own, without test-time views: what `predict` and `export` compute, the two that use the
+stored temperature (RUN/temperature.json, with the name and sha256 of the weights it was fitted on: both refuse it
+with other weights).
 
 Writes calibration.json, reliability.png and the logits (val_/test_ logits.npy and labels.npy) in
 RUN/evaluation-calibration (or --out), and temperature.json in the run folder.
@@ -67,8 +68,9 @@ def split_logits(run: RunFolder, weights: Path, data_dir: str | None, device: st
         cfg.data_dir = data_dir
     data = prepare_data(cfg)    # an npz: or folder: dataset may ship a val split of its own
     if data.val is None:
-        raise UsageError(f"--calibration: {cfg.dataset} as this run was trained (without --val-size) has no val split "
-                         "to fit the temperature on (never the test split); train it again with --val-size N, e.g. 5000")
+        raise UsageError(f"--calibration: {cfg.dataset} as this run was trained (without --val-size) has no val "
+                         "split to fit the temperature on (never the test split); train it again with --val-size N, "
+                         "e.g. 5000")
     dev = resolve_device(device)
     precision = Precision(resolve_precision("auto", dev))
     model = run.model(weights, device=dev)

@@ -24,6 +24,15 @@ ECE_BINS = 15
 T_RANGE = (0.05, 20.0)
 
 
+class TemperatureBeyondRange(UsageError):
+    """fit_temperature's refusal when the val NLL is lowest past an edge of T_RANGE (`edge`: 0.05 or 20): a study that
+    calibrates many runs can catch this one refusal and record "no temperature" for the run instead of stopping."""
+
+    def __init__(self, message: str, edge: float):
+        super().__init__(message)
+        self.edge = edge
+
+
 def sum_dtype(device) -> torch.dtype:
     """float64 where `device` has it, so that 10,000 confidences add up to the last digit; float32 on Apple's MPS,
     which has no float64 (making one raises TypeError there)."""
@@ -115,11 +124,13 @@ def _inside_range(temperature: float) -> float:
     the edge is not the minimum, and a temperature that is not what was asked for is never stored."""
     low, high = T_RANGE
     if temperature >= high / 1.01:
-        raise UsageError(f"temperature scaling: the val NLL still falls past T = {high:g}, the largest temperature "
-                         "searched: the model's confidence on val says next to nothing about its answers (about as "
-                         "good as chance, or worse), so no temperature fits it; nothing was stored")
+        raise TemperatureBeyondRange(
+            f"temperature scaling: the val NLL still falls past T = {high:g}, the largest temperature searched: the "
+            "model's confidence on val says next to nothing about its answers (about as good as chance, or worse), so "
+            "no temperature fits it; nothing was stored", high)
     if temperature <= low * 1.01:
-        raise UsageError(f"temperature scaling: the val NLL still falls below T = {low:g}, the smallest temperature "
-                         "searched: the model is right on (nearly) every val image with wide margins, so sharpening "
-                         "always helps and no temperature fits it; nothing was stored")
+        raise TemperatureBeyondRange(
+            f"temperature scaling: the val NLL still falls below T = {low:g}, the smallest temperature searched: the "
+            "model is right on (nearly) every val image with wide margins, so sharpening always helps and no "
+            "temperature fits it; nothing was stored", low)
     return temperature
