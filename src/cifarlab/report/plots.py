@@ -24,13 +24,14 @@ DPI = 110
 
 
 def save(fig, path: Path) -> Path:
-    """Write `fig` as a PNG to `path` (folders created) and close it; atomically, so a report or a browser
-    reading the folder never sees half a picture, and a failed draw leaves the old one."""
+    """Write `fig` to `path` (folders created; a PNG, or the format its suffix names, e.g. compare --plot x.svg)
+    and close it; atomically, so a report or a browser reading the folder never sees half a picture, and a failed
+    draw leaves the old one."""
     path = Path(path)
     fig.tight_layout()
     try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=DPI, format="png")   # the temporary name ends in .tmp: say the format
+        with atomic_file(path) as tmp:   # the temporary name ends in .tmp: the format comes from `path`
+            fig.savefig(tmp, dpi=DPI, format=path.suffix[1:].lower() or "png")
     finally:
         plt.close(fig)
     return path
