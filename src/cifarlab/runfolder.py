@@ -124,11 +124,12 @@ class RunFolder:
             raise UsageError(f"{path}: 'temperature' must be a number > 0, got {value!r}")
         fitted_on, now = stored.get("weights"), weights_identity(weights)
         if not isinstance(fitted_on, dict) or fitted_on.get("sha256") != now["sha256"]:
-            was = (f"{fitted_on.get('name')} (sha256 {str(fitted_on.get('sha256'))[:12]})"
-                   if isinstance(fitted_on, dict) else "weights it does not identify by sha256")
-            raise UsageError(f"{purpose}: the temperature in {path} was fitted on {was}, not on {weights} (sha256 "
-                             f"{now['sha256'][:12]}): the weights changed since (a resume, another checkpoint); fit "
-                             f"it again with `cifarlab evaluate {again} --calibration`")
+            why = (f"was fitted on {fitted_on.get('name')} (sha256 {str(fitted_on.get('sha256'))[:12]}), not on "
+                   f"{weights} (sha256 {now['sha256'][:12]}): the weights changed since (a resume, another checkpoint)"
+                   if isinstance(fitted_on, dict) else
+                   "does not identify by sha256 the weights it was fitted on (an older cifarlab wrote it)")
+            raise UsageError(f"{purpose}: the temperature in {path} {why}; fit it again with "
+                             f"`cifarlab evaluate {again} --calibration`")
         return float(value)
 
     @classmethod
