@@ -1,7 +1,9 @@
 """Calibration on real runs: ECE recomputed here in numpy from the saved logits, temperature scaling fitted on val
 (lower val NLL, the same predictions), the stored temperature used by predict and export, and the refusals."""
 
+import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -146,3 +148,138 @@ def test_export_calibrated_bakes_the_temperature_into_torchscript(confident_run,
     with torch.inference_mode():
         expected = confident_run.model()(x) / calibrated["temperature"]
         assert torch.allclose(loaded(x), expected, atol=1e-5)
+
+
+# ---- evaluate runs one evaluation at a time, and refuses flags the chosen one would drop
+
+EVALUATE_REFUSALS = {
+    "dataset with limit": (["--dataset", "cifar10.1", "--limit", "500"],
+                           "--limit only applies to --corruptions or --corruptions-dir; --dataset would ignore it"),
+    "calibration with corruptions": (["--calibration", "--corruptions", "fog"],
+                                     "--corruptions and --calibration are separate evaluations"),
+    "corruptions dir with dataset": (["--corruptions-dir", "c10c", "--dataset", "cifar10.1"],
+                                     "--corruptions-dir and --dataset are separate evaluations"),
+    "severities alone": (["--severities", "1", "--limit", "5"], "--limit, --severities only apply to --corruptions "
+                         "or --corruptions-dir, and neither was given"),
+    "seed with calibration": (["--calibration", "--corruption-seed", "0"],
+                              "--corruption-seed only applies to --corruptions or --corruptions-dir; --calibration"),
+    "seed with official files": (["--corruptions-dir", "c10c", "--corruption-seed", "1"],
+                                 "the files in --corruptions-dir are already corrupted"),
+    "dataset with split": (["--dataset", "cifar10.1", "--split", "val"], "--dataset cifar10.1 is a test set"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVALUATE_REFUSALS))
+def test_evaluate_refuses_two_modes_or_a_flag_the_mode_would_drop(plain_run, case, capsys):
+    from cifarlab.cli import main
+
+    flags, message = EVALUATE_REFUSALS[case]
+    before = sorted(p.name for p in plain_run.path.iterdir())
+    assert main(["evaluate", str(plain_run.path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert sorted(p.name for p in plain_run.path.iterdir()) == before     # nothing evaluated, nothing written
+
+
+def test_evaluate_refusal_is_one_line_from_the_command_line(plain_run):
+    result = run_cli("evaluate", str(plain_run.path), "--dataset", "cifar10.1", "--limit", "500")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert "--dataset would ignore it" in result.stderr
+
+
+def test_python_evaluate_refuses_a_split_beside_a_dataset_and_a_seed_beside_official_files(plain_run, tmp_path):
+    with pytest.raises(UsageError, match=r"dataset='cifar10.1' is a test set; leave out split='val'"):
+        plain_run.evaluate(split="val", dataset="cifar10.1")
+    with pytest.raises(UsageError, match="already corrupted"):
+        plain_run.evaluate_corruptions(corruptions_dir=tmp_path, seed=1)
+
+
+# ---- the stored temperature belongs to the weights it was fitted on
+
+def test_a_temperature_is_refused_with_weights_other_than_those_it_was_fitted_on(confident_run, calibrated,
+                                                                                 cifar10_mini, tmp_path):
+    run = cifarlab.load_run(shutil.copytree(confident_run.path, tmp_path / "run"))
+    images = cifar10_mini.test.images[:2]
+    assert run.predict(images, calibrated=True)      # the copy's weights are the very bytes T was fitted on
+    stored = json.loads((run.path / "temperature.json").read_text())
+    weights = run.weights_to_load()
+    assert stored["weights"] == {"name": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    # the weights change after calibrating (as a resume would): every use of T is refused
+    checkpoint = torch.load(weights, weights_only=True)
+    first = next(iter(checkpoint["model"]))
+    checkpoint["model"][first] = checkpoint["model"][first] + 0.01
+    torch.save(checkpoint, weights)
+    again = f"fit it again with `cifarlab evaluate {run.path} --calibration`"
+    with pytest.raises(UsageError, match=f"fitted on {weights.name} .* not on {weights}") as err:
+        run.predict(images, calibrated=True)
+    assert again in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UsageError, match="the weights changed since"):
+        run.export("safetensors", tmp_path / "m.safetensors", calibrated=True)
+    result = run_cli("export", str(run.path), "--format", "torchscript", "--calibrated", "--out", str(tmp_path / "m"))
+    assert result.returncode == 2 and again in result.stderr and result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "m").exists()
+    # a temperature.json that does not name its weights (an older cifarlab's) is refused too
+    (run.path / "temperature.json").write_text(json.dumps({**stored, "weights": weights.name}))
+    with pytest.raises(UsageError, match="does not identify by sha256"):
+        run.predict(images, calibrated=True)
+    # and the advice works: calibrating again fits T on the weights as they are now
+    refitted = run.calibrate()
+    scaled = run.predict(images, top_k=10, calibrated=True)
+    assert refitted["temperature"] != calibrated["temperature"] and len(scaled) == 2
+
+
+# ---- an npz: dataset's own val split is a val split
+
+def test_calibration_fits_on_the_val_split_an_npz_dataset_ships(cifar10_sample, tmp_path):
+    train, test = cifar10_sample.train, cifar10_sample.test
+    nhwc = lambda images: images.permute(0, 2, 3, 1).numpy()   # noqa: E731
+    np.savez(tmp_path / "mine.npz", x_train=nhwc(train.images[:150]), y_train=train.labels[:150].numpy(),
+             x_val=nhwc(train.images[150:]), y_val=train.labels[150:].numpy(),
+             x_test=nhwc(test.images), y_test=test.labels.numpy())
+    run = cifarlab.train("basic-cnn", f"npz:{tmp_path / 'mine.npz'}", recipe="article-basic-cnn", epochs=6,
+                         quiet=True, out=str(tmp_path / "run"))
+    result = run.calibrate()
+    assert result["val"]["before"]["images"] == 50 and result["test"]["before"]["images"] == 100
+    val_logits = np.load(run.path / "evaluation-calibration" / "val_logits.npy")
+    val_labels = np.load(run.path / "evaluation-calibration" / "val_labels.npy")
+    assert np.array_equal(val_labels, train.labels[150:].numpy())     # the npz's x_val, not a cut of x_train
+    assert numpy_nll(val_logits, val_labels, result["temperature"]) <= numpy_nll(val_logits, val_labels)
+    assert json.loads((run.path / "temperature.json").read_text())["temperature"] == result["temperature"]
+
+
+# ---- a minimum beyond the search range is refused, never clipped to its edge
+
+def test_fit_temperature_refuses_a_minimum_beyond_either_edge_of_the_search():
+    labels = torch.arange(10).repeat(50)
+    one_hot = torch.nn.functional.one_hot(labels, 10).double()
+    # the right class always has the lowest logit: NLL falls all the way to T = infinity (the uniform guess)
+    with pytest.raises(UsageError, match=r"still falls past T = 20, the largest temperature searched") as err:
+        fit_temperature(-one_hot, labels)
+    assert err.value.edge == 20 and "\n" not in str(err.value)
+    # always right by a margin: NLL = log(1 + 9 exp(-0.5 / T)) falls all the way to T = 0
+    with pytest.raises(UsageError, match=r"still falls below T = 0.05, the smallest temperature searched") as err:
+        fit_temperature(0.5 * one_hot, labels)
+    assert err.value.edge == 0.05
+
+
+# ---- figures are written atomically
+
+def test_a_figure_that_fails_to_draw_leaves_the_old_picture_whole(tmp_path):
+    from cifarlab.report.plots import plt, save
+
+    path = tmp_path / "reliability.png"
+    save(plt.figure(), path)
+    old = path.read_bytes()
+    assert old.startswith(b"\x89PNG")                      # a PNG, though drawn under a temporary name
+    assert save(plt.figure(), tmp_path / "svg" / "curves.svg").read_bytes().startswith(b"<?xml")   # compare --plot
+    fig = plt.figure()
+
+    def dies_half_way(target, **kwargs):
+        with open(target, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise RuntimeError("disk full")
+    fig.savefig = dies_half_way
+    with pytest.raises(RuntimeError, match="disk full"):
+        save(fig, path)
+    assert path.read_bytes() == old and sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["reliability.png"]

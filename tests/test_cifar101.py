@@ -12,7 +12,7 @@ from test_download import served  # noqa: F401  (the loopback HTTP server fixtur
 
 import cifarlab
 from cifarlab.data import cifar101
-from cifarlab.errors import DataError
+from cifarlab.errors import DataError, UsageError
 
 
 def write_release(folder, images_nchw, labels, label_dtype=np.int64):
@@ -86,9 +86,33 @@ def test_unreachable_server_says_where_to_put_the_files(tmp_path, monkeypatch):
     assert list((tmp_path / "data" / "cifar10.1").iterdir()) == []
 
 
-def test_official_urls_are_the_releases_raw_files():
-    assert cifar101.BASE_URL == "https://github.com/modestyachts/CIFAR-10.1/raw/master/datasets/"
-    assert set(cifar101.MD5) == {"cifar10.1_v6_data.npy", "cifar10.1_v6_labels.npy"}
+def test_download_asks_for_base_url_plus_each_missing_file_only(cifar10_sample, tmp_path, monkeypatch):
+    """What the download requests, with the real BASE_URL: the missing file alone, at BASE_URL + its name."""
+    import torchvision.datasets.utils as tv
+
+    release = write_release(tmp_path / "release", cifar10_sample.test.images[:5], cifar10_sample.test.labels[:5])
+    folder = tmp_path / "data" / "cifar10.1"
+    folder.mkdir(parents=True)
+    shutil.copy(release / cifar101.LABELS_FILE, folder)           # the labels are there already
+    asked = []
+
+    def fake_download(url, root, filename):
+        asked.append(url)
+        shutil.copy(release / url.rsplit("/", 1)[1], f"{root}/{filename}")
+    monkeypatch.setattr(tv, "download_url", fake_download)
+    monkeypatch.setattr(cifar101, "MD5", {name: hashlib.md5((release / name).read_bytes()).hexdigest()
+                                          for name in cifar101.MD5})
+    split = cifar101.load_cifar101(tmp_path / "data")
+    assert asked == [cifar101.BASE_URL + cifar101.DATA_FILE] and len(split) == 5
+    assert asked[0].startswith("https://github.com/modestyachts/CIFAR-10.1/") and asked[0].endswith("_v6_data.npy")
+
+
+def test_reader_refuses_empty_files_naming_the_file(cifar10_sample, tmp_path):
+    test = cifar10_sample.test
+    folder = write_release(tmp_path / "cifar10.1", test.images[:0], test.labels[:0])
+    with pytest.raises(UsageError, match=r"cifar10.1_v6_data.npy: holds no images \(the release holds 2,000\)") as err:
+        cifar101.load_cifar101(tmp_path, download_missing=False)
+    assert str(folder / cifar101.DATA_FILE) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_training_on_cifar101_is_refused_in_one_line():

@@ -2,8 +2,10 @@
 
 NLL, Brier score and ECE (15 bins, Guo et al. 2017; training/calibration.py) on the test split, before and after
 temperature scaling. The temperature is fitted on the run's val split by minimising NLL, never on test: a run
-trained without --val-size is refused in one line. The logits are the model's own, without test-time views: what
-`predict` and `export` compute, the two that use the stored temperature (RUN/temperature.json).
+without a val split (none from --val-size, nor an npz: / folder: dataset's own) is refused in one line. The
+logits are the model's own, without test-time views: what `predict` and `export` compute, the two that use the
+stored temperature (RUN/temperature.json, with the name and sha256 of the weights it was fitted on: both refuse it
+with other weights).
 
 Writes calibration.json, reliability.png and the logits (val_/test_ logits.npy and labels.npy) in
 RUN/evaluation-calibration (or --out), and temperature.json in the run folder.
@@ -16,7 +18,7 @@ from pathlib import Path
 from cifarlab.data.loader import DeviceLoader
 from cifarlab.errors import UsageError
 from cifarlab.evaluate import write_logits
-from cifarlab.runfolder import TEMPERATURE, RunFolder, atomic_write_json, open_source
+from cifarlab.runfolder import TEMPERATURE, RunFolder, atomic_write_json, open_source, weights_identity
 from cifarlab.training.calibration import ECE_BINS, calibration_figures, fit_temperature
 from cifarlab.training.device import Precision, resolve_device, resolve_precision
 from cifarlab.training.evaluation import evaluate
@@ -64,12 +66,11 @@ def split_logits(run: RunFolder, weights: Path, data_dir: str | None, device: st
     cfg = run.train_config()
     if data_dir is not None:
         cfg.data_dir = data_dir
-    if not cfg.val_size and not cfg.dataset.startswith("folder:"):
-        raise UsageError("--calibration: this run was trained without --val-size, so it has no val split to fit the "
-                         "temperature on (never the test split); train it again with --val-size N, e.g. 5000")
-    data = prepare_data(cfg)
+    data = prepare_data(cfg)    # an npz: or folder: dataset may ship a val split of its own
     if data.val is None:
-        raise UsageError(f"--calibration: {cfg.dataset} has no val split to fit the temperature on")
+        raise UsageError(f"--calibration: {cfg.dataset} as this run was trained (without --val-size) has no val "
+                         "split to fit the temperature on (never the test split); train it again with --val-size N, "
+                         "e.g. 5000")
     dev = resolve_device(device)
     precision = Precision(resolve_precision("auto", dev))
     model = run.model(weights, device=dev)
@@ -87,6 +88,7 @@ def calibrate_run(source: str | Path | RunFolder, data_dir: str | None = None, o
 
     run, weights = open_source(source, model)
     cfg, logits = split_logits(run, weights, data_dir, device)
+    fitted_on = weights_identity(weights)    # before anything is written: the bytes the logits came from
     temperature = fit_temperature(*logits["val"])
     result = Calibration({
         "source": str(run.path), "model": cfg.model, "dataset": cfg.dataset, "weights": weights.name,
@@ -102,7 +104,7 @@ def calibrate_run(source: str | Path | RunFolder, data_dir: str | None = None, o
     atomic_write_json(run.path / TEMPERATURE, {
         "temperature": temperature, "fitted_on": "val", "val_images": result["val"]["before"]["images"],
         "val_nll_before": result["val"]["before"]["nll"], "val_nll_after": result["val"]["after"]["nll"],
-        "weights": weights.name,
+        "weights": fitted_on,    # name and sha256: predict/export refuse the temperature with other weights
         "use": "divide the model's logits by temperature before the softmax"})
     result["folder"] = str(folder)
     return result

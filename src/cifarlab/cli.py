@@ -104,12 +104,37 @@ def cmd_reproduce(args) -> int:
 def cmd_evaluate(args) -> int:
     from cifarlab.evaluate import evaluate_run
 
-    if args.corruptions or args.corruptions_dir or args.severities or args.limit is not None:
+    mode = _evaluate_mode(args)
+    if mode in ("--corruptions", "--corruptions-dir"):
         return _evaluate_corruptions(args)
-    if args.calibration or args.dataset:
+    if mode:
         return _evaluate_other(args)
     r = evaluate_run(args.source, args.split, args.tta, args.data_dir, args.out, args.device)
     return _print_evaluation(args, r, "evaluation.json, confusion.png, per_class.png")
+
+
+# The flags only the corruptions mode reads: given to another mode they would be dropped without a word.
+CORRUPTION_FLAGS = (("limit", "--limit"), ("severities", "--severities"), ("corruption_seed", "--corruption-seed"))
+
+
+def _evaluate_mode(args) -> str | None:
+    """The one mode `evaluate` was asked for (--corruptions, --calibration, --dataset; None: plain accuracy), or a
+    one-line refusal of two modes at once or of a flag the chosen mode would ignore."""
+    corruptions = "--corruptions" if args.corruptions else "--corruptions-dir" if args.corruptions_dir else None
+    modes = [flag for flag, given in ((corruptions, corruptions), ("--calibration", args.calibration),
+                                      ("--dataset", args.dataset)) if given]
+    if len(modes) > 1:
+        raise UsageError(f"evaluate: {' and '.join(modes)} are separate evaluations; run them one at a time")
+    stray = [flag for name, flag in CORRUPTION_FLAGS if getattr(args, name) is not None]
+    if stray and not corruptions:
+        named, it = ", ".join(stray), "them" if len(stray) > 1 else "it"
+        raise UsageError(f"evaluate: {named} only {'apply' if len(stray) > 1 else 'applies'} to --corruptions or "
+                         + (f"--corruptions-dir; {modes[0]} would ignore {it}, so leave {it} out" if modes else
+                            f"--corruptions-dir, and neither was given; add one, or leave {named} out"))
+    if args.corruptions_dir and args.corruption_seed is not None:
+        raise UsageError("evaluate: --corruption-seed seeds the corruptions generated here; the files in "
+                         "--corruptions-dir are already corrupted, so leave it out")
+    return modes[0] if modes else None
 
 
 def _evaluate_corruptions(args) -> int:
@@ -117,16 +142,15 @@ def _evaluate_corruptions(args) -> int:
 
     if args.split != "test":
         raise UsageError("--corruptions: the corrupted sets are made from the test split; leave out --split")
+    seed = 0 if args.corruption_seed is None else args.corruption_seed
     r = evaluate_corruptions(args.source, args.corruptions or "all", args.severities, args.limit,
-                             args.corruptions_dir, args.corruption_seed, args.tta, args.data_dir, args.out,
+                             args.corruptions_dir, seed, args.tta, args.data_dir, args.out,
                              args.device, progress=not args.json)
     return _print_evaluation(args, r, "corruptions.json, corruptions.png, corruption-examples.png")
 
 
 def _evaluate_other(args) -> int:
     """evaluate --calibration (calibrate.py) or --dataset cifar10.1 (shift.py)."""
-    if args.calibration and args.dataset:
-        raise UsageError("--calibration and --dataset: one at a time (the temperature is fitted on the run's own val)")
     if args.calibration:
         if args.split != "test" or args.tta != "none":
             raise UsageError("--calibration fits on val and measures test, without test-time views: leave out "

@@ -255,7 +255,8 @@ def _add_evaluate(sub) -> None:
     CIFAR-10.1)."""
     evaluate = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix of a trained model",
                               description="Reload a run folder (its best checkpoint) or a checkpoint file and "
-                              "evaluate it; writes evaluation.json, confusion.png and per_class.png.",
+                              "evaluate it; writes evaluation.json, confusion.png and per_class.png. Beyond the "
+                              "test split, one at a time: --corruptions, --calibration or --dataset cifar10.1.",
                               epilog="Example: cifarlab evaluate runs/basic --tta flip")
     evaluate.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
     evaluate.add_argument("--split", choices=("test", "val"), default="test")
@@ -278,8 +279,8 @@ def _add_evaluate(sub) -> None:
     robust.add_argument("--corruptions-dir", metavar="DIR",
                         help="evaluate the official CIFAR-10-C / CIFAR-100-C files in DIR (NAME.npy of 5 x N "
                         "images, severities in order, and labels.npy) instead of generating them")
-    robust.add_argument("--corruption-seed", type=int, default=0, metavar="S",
-                        help="seed of the generated corruptions (the same seed gives the same images)")
+    robust.add_argument("--corruption-seed", type=int, metavar="S",
+                        help="seed of the generated corruptions, default 0 (the same seed gives the same images)")
     evaluate.add_argument("--calibration", action="store_true",
                           help="NLL, Brier score and ECE (15 bins) on test before and after a temperature fitted on "
                           "the run's val split (needs a run trained with --val-size); writes calibration.json, "

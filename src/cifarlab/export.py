@@ -146,7 +146,7 @@ def export_run(source, fmt: str, out: str | Path | None = None, model=None, cali
     model = run.model(weights)
     metadata = export_metadata(cfg, info, run.classes)
     if calibrated:
-        temperature = run.temperature("export --calibrated")
+        temperature = run.temperature("export --calibrated", weights)
         metadata["temperature"] = temperature
         metadata["calibrated"] = ("the output logits are already divided by temperature" if fmt != "safetensors"
                                   else "divide the logits by temperature before the softmax")

@@ -86,7 +86,7 @@ def predict(source: str | Path | RunFolder, images, top_k: int = 5, batch_size: 
     if top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {top_k}")
     run, weights = open_source(source, model)
-    temperature = run.temperature("predict --calibrated") if calibrated else 1.0
+    temperature = run.temperature("predict --calibrated", weights) if calibrated else 1.0
     info = run.dataset_info()
     # Every image is read before anything is predicted: a bad path fails the command, not half its output.
     batch, labels = as_images(images, info.channels, info.size)

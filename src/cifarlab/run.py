@@ -41,18 +41,25 @@ class Run(RunFolder):
         if dataset is not None:
             from cifarlab.shift import evaluate_shift
 
+            if split != "test":   # a test set of its own: the split asked for would be dropped without a word
+                raise UsageError(f"evaluate: dataset={dataset!r} is a test set; leave out split={split!r}")
+
             return evaluate_shift(self, dataset, tta, data_dir, out, device)
         from cifarlab.evaluate import evaluate_run
 
         return evaluate_run(self, split, tta, data_dir, out, device)
 
     def evaluate_corruptions(self, corruptions="all", severities=None, limit: int | None = None,
-                             corruptions_dir: str | Path | None = None, seed: int = 0, **options):
+                             corruptions_dir: str | Path | None = None, seed: int | None = None, **options):
         """Accuracy on CIFAR-10-C-style corrupted copies of the test split (or the official files in
-        corruptions_dir): str() is the table, plot() accuracy against severity; written to the run folder."""
+        corruptions_dir): str() is the table, plot() accuracy against severity; written to the run folder.
+        seed: of the generated corruptions (default 0); refused with corruptions_dir, whose files are made."""
         from cifarlab.robustness import evaluate_corruptions
 
-        return evaluate_corruptions(self, corruptions, severities, limit, corruptions_dir, seed, **options)
+        if corruptions_dir is not None and seed is not None:
+            raise UsageError("evaluate_corruptions: seed= seeds the corruptions generated here; the files in "
+                             "corruptions_dir are already corrupted, so leave it out")
+        return evaluate_corruptions(self, corruptions, severities, limit, corruptions_dir, seed or 0, **options)
 
     def calibrate(self, data_dir: str | None = None, device: str = "auto", out: str | Path | None = None):
         """NLL, Brier, ECE on test before and after a temperature fitted on val, stored in temperature.json."""

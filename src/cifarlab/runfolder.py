@@ -14,6 +14,7 @@ from the user's own Python path, not from the run folder).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
@@ -108,16 +109,28 @@ class RunFolder:
     def checkpoint_path(self, name: str = LAST) -> Path:
         return self.path / CHECKPOINTS / name
 
-    def temperature(self, purpose: str) -> float:
-        """The temperature `cifarlab evaluate RUN --calibration` stored; without one, refused in one line that
-        says how to fit it (`purpose` names what asked: "predict --calibrated")."""
+    def temperature(self, purpose: str, weights: Path | None = None) -> float:
+        """The temperature `cifarlab evaluate RUN --calibration` stored for `weights` (default: the weights the run
+        loads); without one, or with one fitted on other weights (another checkpoint, or these before a resume),
+        refused in one line that says how to fit it (`purpose` names what asked: "predict --calibrated")."""
         path = self.path / TEMPERATURE
+        weights = Path(weights) if weights else self.weights_to_load()
+        again = self.path if weights == self.weights_to_load() else weights
         if not path.is_file():
             raise UsageError(f"{purpose}: {self.path} has no stored temperature ({TEMPERATURE}); fit one first with "
-                             f"`cifarlab evaluate {self.path} --calibration` (the run needs a val split: --val-size)")
-        value = _read_json(path).get("temperature")
+                             f"`cifarlab evaluate {again} --calibration` (the run needs a val split: --val-size)")
+        stored = _read_json(path)
+        value = stored.get("temperature")
         if not isinstance(value, (int, float)) or not value > 0:
             raise UsageError(f"{path}: 'temperature' must be a number > 0, got {value!r}")
+        fitted_on, now = stored.get("weights"), weights_identity(weights)
+        if not isinstance(fitted_on, dict) or fitted_on.get("sha256") != now["sha256"]:
+            why = (f"was fitted on {fitted_on.get('name')} (sha256 {str(fitted_on.get('sha256'))[:12]}), not on "
+                   f"{weights} (sha256 {now['sha256'][:12]}): the weights changed since (a resume, another checkpoint)"
+                   if isinstance(fitted_on, dict) else
+                   "does not identify by sha256 the weights it was fitted on (an older cifarlab wrote it)")
+            raise UsageError(f"{purpose}: the temperature in {path} {why}; fit it again with "
+                             f"`cifarlab evaluate {again} --calibration`")
         return float(value)
 
     @classmethod
@@ -285,6 +298,16 @@ def open_run(path: str | Path, model=None, kind: type[RunFolder] = RunFolder) ->
     run = kind(path, model)
     run.config   # noqa: B018 - a folder without config.json is refused here, in one line
     return run
+
+
+def weights_identity(path: Path) -> dict:
+    """{"name", "sha256"} of a weights file: what temperature.json records, so that a temperature is never used
+    with weights other than those it was fitted on (the sha256 of the bytes: a resume rewrites the file in place)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"name": Path(path).name, "sha256": h.hexdigest()}
 
 
 def open_source(source: str | Path | RunFolder, model=None) -> tuple[RunFolder, Path]:

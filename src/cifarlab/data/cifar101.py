@@ -23,7 +23,7 @@ TRAINED_ON = "cifar10"                # the dataset whose models it tests
 BASE_URL = "https://github.com/modestyachts/CIFAR-10.1/raw/master/datasets/"
 DATA_FILE, LABELS_FILE = "cifar10.1_v6_data.npy", "cifar10.1_v6_labels.npy"
 MD5 = {DATA_FILE: "4fcae82cb1326aec9ed1dc1fc62345b8", LABELS_FILE: "09a97fb7c430502fcbd69d95093a3f85"}
-IMAGES = 2000                         # in v6; the reader accepts any N, as a smaller copy is still the layout
+IMAGES = 2000                         # in v6; the reader accepts any N > 0, as a smaller copy is still the layout
 
 
 def cifar101_folder(data_dir: Path | str | None = None) -> Path:
@@ -81,10 +81,13 @@ def read_cifar101(folder: Path) -> Split:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
         raise DataError(f"{folder / DATA_FILE}: expected uint8 N x 32 x 32 x 3 images, got {images.dtype} "
                         f"{'x'.join(map(str, images.shape))}")
+    if len(images) == 0:   # no accuracy, and the drop's interval would divide by zero
+        raise DataError(f"{folder / DATA_FILE}: holds no images (the release holds {IMAGES:,}); delete it to "
+                        "download it again, or put the release's file there (github.com/modestyachts/CIFAR-10.1)")
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(images):
         raise DataError(f"{folder / LABELS_FILE}: expected {len(images)} integer labels, got {labels.dtype} "
                         f"{'x'.join(map(str, labels.shape))}")
-    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+    if labels.min() < 0 or labels.max() > 9:
         raise DataError(f"{folder / LABELS_FILE}: labels must be CIFAR-10 classes 0..9, found {labels.min()}.."
                         f"{labels.max()}")
     return Split(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),

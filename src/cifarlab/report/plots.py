@@ -18,16 +18,22 @@ if "MPLBACKEND" not in os.environ and "ipykernel" not in sys.modules:   # a note
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from cifarlab.storage import atomic_file  # noqa: E402
+
 DPI = 110
 
 
 def save(fig, path: Path) -> Path:
-    """Write `fig` as a PNG to `path` (folders created) and close it."""
+    """Write `fig` to `path` (folders created; a PNG, or the format its suffix names, e.g. compare --plot x.svg)
+    and close it; atomically, so a report or a browser reading the folder never sees half a picture, and a failed
+    draw leaves the old one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        with atomic_file(path) as tmp:   # the temporary name ends in .tmp: the format comes from `path`
+            fig.savefig(tmp, dpi=DPI, format=path.suffix[1:].lower() or "png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -17,9 +17,20 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cifarlab.errors import UsageError
+
 ECE_BINS = 15
 # The search range of T: far wider than any net needs (Guo et al.'s fitted values lie between 1 and 3).
 T_RANGE = (0.05, 20.0)
+
+
+class TemperatureBeyondRange(UsageError):
+    """fit_temperature's refusal when the val NLL is lowest past an edge of T_RANGE (`edge`: 0.05 or 20): a study that
+    calibrates many runs can catch this one refusal and record "no temperature" for the run instead of stopping."""
+
+    def __init__(self, message: str, edge: float):
+        super().__init__(message)
+        self.edge = edge
 
 
 def sum_dtype(device) -> torch.dtype:
@@ -86,7 +97,8 @@ def nll_at(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> fl
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, iterations: int = 80) -> float:
-    """The T in T_RANGE that minimises NLL(logits / T): a golden-section search on log T.
+    """The T in T_RANGE that minimises NLL(logits / T): a golden-section search on log T. A minimum beyond
+    T_RANGE (within 1% of an edge) is refused in one line naming the edge, never clipped to it.
 
     NLL is convex in 1/T (a log-sum-exp of a linear function minus a linear one), so it has one minimum
     along log T too and the search cannot stop in a wrong valley; 80 steps shrink the bracket by 0.618^80."""
@@ -104,4 +116,21 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, iterations: int 
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
             fb = nll_at(logits, labels, math.exp(b))
-    return math.exp((lo + hi) / 2)
+    return _inside_range(math.exp((lo + hi) / 2))
+
+
+def _inside_range(temperature: float) -> float:
+    """T itself, or a one-line refusal when the search ended at an edge of T_RANGE: the NLL still falls beyond it, so
+    the edge is not the minimum, and a temperature that is not what was asked for is never stored."""
+    low, high = T_RANGE
+    if temperature >= high / 1.01:
+        raise TemperatureBeyondRange(
+            f"temperature scaling: the val NLL still falls past T = {high:g}, the largest temperature searched: the "
+            "model's confidence on val says next to nothing about its answers (about as good as chance, or worse), so "
+            "no temperature fits it; nothing was stored", high)
+    if temperature <= low * 1.01:
+        raise TemperatureBeyondRange(
+            f"temperature scaling: the val NLL still falls below T = {low:g}, the smallest temperature searched: the "
+            "model is right on (nearly) every val image with wide margins, so sharpening always helps and no "
+            "temperature fits it; nothing was stored", low)
+    return temperature
