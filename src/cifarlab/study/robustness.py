@@ -112,29 +112,43 @@ def measure(run: RunFolder, options: Robustness, data_dir: str | None = None, de
 
 
 def _measured(run, cfg, options, data_dir, device, progress, cifar101: bool) -> dict:
-    from cifarlab.calibrate import calibrate_run
     from cifarlab.robustness import evaluate_corruptions
 
     views = ("flip-shift" if cfg.tta_shift else "flip") if cfg.tta else None
     corrupted = evaluate_corruptions(run, "all", None, options.limit, None, options.seed, tta=views,
                                      data_dir=data_dir, device=device, progress=progress)
-    calibration = calibrate_run(run, data_dir, device=device)
-    out = {"weights": calibration["weights"], "tta": views, "images_per_set": corrupted["images"],
+    out = {"weights": run.weights_to_load().name, "tta": views, "images_per_set": corrupted["images"],
            "clean_accuracy": corrupted["clean_accuracy"], "corruption_accuracy": corrupted["mean_accuracy"],
            "corruption_gap": corrupted["clean_accuracy"] - corrupted["mean_accuracy"],
            "ratio_to_clean": corrupted["ratio_to_clean"], "mean_by_severity": corrupted["mean_by_severity"],
-           "temperature": calibration["temperature"], "val_images": calibration["val"]["before"]["images"],
-           "ece": calibration["test"]["before"]["ece"], "ece_calibrated": calibration["test"]["after"]["ece"],
-           "nll": calibration["test"]["before"]["nll"], "nll_calibrated": calibration["test"]["after"]["nll"],
-           "cifar101_accuracy": None, "cifar101": None}
+           **_calibration(run, data_dir, device), "cifar101_accuracy": None, "cifar101": None}
     if cifar101:
         from cifarlab.shift import evaluate_shift
 
         shift = evaluate_shift(run, tta=views, data_dir=data_dir, device=device)
         out["cifar101_accuracy"] = shift["cifar10.1"]["accuracy"]
         out["cifar101"] = {"images": shift["cifar10.1"]["images"], "cifar10_accuracy": shift["cifar10"]["accuracy"],
-                           "drop": shift["drop"], "drop_interval": shift["drop_interval"]}
+                           "drop": shift["drop"], "drop_interval": list(shift["drop_interval"])}
     return out
+
+
+def _calibration(run, data_dir, device) -> dict:
+    """ECE and NLL on test before and after the temperature fitted on val; where no temperature fits (the val
+    NLL still falls at an edge of the search: a nearly untrained model), the figures before it and the reason."""
+    from cifarlab.calibrate import calibrate_run, split_logits
+    from cifarlab.training.calibration import TemperatureBeyondRange, calibration_figures
+
+    try:
+        calibration = calibrate_run(run, data_dir, device=device)
+    except TemperatureBeyondRange as e:
+        _, logits = split_logits(run, run.weights_to_load(), data_dir, device)
+        before = calibration_figures(*logits["test"])
+        return {"temperature": None, "val_images": len(logits["val"][1]), "ece": before["ece"],
+                "ece_calibrated": None, "nll": before["nll"], "nll_calibrated": None, "no_temperature": str(e)}
+    return {"temperature": calibration["temperature"], "val_images": calibration["val"]["before"]["images"],
+            "ece": calibration["test"]["before"]["ece"], "ece_calibrated": calibration["test"]["after"]["ece"],
+            "nll": calibration["test"]["before"]["nll"], "nll_calibrated": calibration["test"]["after"]["nll"],
+            "no_temperature": None}
 
 
 def measure_all(runs: list[RunFolder], options: Robustness, data_dir=None, device: str = "auto",
@@ -227,9 +241,10 @@ def run_table(keys: list[str], records: list[dict]) -> tuple[list[str], list[lis
         shift = r.get("cifar101")
         drop = (f"{r['cifar101_accuracy']:.2f} ({shift['drop']:+.2f} [{shift['drop_interval'][0]:+.2f}, "
                 f"{shift['drop_interval'][1]:+.2f}])" if shift else "-")
+        fitted = r["temperature"] is not None
         rows.append([key, f"{r['clean_accuracy']:.2f}", f"{r['corruption_accuracy']:.2f}",
-                     f"{r['ratio_to_clean']:.3f}", f"{r['ece']:.2f}", f"{r['ece_calibrated']:.2f}",
-                     f"{r['temperature']:.3f}", drop])
+                     f"{r['ratio_to_clean']:.3f}", f"{r['ece']:.2f}", f"{r['ece_calibrated']:.2f}" if fitted else "-",
+                     f"{r['temperature']:.3f}" if fitted else "none fits", drop])
     return headers, rows
 
 
@@ -238,11 +253,15 @@ def method_text(records: list[dict]) -> str:
     sizes = sorted({r["images_per_set"] for r in records})
     weights = sorted({r["weights"] for r in records})
     cifar101 = any(r.get("cifar101") for r in records)
+    unfitted = sum(r.get("temperature") is None for r in records)
+    none_fits = (f" No temperature fits {plural(unfitted, 'run')} (the val NLL still falls at the edge of the "
+                 "search, T = 0.05 or 20: a model about as good as chance), so ECE after T is left out for "
+                 f"{'it' if unfitted == 1 else 'them'}." if unfitted else "")
     return (f"Mean accuracy over the 15 corruptions x 5 severities of Hendrycks & Dietterich (CIFAR-10-C-style sets "
             f"generated here from the test split, {' or '.join(f'{n:,}' for n in sizes)} images per set), with each "
             f"run's own test-time views; its gap to clean accuracy on the same images. ECE over 15 bins on test, "
             f"before and after one temperature T fitted on the run's val split (never on test). Weights: "
-            f"{', '.join(weights)}. "
+            f"{', '.join(weights)}.{none_fits} "
             + ("CIFAR-10.1: the drop from CIFAR-10 test with its 95% interval (about +-2 points with 2,000 images)."
                if cifar101 else "CIFAR-10.1: not measured (its files are not in the data folder; "
                                 "`cifarlab evaluate RUN --dataset cifar10.1` downloads them)."))
@@ -258,7 +277,8 @@ def compare_cells(folders: list[Path]) -> tuple[str, str] | None:
         record = _read(folder / RECORD)
         if record is not None:
             corrupted.append((record["corruption_accuracy"], record["images_per_set"]))
-            calibrated.append(record["ece_calibrated"])
+            if record["ece_calibrated"] is not None:
+                calibrated.append(record["ece_calibrated"])
             continue
         sets = _read(folder / "evaluation-corruptions" / "corruptions.json")
         if sets is not None and sets.get("generated") and len(sets["accuracy"]) == 15 \
