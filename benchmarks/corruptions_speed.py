@@ -76,8 +76,12 @@ def main() -> int:
     evaluated = sum(t[1] for t in times.values())
     scale = FULL_TEST / len(images)
     print(f"total: generate {made:.1f} s, evaluate {evaluated:.1f} s, ratio generate/evaluate {made / evaluated:.2f}")
-    print(f"extrapolated linearly to {FULL_TEST:,} test images x {len(names) * 5} sets (not measured): generate "
-          f"{made * scale / 60:.1f} min, evaluate {evaluated * scale / 60:.1f} min")
+    if len(images) != FULL_TEST:
+        print(f"extrapolated linearly to {FULL_TEST:,} test images x {len(names) * 5} sets (not measured): generate "
+              f"{made * scale / 60:.1f} min, evaluate {evaluated * scale / 60:.1f} min")
+    else:
+        print(f"measured on all {FULL_TEST:,} test images x {len(names) * 5} sets: generate {made / 60:.1f} min, "
+              f"evaluate {evaluated / 60:.1f} min")
     print(json.dumps({"images": len(images), "threads": torch.get_num_threads(), "model": args.model,
                       "per_corruption_s": times, "generate_s": made, "evaluate_s": evaluated,
                       "ratio": made / evaluated, "extrapolated_full_generate_s": made * scale,

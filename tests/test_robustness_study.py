@@ -185,6 +185,9 @@ def test_reproduce_adds_each_runs_robustness(data, tmp_path, monkeypatch):
     assert saved["robustness"]["runs"]["basic-cnn-cifar10"]["corruption_accuracy"] == record["corruption_accuracy"]
     assert "Beyond the test split" in (out / "report.html").read_text()
     assert (out / "figures" / "robustness.png").is_file()
+    again = cifarlab.reproduce(str(data), scale=0.2, out=str(out), question_seeds=0, robustness=True,
+                               robustness_limit=30, quiet=True)          # runs and records reused
+    assert again["robustness"]["runs"] == result["robustness"]["runs"]
 
 
 def test_a_run_no_temperature_fits_keeps_its_ece_and_says_why(data, tmp_path, monkeypatch):

@@ -138,6 +138,11 @@ def test_train_seeds_writes_mean_and_std_of_the_seed_runs(cifar_sample, tmp_path
     assert f"\u00b1 {summary['final_test_acc_std']:.2f}%" in (out / "summary.txt").read_text()
     low, high = summary["final_test_acc_ci95"]
     assert f"Mean Test Accuracy: 95% CI [{low:.2f}, {high:.2f}]" in (out / "summary.txt").read_text()
+    eces = [json.loads((out / f"seed-{s}" / "summary.json").read_text())["final_test_ece"] for s in (3, 4)]
+    assert summary["final_test_ece_per_seed"] == eces
+    assert summary["final_test_ece_mean"] == pytest.approx(statistics.mean(eces))
+    assert (f"Final Test ECE: {statistics.mean(eces):.2f}% \u00b1 {statistics.stdev(eces):.2f}% (15 bins)"
+            in (out / "summary.txt").read_text())
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_all
 
 # summary.json keys that get a mean and a std over seeds.
 SEED_KEYS = ("final_train_acc", "final_test_acc", "final_val_acc", "best_test_acc", "overfit_gap",
-             "train_and_eval_time_s", "images_per_s")
+             "train_and_eval_time_s", "images_per_s", "final_test_ece")
 
 
 class Seeds(dict):
@@ -81,4 +81,7 @@ def seeds_block(summary: dict) -> str:
     per_seed = ", ".join(f"{v:.2f}%" for v in summary[f"final_{split}_acc_per_seed"])
     extra = [] if split == "test" else [f"Final {name}: {number(f'final_{split}_acc')}"]
     interval = interval_text(summary.get(f"final_{split}_acc_ci95"))
-    return results_block(title, summary, number, [*extra, f"Per-seed {name}: {per_seed}", f"Mean {name}: {interval}"])
+    ece = ([f"Final Test ECE: {number('final_test_ece')} (15 bins)"] if summary.get("final_test_ece_mean") is not None
+           else [])
+    return results_block(title, summary, number, [*extra, f"Per-seed {name}: {per_seed}", f"Mean {name}: {interval}",
+                                                  *ece])
