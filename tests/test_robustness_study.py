@@ -32,12 +32,19 @@ def data(cifar_sample, tmp_path_factory):
     return root
 
 
+PINNED_T = 1.5
+
+
 @pytest.fixture(scope="module")
 def ablation(data, tmp_path_factory):
+    """A 1-epoch ablation; its temperature is pinned, since no temperature may fit so weak a model (that path has
+    its own test below) and the calibrated path must be checked here."""
     out = tmp_path_factory.mktemp("robust-ablate") / "study"
-    return cifarlab.ablate("basic-cnn", "cifar10", without="augment", seeds=2, data_dir=str(data), epochs=1,
-                           val_size=20, augment=["crop", "flip"], robustness=True, robustness_limit=LIMIT,
-                           quiet=True, out=str(out))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("cifarlab.calibrate.fit_temperature", lambda logits, labels: PINNED_T)
+        return cifarlab.ablate("basic-cnn", "cifar10", without="augment", seeds=2, data_dir=str(data), epochs=1,
+                               val_size=20, augment=["crop", "flip"], robustness=True, robustness_limit=LIMIT,
+                               quiet=True, out=str(out))
 
 
 def _record(folder):
@@ -54,28 +61,21 @@ def test_each_run_records_what_evaluate_measured(ablation):
             assert len(per_set) == 75 and sets["images"] == LIMIT
             assert record["corruption_accuracy"] == pytest.approx(sum(per_set) / 75)
             assert record["corruption_gap"] == pytest.approx(sets["clean_accuracy"] - sum(per_set) / 75)
-            assert record["val_images"] == 20
-            if record["temperature"] is None:      # a 1-epoch model can be too weak for any T: said, not stored
-                assert "val NLL still falls" in record["no_temperature"]
-                assert not (folder / "temperature.json").exists()
-                continue
-            calibration = json.loads((folder / "evaluation-calibration" / "calibration.json").read_text())
-            assert record["ece"] == pytest.approx(calibration["test"]["before"]["ece"])
-            assert record["ece_calibrated"] == pytest.approx(calibration["test"]["after"]["ece"])
-            assert calibration["val"]["before"]["images"] == 20
+            assert record["val_images"] == 20 and record["temperature"] == PINNED_T
             shift = json.loads((folder / "evaluation-cifar10.1" / "shift.json").read_text())
             assert shift["cifar10.1"]["images"] == 60
             assert record["cifar101_accuracy"] == pytest.approx(shift["cifar10.1"]["accuracy"])
+            calibration = json.loads((folder / "evaluation-calibration" / "calibration.json").read_text())
+            assert record["ece"] == pytest.approx(calibration["test"]["before"]["ece"])
+            assert record["ece_calibrated"] == pytest.approx(calibration["test"]["after"]["ece"])
+            assert record["ece_calibrated"] != pytest.approx(record["ece"])          # T = 1.5 changed it
+            assert calibration["val"]["before"]["images"] == 20
 
 
 def test_changes_are_paired_over_seeds_with_their_t_interval(ablation):
     root = Path(ablation["folder"])
     rows = {r["group"]: r for r in ablation["robustness"]["rows"]}
-    measured = [key for key in ("corruption_accuracy", "corruption_gap", "ece", "ece_calibrated", "cifar101_accuracy")
-                if all(_record(root / v / f"seed-{s}")[key] is not None for v in ("full", "no-augment") for s in (0, 1))]
-    assert {"corruption_accuracy", "corruption_gap", "ece", "cifar101_accuracy"} <= set(measured)
-    assert ("ece_calibrated_change" in rows["no-augment"]) == ("ece_calibrated" in measured)
-    for key in measured:
+    for key in ("corruption_accuracy", "corruption_gap", "ece", "ece_calibrated", "cifar101_accuracy"):
         diffs = [_record(root / "no-augment" / f"seed-{s}")[key] - _record(root / "full" / f"seed-{s}")[key]
                  for s in (0, 1)]
         mean = sum(diffs) / 2
@@ -133,8 +133,10 @@ def test_compare_shows_the_robustness_columns(ablation):
     for folder in (a, b):
         record = _record(folder)
         assert f"{record['corruption_accuracy']:.2f} ({LIMIT})" in result.stdout
-        if record["ece_calibrated"] is not None:
-            assert f"{record['ece_calibrated']:.2f}" in result.stdout
+        assert f"{record['ece_calibrated']:.2f}" in result.stdout
+    figures = json.loads(run_cli("compare", str(a), str(b), "--json").stdout)
+    assert [f["robustness"]["corruption_accuracy"] for f in figures] == [
+        pytest.approx(_record(folder)["corruption_accuracy"]) for folder in (a, b)]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -209,3 +211,38 @@ def test_a_run_no_temperature_fits_keeps_its_ece_and_says_why(data, tmp_path, mo
     assert rows[0][headers.index("ECE after T %")] == "-" and rows[0][headers.index("T")] == "none fits"
     assert "No temperature fits 1 run" in beyond.method_text([record])
     assert beyond.metrics_of([record]) == [m for m in beyond.METRICS if m[0] != "ece_calibrated"]
+
+
+def test_a_missing_temperature_pairs_the_seeds_that_have_one():
+    from cifarlab.study.robustness import group_rows, method_text
+
+    def record(seed, accuracy, ece_after):
+        return {"seed": seed, "images_per_set": 100, "weights": "best.pt", "dataset": "cifar10",
+                "clean_accuracy": accuracy + 5, "corruption_accuracy": accuracy, "corruption_gap": 5.0, "ece": 9.0,
+                "ece_calibrated": ece_after, "temperature": None if ece_after is None else 1.5,
+                "no_temperature_edge": 20 if ece_after is None else None, "cifar101_accuracy": None}
+
+    groups = {"full": [record(0, 50, 3.0), record(1, 52, 4.0), record(2, 51, 5.0)],
+              "no-augment": [record(0, 40, None), record(1, 43, 6.0), record(2, 41, 8.5)]}
+    row = group_rows(groups, "full")[1]
+    assert row["ece_calibrated_per_seed"] == [None, 6.0, 8.5]
+    assert row["ece_calibrated_mean"] == pytest.approx(7.25)
+    assert row["ece_calibrated_pairs"] == 2 and row["ece_calibrated_change"] == pytest.approx(2.75)
+    assert row["corruption_accuracy_change"] == pytest.approx(-29 / 3)
+    text = method_text(groups["full"] + groups["no-augment"])
+    assert "No temperature fits 1 run (the val NLL still falls past T = 20: a model about as good as chance)" in text
+
+
+def test_a_folder_dataset_of_other_sizes_is_refused_before_training(cifar10_sample, tmp_path):
+    train, test = cifar10_sample.train, cifar10_sample.test
+    big = lambda x: np.repeat(np.repeat(x.permute(0, 2, 3, 1).numpy(), 2, axis=1), 2, axis=2)     # noqa: E731
+    np.savez(tmp_path / "big.npz", x_train=big(train.images[:50]), y_train=train.labels[:50].numpy(),
+             x_test=big(test.images[:20]), y_test=test.labels[:20].numpy())
+    out = tmp_path / "study"
+    result = run_cli("ablate", "--model", "basic-cnn", "--dataset", f"npz:{tmp_path / 'big.npz'}", "--epochs", "1",
+                     "--without", "augment", "--augment", "flip", "--val-size", "10", "--robustness",
+                     "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("cifarlab: error: corruptions: the images are 64x64; the severity constants "
+                                     "are CIFAR's, for 32x32 images")
+    assert not out.exists()

@@ -45,7 +45,8 @@ def cmd_compare(args) -> int:
 
     result = compare(args.runs, args.plot)
     if args.json:
-        print(json.dumps([{"run": str(r.path), **r.summary} for r in result.runs], indent=2))
+        print(json.dumps([{"run": str(r.path), **r.summary, "robustness": figures}
+                          for r, figures in zip(result.runs, result.robustness)], indent=2))
     else:
         print(result, end="")
         if args.plot:

@@ -62,7 +62,10 @@ def write_logits(folder: Path, logits: torch.Tensor, labels: torch.Tensor, prefi
 
 
 def tta_views(tta: str | bool | None) -> tuple[bool, int]:
-    """'none' | 'flip' | 'flip-shift' (or a bool for flip) -> (mirror, shift in pixels)."""
+    """'none' | 'flip' | 'flip-shift' (or a bool for flip) -> (mirror, shift in pixels); a (mirror, pixels) pair
+    as it is (a run's own views: its recipe's tta and tta_shift)."""
+    if isinstance(tta, tuple) and len(tta) == 2:
+        return bool(tta[0]), int(tta[1])
     if tta in (None, False, "none"):
         return False, 0
     if tta in (True, "flip"):

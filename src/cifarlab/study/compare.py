@@ -16,7 +16,7 @@ from cifarlab.report.stats import confidence_interval, difference_interval, inte
 from cifarlab.report.summary import comparison_block
 from cifarlab.runfolder import SUMMARY, RunFolder, open_run
 from cifarlab.storage import current_summary
-from cifarlab.study.robustness import compare_cells
+from cifarlab.study.robustness import compare_cells, compare_figures
 
 
 class SeedsFolder:
@@ -70,12 +70,14 @@ class Comparison:
 
     def __init__(self, runs: list, split: str = "test"):
         self.runs, self.split = runs, split
+        # beyond the test split, where measured: {"corruption_accuracy", "images_per_set", "ece_calibrated"}
+        self.robustness = [compare_figures(r.folders if isinstance(r, SeedsFolder) else [r.path]) for r in runs]
         text = ""
         if len(runs) == 2:
             text = comparison_block(runs[0].summary, runs[1].summary, runs[0].name, runs[1].name, split=split)
             if any(isinstance(r, SeedsFolder) for r in runs):
                 text += difference_line(*runs, split) + "\n"
-        self.text = text + "\n" + comparison_table(runs, split)
+        self.text = text + "\n" + comparison_table(runs, split, self.robustness)
 
     def __str__(self) -> str:
         return self.text
@@ -119,7 +121,7 @@ def compare(runs: list, plot: str | Path | None = None) -> Comparison:
     return result
 
 
-def comparison_table(runs: list[RunFolder], split: str = "test") -> str:
+def comparison_table(runs: list[RunFolder], split: str = "test", robustness: list | None = None) -> str:
     """One row per run: its accuracies, parameters, time, and the final accuracy's change from the first run
     (on test; on val, said in the header, where test was never scored); and where any run was measured beyond
     its test split (`evaluate --corruptions all`, `--calibration`, `--robustness`), its mean corruption accuracy
@@ -132,10 +134,9 @@ def comparison_table(runs: list[RunFolder], split: str = "test") -> str:
     rows = [[r.name, r.summary["model"], r.summary["dataset"], r.summary["epochs"], r.summary["final_train_acc"],
              r.summary[key], _interval_cell(r, split), r.summary["best_test_acc"], f"{r.summary['params']:,}",
              r.summary["train_and_eval_time_s"], f"{r.summary[key] - first:+.2f}"] for r in runs]
-    cells = [compare_cells(r.folders if isinstance(r, SeedsFolder) else [r.path]) for r in runs]
-    if any(cells):
+    if robustness and any(robustness):
         headers += ["corrupted % (images)", "ECE after T %"]
-        rows = [row + list(cell or ("-", "-")) for row, cell in zip(rows, cells)]
+        rows = [row + compare_cells(figures) for row, figures in zip(rows, robustness)]
     return text_table(headers, rows)
 
 

@@ -123,7 +123,8 @@ def plan(data_dir, scale: float, tuned: bool, out: Path, overrides: dict, diagno
             sizes[a.dataset] = train_images(a.dataset, data_dir, scale, overrides.get("download", True))
             val_sizes[a.dataset] = (val_size(a.dataset, data_dir, overrides.get("download", True))
                                     if val_split else 0)
-        epochs, limit = scaled(a.epochs, sizes[a.dataset], scale)
+        pool = sizes[a.dataset] - val_sizes[a.dataset] if sizes[a.dataset] is not None else None
+        epochs, limit = scaled(a.epochs, pool, scale)        # a share of what is left after the val split
         recipes = [("article", a.recipe)]
         if tuned and tuned_recipe(a.model, a.dataset):
             recipes.append(("tuned", tuned_recipe(a.model, a.dataset)))
@@ -166,6 +167,7 @@ class Reproduction(dict):
         lines = self.get("question_lines") or []
         table = self["table"]
         if self.get("robustness"):
+            table = held_out_text(self["robustness"]["runs"]) + "\n" + table
             records = self["robustness"]["runs"]
             headers, rows = beyond.run_table(list(records), list(records.values()))
             table += "\nBeyond the test split (--robustness):\n" + text_table(headers, rows)
@@ -276,7 +278,8 @@ def write_report(out: Path, jobs: list[Job], runs: dict[str, RunFolder], evaluat
         f"Scale {scale:g}: " + ("full epochs and train set." if scale >= 1 else
                                f"{scale:g} x the epochs and train images (a quick pass; not comparable in "
                                "absolute terms with the article's full runs).")
-        + f" Data: {data_text(result['data_dir'])}. Wall time {result['wall_time_s']:.0f} s.")
+        + f" Data: {data_text(result['data_dir'])}. Wall time {result['wall_time_s']:.0f} s."
+        + (" " + held_out_text(result["robustness"]["runs"]) if result.get("robustness") else ""))
     curves = plots.curves({key: runs[key].metrics for key in labels}, figures / "all_curves.png", "All runs")
     report.section("Results beside the article").pre(results_table(jobs, runs)).image(
         bars, "Final test accuracy per run, ours beside the article's figures").image(
@@ -305,6 +308,13 @@ def data_text(data_dir: str | None) -> str:
     return data_dir or "default data folder"
 
 
+def held_out_text(records: dict) -> str:
+    """What --robustness changes in the article's runs, said above the results."""
+    sizes = "/".join(f"{n:,}" for n in sorted({r["val_images"] for r in records.values()}))
+    return (f"--robustness: every run held out {sizes} of its train images as a val split (the temperature is "
+            "fitted there, and best.pt is chosen on it), so it trained on fewer images than the article's run.")
+
+
 def robustness_section(report: Report, robustness: dict, figures: Path) -> None:
     """--robustness: each run's clean and corrupted accuracy, ECE before and after T, CIFAR-10.1."""
     from cifarlab.report import plots
@@ -314,9 +324,7 @@ def robustness_section(report: Report, robustness: dict, figures: Path) -> None:
     bars = plots.accuracy_bars(list(records), {"clean": [r["clean_accuracy"] for r in records.values()],
                                                "corrupted": [r["corruption_accuracy"] for r in records.values()]},
                                figures / "robustness.png", title="Clean and mean corrupted test accuracy")
-    report.section("Beyond the test split").text(
-        robustness["method"] + " Every run held out its val split for this, so it trained on fewer images than "
-        "the article's.").table(headers, rows).image(bars, "Clean and mean corrupted test accuracy per run")
+    report.section("Beyond the test split").text(robustness["method"]).table(headers, rows).image(bars, "Clean and mean corrupted test accuracy per run")
 
 
 def comparisons_section(report: Report, jobs: list[Job], runs: dict[str, RunFolder]) -> None:

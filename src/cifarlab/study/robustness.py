@@ -14,14 +14,13 @@ intervals, the way ablate compares clean accuracy; a verdict only where the inte
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from cifarlab.errors import UsageError
 from cifarlab.report.stats import confidence_interval, interval_text, mean_std, plural
-from cifarlab.runfolder import ROBUSTNESS as RECORD, RunFolder, atomic_write_json
+from cifarlab.runfolder import ROBUSTNESS as RECORD, RunFolder, atomic_write_json, weights_identity
 
 # (key in a run's record, the column's name, what a rise means: the verdict words for a clear rise and fall)
 METRICS = (("clean_accuracy", "clean %", ("raises", "lowers")),
@@ -44,7 +43,8 @@ class Robustness:
     seed: int = 0
 
     def check(self) -> "Robustness":
-        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+        if self.limit is not None and (not isinstance(self.limit, int) or isinstance(self.limit, bool)
+                                       or self.limit < 1):
             raise UsageError(f"--robustness-limit must be >= 1, got {self.limit}")
         if self.limit is not None and not self.enabled:
             raise UsageError("--robustness-limit sets how many test images each corrupted set holds: add --robustness")
@@ -61,42 +61,56 @@ def check_study(cfg) -> None:
     if info is not None and info.channels != 3:
         raise UsageError(f"--robustness: {cfg.dataset} has {info.channels} channel(s); the corruptions are "
                          "defined for colour images")
-    if cfg.val_size:
-        return
-    if info is None:         # a folder: or npz: dataset may ship its own val split
+    if info is None:         # a folder: or npz: dataset: its images' shape, and whether it ships a val split
+        from cifarlab.data.corruptions import check_side
         from cifarlab.training.splits import prepare_data
 
-        if prepare_data(cfg).val is not None:
+        data = prepare_data(cfg)
+        channels, height, width = data.test.images.shape[1:] if data.test is not None else (3, 32, 32)
+        if channels != 3:
+            raise UsageError(f"--robustness: {cfg.dataset} has {channels} channel(s); the corruptions are defined "
+                             "for colour images")
+        check_side((height, width))
+        if data.val is not None:
             return
+    if cfg.val_size:
+        return
     raise UsageError("--robustness fits a temperature on a val split (never on test), and these runs have none: "
                      "pass --val-size N, e.g. 5000")
 
 
-def _weights_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _cifar101_files(cfg, data_dir) -> bool:
+def _cifar101_files(cfg) -> bool:
     from cifarlab.data.cifar101 import DATA_FILE, LABELS_FILE, TRAINED_ON, cifar101_folder
 
     if cfg.dataset != TRAINED_ON:
         return False
-    folder = cifar101_folder(data_dir if data_dir is not None else cfg.data_dir)
+    folder = cifar101_folder(cfg.data_dir)
     return (folder / DATA_FILE).is_file() and (folder / LABELS_FILE).is_file()
+
+
+def record_key(run: RunFolder, cfg, options: Robustness) -> dict:
+    """What a record was measured on: the weights (sha256), the test data's identity, the settings, and what
+    generates the sets (the corruptions' code, torch's and Pillow's versions, as their cache key holds)."""
+    import PIL
+    import torch
+
+    from cifarlab.data.corruptions import CODE_VERSION
+    from cifarlab.fingerprint import data_identity
+
+    weights = weights_identity(run.weights_to_load())
+    return {"weights": weights["name"], "weights_sha256": weights["sha256"], "data": data_identity(cfg),
+            "limit": options.limit, "corruption_seed": options.seed, "corruption_code": CODE_VERSION,
+            "torch": torch.__version__, "pillow": PIL.__version__, "cifar10.1": _cifar101_files(cfg)}
 
 
 def measure(run: RunFolder, options: Robustness, data_dir: str | None = None, device: str = "auto",
             progress: bool = True) -> dict:
     """One run's record (see the module's text), written to RUN/robustness.json; an earlier record is reused
     when the weights' sha256 and the settings are the same."""
-    from cifarlab.data.corruptions import CODE_VERSION
-
     cfg = run.train_config()
-    weights = run.weights_to_load()
-    key = {"weights": weights.name, "weights_sha256": _weights_sha256(weights), "limit": options.limit,
-           "corruption_seed": options.seed, "corruption_code": CODE_VERSION,
-           "cifar10.1": _cifar101_files(cfg, data_dir)}
+    if data_dir is not None:
+        cfg.data_dir = data_dir
+    key = record_key(run, cfg, options)
     path = run.path / RECORD
     if path.is_file():
         try:
@@ -114,10 +128,10 @@ def measure(run: RunFolder, options: Robustness, data_dir: str | None = None, de
 def _measured(run, cfg, options, data_dir, device, progress, cifar101: bool) -> dict:
     from cifarlab.robustness import evaluate_corruptions
 
-    views = ("flip-shift" if cfg.tta_shift else "flip") if cfg.tta else None
+    views = (bool(cfg.tta), int(cfg.tta_shift) if cfg.tta else 0)    # the run's own, as its test accuracy
     corrupted = evaluate_corruptions(run, "all", None, options.limit, None, options.seed, tta=views,
                                      data_dir=data_dir, device=device, progress=progress)
-    out = {"weights": run.weights_to_load().name, "tta": views, "images_per_set": corrupted["images"],
+    out = {"weights": run.weights_to_load().name, "tta": {"flip": views[0], "shift": views[1]}, "images_per_set": corrupted["images"],
            "clean_accuracy": corrupted["clean_accuracy"], "corruption_accuracy": corrupted["mean_accuracy"],
            "corruption_gap": corrupted["clean_accuracy"] - corrupted["mean_accuracy"],
            "ratio_to_clean": corrupted["ratio_to_clean"], "mean_by_severity": corrupted["mean_by_severity"],
@@ -144,11 +158,12 @@ def _calibration(run, data_dir, device) -> dict:
         _, logits = split_logits(run, run.weights_to_load(), data_dir, device)
         before = calibration_figures(*logits["test"])
         return {"temperature": None, "val_images": len(logits["val"][1]), "ece": before["ece"],
-                "ece_calibrated": None, "nll": before["nll"], "nll_calibrated": None, "no_temperature": str(e)}
+                "ece_calibrated": None, "nll": before["nll"], "nll_calibrated": None, "no_temperature": str(e),
+                "no_temperature_edge": e.edge}
     return {"temperature": calibration["temperature"], "val_images": calibration["val"]["before"]["images"],
             "ece": calibration["test"]["before"]["ece"], "ece_calibrated": calibration["test"]["after"]["ece"],
             "nll": calibration["test"]["before"]["nll"], "nll_calibrated": calibration["test"]["after"]["nll"],
-            "no_temperature": None}
+            "no_temperature": None, "no_temperature_edge": None}
 
 
 def measure_all(runs: list[RunFolder], options: Robustness, data_dir=None, device: str = "auto",
@@ -163,26 +178,31 @@ def measure_all(runs: list[RunFolder], options: Robustness, data_dir=None, devic
 
 
 def metrics_of(records: list[dict]) -> list[tuple[str, str, tuple[str, str]]]:
-    """The METRICS every record has a value for (CIFAR-10.1 only where each run had its files)."""
-    return [m for m in METRICS if all(r.get(m[0]) is not None for r in records)]
+    """The METRICS some record has a value for (CIFAR-10.1 only with its files; ECE after T only where a
+    temperature fits)."""
+    return [m for m in METRICS if any(r.get(m[0]) is not None for r in records)]
 
 
 def group_rows(groups: dict[str, list[dict]], baseline: str) -> list[dict]:
-    """Per group, each metric's mean, std and per-seed values, and (but the baseline) the paired change from the
-    baseline, same seed against same seed, with its 95% interval (None for one seed)."""
+    """Per group, each metric's mean, std and per-seed values (None where a run has none), and (but the
+    baseline) the paired change from the baseline, same seed against same seed, over the seeds where both have a
+    value, with its 95% interval (None for one pair)."""
     every = [r for records in groups.values() for r in records]
     base = {r["seed"]: r for r in groups[baseline]}
     rows = []
     for name, records in groups.items():
         row = {"group": name, "seeds": [r["seed"] for r in records], "images_per_set": records[0]["images_per_set"]}
         for key, _, _ in metrics_of(every):
-            values = [float(r[key]) for r in records]
-            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
+            values = [r.get(key) for r in records]
+            present = [float(v) for v in values if v is not None]
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(present) if present else (None, None)
             row[f"{key}_per_seed"] = values
             if name != baseline:
-                diffs = [float(r[key]) - float(base[r["seed"]][key]) for r in records if r["seed"] in base]
+                diffs = [float(r[key]) - float(base[r["seed"]][key]) for r in records
+                         if r.get(key) is not None and base.get(r["seed"], {}).get(key) is not None]
                 row[f"{key}_change"] = sum(diffs) / len(diffs) if diffs else None
                 row[f"{key}_change_ci95"] = confidence_interval(diffs)
+                row[f"{key}_pairs"] = len(diffs)
         rows.append(row)
     return rows
 
@@ -204,20 +224,25 @@ def findings(rows: list[dict], seeds: int) -> list[str]:
     keys = [m for m in METRICS if f"{m[0]}_mean" in rows[0] and m[0] != "clean_accuracy"]
     for row in rows[1:]:
         what = "everything" if row["group"] == "none" else row["group"].removeprefix("no-")
-        parts = [f"{METRIC_WORDS[key]} {row[f'{key}_mean']:.2f}{_unit(key)} vs {rows[0][f'{key}_mean']:.2f}"
-                 f"{_unit(key)} ({row[f'{key}_change']:+.2f} pt, "
-                 f"{interval_text(row[f'{key}_change_ci95'], signed=True)}: "
-                 f"{verdict(row[f'{key}_change_ci95'], words)})" for key, _, words in keys]
+        parts = [_finding(row, rows[0], key, words, seeds) for key, _, words in keys
+                 if row.get(f"{key}_change") is not None]
         out.append(f"Removing {what} (paired over {plural(seeds, 'seed')}): " + "; ".join(parts) + ".")
     return out
+
+
+def _finding(row: dict, full: dict, key: str, words: tuple[str, str], seeds: int) -> str:
+    pairs = row[f"{key}_pairs"]
+    fewer = "" if pairs == seeds else f", over the {plural(pairs, 'seed')} with a value"
+    return (f"{METRIC_WORDS[key]} {row[f'{key}_mean']:.2f}{_unit(key)} vs {full[f'{key}_mean']:.2f}{_unit(key)} "
+            f"({row[f'{key}_change']:+.2f} pt, {interval_text(row[f'{key}_change_ci95'], signed=True)}{fewer}: "
+            f"{verdict(row[f'{key}_change_ci95'], words)})")
 
 
 def group_tables(rows: list[dict]) -> list[tuple[list[str], list[list]]]:
     """ablate's robustness tables: each metric's mean \u00b1 std per variant; then each variant's paired change
     from the full recipe with its 95% interval."""
     keys = [(key, name) for key, name, _ in METRICS if f"{key}_mean" in rows[0]]
-    values = [[row["group"], *[f"{row[f'{key}_mean']:.2f} \u00b1 {row[f'{key}_std']:.2f}" for key, _ in keys]]
-              for row in rows]
+    values = [[row["group"], *[_value(row, key) for key, _ in keys]] for row in rows]
     changes = [[row["group"], *[_change(row, key) for key, _ in keys]] for row in rows[1:]]
     headers = [name for _, name in keys]
     return [(["variant", *headers], values), (["change from full", *headers], changes)]
@@ -227,7 +252,15 @@ def _unit(key: str) -> str:
     return " pt" if key == "corruption_gap" else "%"
 
 
+def _value(row: dict, key: str) -> str:
+    if row[f"{key}_mean"] is None:
+        return "-"
+    return f"{row[f'{key}_mean']:.2f} \u00b1 {row[f'{key}_std']:.2f}"
+
+
 def _change(row: dict, key: str) -> str:
+    if row[f"{key}_change"] is None:
+        return "-"
     interval = row[f"{key}_change_ci95"]
     change = f"{row[f'{key}_change']:+.2f}"
     return f"{change} [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else f"{change} (1 seed)"
@@ -249,50 +282,98 @@ def run_table(keys: list[str], records: list[dict]) -> tuple[list[str], list[lis
 
 
 def method_text(records: list[dict]) -> str:
-    """What the robustness figures are, for a report: images per set, weights, views, the val split."""
+    """What the robustness figures are, for a report: the sets and how they differ from the official files, the
+    images per set, the weights and views, the temperature's val split, the runs no temperature fits, CIFAR-10.1."""
     sizes = sorted({r["images_per_set"] for r in records})
     weights = sorted({r["weights"] for r in records})
-    cifar101 = any(r.get("cifar101") for r in records)
-    unfitted = sum(r.get("temperature") is None for r in records)
-    none_fits = (f" No temperature fits {plural(unfitted, 'run')} (the val NLL still falls at the edge of the "
-                 "search, T = 0.05 or 20: a model about as good as chance), so ECE after T is left out for "
-                 f"{'it' if unfitted == 1 else 'them'}." if unfitted else "")
-    return (f"Mean accuracy over the 15 corruptions x 5 severities of Hendrycks & Dietterich (CIFAR-10-C-style sets "
-            f"generated here from the test split, {' or '.join(f'{n:,}' for n in sizes)} images per set), with each "
-            f"run's own test-time views; its gap to clean accuracy on the same images. ECE over 15 bins on test, "
-            f"before and after one temperature T fitted on the run's val split (never on test). Weights: "
-            f"{', '.join(weights)}.{none_fits} "
-            + ("CIFAR-10.1: the drop from CIFAR-10 test with its 95% interval (about +-2 points with 2,000 images)."
-               if cifar101 else "CIFAR-10.1: not measured (its files are not in the data folder; "
-                                "`cifarlab evaluate RUN --dataset cifar10.1` downloads them)."))
+    return (f"Mean accuracy over the 15 corruptions x 5 severities of Hendrycks & Dietterich, on CIFAR-10-C-style "
+            f"sets generated here from the test split ({' or '.join(f'{n:,}' for n in sizes)} images per set; their "
+            "constants, but frost is procedural rather than their photographs, motion blur reimplemented rather than "
+            "ImageMagick's, and the random draws are torch's: each run's evaluation-corruptions/corruptions.json "
+            "lists the differences), with each run's own test-time views; its gap to clean accuracy on the same "
+            "images. ECE over 15 bins on test, from the model's own logits (no test-time views, as predict uses "
+            "it), before and after one temperature T fitted on the run's val split (never on test). Weights: "
+            f"{', '.join(weights)}.{_unfitted_text(records)} {_cifar101_text(records)}")
 
 
-def compare_cells(folders: list[Path]) -> tuple[str, str] | None:
-    """compare's robustness columns for a run (one folder) or a `train --seeds` folder (its seeds' folders):
-    the mean corruption accuracy (with the images per set) and the test ECE after temperature scaling, averaged
-    over the folders; from robustness.json, else from `evaluate --corruptions all` and `--calibration`'s own
-    files; None where no folder has either, "-" for a column some folder lacks."""
+def _unfitted_text(records: list[dict]) -> str:
+    """Which runs no temperature fits, and why, in the words of the edge the search ended at."""
+    reasons = {20.0: "the val NLL still falls past T = 20: a model about as good as chance",
+               0.05: "the val NLL still falls below T = 0.05: a model right on nearly every val image"}
+    out = []
+    for edge, reason in reasons.items():
+        runs = [r for r in records if r.get("temperature") is None and r.get("no_temperature_edge") == edge]
+        if runs:
+            whose = "its" if len(runs) == 1 else "their"
+            out.append(f" No temperature fits {plural(len(runs), 'run')} ({reason}): {whose} ECE after T is left "
+                       "out, and the changes pair the seeds that have one.")
+    return "".join(out)
+
+
+def _cifar101_text(records: list[dict]) -> str:
+    if any(r.get("cifar101") for r in records):
+        return "CIFAR-10.1: the drop from CIFAR-10 test with its 95% interval (about +-2 points with 2,000 images)."
+    if any(r["dataset"] == "cifar10" for r in records):
+        return ("CIFAR-10.1: not measured (its files are not in the data folder; `cifarlab evaluate RUN --dataset "
+                "cifar10.1` downloads them).")
+    return "CIFAR-10.1 tests CIFAR-10 models only."
+
+
+def compare_figures(folders: list[Path]) -> dict | None:
+    """compare's robustness figures for a run (one folder) or a `train --seeds` folder (its seeds' folders):
+    the mean corruption accuracy over all 15 x 5 generated sets (and the images per set) and the test ECE after
+    temperature scaling, averaged over the folders (None where a folder lacks one); from robustness.json, else
+    from `evaluate --corruptions all` and `--calibration`'s files. A file older than the weights, or a record of
+    other weights, is stale and not shown. None where no folder has either figure."""
     corrupted, calibrated = [], []
     for folder in folders:
-        record = _read(folder / RECORD)
-        if record is not None:
-            corrupted.append((record["corruption_accuracy"], record["images_per_set"]))
-            if record["ece_calibrated"] is not None:
-                calibrated.append(record["ece_calibrated"])
-            continue
-        sets = _read(folder / "evaluation-corruptions" / "corruptions.json")
-        if sets is not None and sets.get("generated") and len(sets["accuracy"]) == 15 \
-                and len(sets["mean_by_severity"]) == 5:      # only the full 15 x 5 makes the mean comparable
-            corrupted.append((sets["mean_accuracy"], sets["images"]))
-        calibration = _read(folder / "evaluation-calibration" / "calibration.json")
-        if calibration is not None:
-            calibrated.append(calibration["test"]["after"]["ece"])
+        accuracy, images, ece = _folder_figures(Path(folder))
+        if accuracy is not None:
+            corrupted.append((accuracy, images))
+        if ece is not None:
+            calibrated.append(ece)
     if not corrupted and not calibrated:
         return None
-    sizes = sorted({n for _, n in corrupted})
-    cell = (f"{sum(a for a, _ in corrupted) / len(corrupted):.2f} ({'/'.join(f'{n:,}' for n in sizes)})"
-            if len(corrupted) == len(folders) else "-")
-    return cell, f"{sum(calibrated) / len(calibrated):.2f}" if len(calibrated) == len(folders) else "-"
+    whole = len(corrupted) == len(folders)
+    return {"corruption_accuracy": sum(a for a, _ in corrupted) / len(corrupted) if whole else None,
+            "images_per_set": sorted({n for _, n in corrupted}) if whole else None,
+            "ece_calibrated": sum(calibrated) / len(calibrated) if len(calibrated) == len(folders) else None}
+
+
+def _folder_figures(folder: Path) -> tuple[float | None, int | None, float | None]:
+    from cifarlab.runfolder import open_run
+
+    try:
+        weights = open_run(folder).weights_to_load()
+    except UsageError:
+        return None, None, None
+    record = _read(folder / RECORD)
+    try:
+        if record is not None and record["key"]["weights_sha256"] == weights_identity(weights)["sha256"]:
+            return record["corruption_accuracy"], record["images_per_set"], record["ece_calibrated"]
+        sets = _fresh(folder / "evaluation-corruptions" / "corruptions.json", weights)
+        calibration = _fresh(folder / "evaluation-calibration" / "calibration.json", weights)
+        whole = (sets is not None and sets.get("generated") and len(sets["accuracy"]) == 15
+                 and len(sets["mean_by_severity"]) == 5)      # only the full 15 x 5 makes the mean comparable
+        return (sets["mean_accuracy"] if whole else None, sets["images"] if whole else None,
+                calibration["test"]["after"]["ece"] if calibration is not None else None)
+    except (KeyError, TypeError):       # a file of another shape: no figure rather than a traceback
+        return None, None, None
+
+
+def _fresh(path: Path, weights: Path) -> dict | None:
+    """The JSON at `path` if it was written after the weights were (an evaluation of these weights)."""
+    if not path.is_file() or path.stat().st_mtime < weights.stat().st_mtime:
+        return None
+    return _read(path)
+
+
+def compare_cells(figures: dict | None) -> list[str]:
+    """The two columns' text: "61.23 (10,000)" and "4.12"; "-" for a missing figure."""
+    figures = figures or {}
+    accuracy, ece = figures.get("corruption_accuracy"), figures.get("ece_calibrated")
+    sizes = "/".join(f"{n:,}" for n in figures.get("images_per_set") or [])
+    return [f"{accuracy:.2f} ({sizes})" if accuracy is not None else "-", f"{ece:.2f}" if ece is not None else "-"]
 
 
 def _read(path: Path) -> dict | None:
