@@ -207,14 +207,17 @@ def test_a_run_no_temperature_fits_keeps_its_ece_and_says_why(data, tmp_path, mo
     assert record["no_temperature"] == "temperature scaling: the val NLL still falls past T = 20"
     assert record["ece"] == pytest.approx(run.summary["final_test_ece"], abs=1e-6)   # 1 epoch: best = final model
     assert not (run.path / "temperature.json").exists()
-    headers, rows = beyond.run_table(["run"], [record])
+    from cifarlab.report.robustness import method_text, run_table
+
+    headers, rows = run_table(["run"], [record])
     assert rows[0][headers.index("ECE after T %")] == "-" and rows[0][headers.index("T")] == "none fits"
-    assert "No temperature fits 1 run" in beyond.method_text([record])
+    assert "No temperature fits 1 run" in method_text([record])
     assert beyond.metrics_of([record]) == [m for m in beyond.METRICS if m[0] != "ece_calibrated"]
 
 
 def test_a_missing_temperature_pairs_the_seeds_that_have_one():
-    from cifarlab.study.robustness import group_rows, method_text
+    from cifarlab.report.robustness import method_text
+    from cifarlab.study.robustness import group_rows
 
     def record(seed, accuracy, ece_after):
         return {"seed": seed, "images_per_set": 100, "weights": "best.pt", "dataset": "cifar10",

@@ -114,7 +114,7 @@ def test_reproduce_sample_defaults_to_half_scale_in_its_own_folder_and_ends_with
         def __str__(self):
             return "TABLE\n"
 
-    def fake(data_dir, scale, tuned, out, overrides, launch, questions):
+    def fake(data_dir, scale, tuned, out, overrides, launch, questions, robustness):
         asked.update(data_dir=data_dir, scale=scale, out=out, overrides=overrides)
         return Result(folder=out)
 

@@ -21,6 +21,7 @@ from cifarlab.report.stats import (confidence_interval, interval_text, mean_rows
                                    scored_split)
 from cifarlab.report.summary import model_title
 from cifarlab.runfolder import atomic_write_json, atomic_write_text
+from cifarlab.report import robustness as robustness_report
 from cifarlab.study import robustness as beyond
 from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_groups
 
@@ -238,7 +239,7 @@ def text_report(result: dict) -> str:
     notes = ([f"Skipped (the model has no such switch, or the recipe does not use it): "
               f"{', '.join(result['skipped'])}"] if result["skipped"] else [])
     budget = [result["budget"]] if result.get("budget") else []
-    beyond_lines = beyond.text_lines(result["robustness"]) if result.get("robustness") else []
+    beyond_lines = robustness_report.text_lines(result["robustness"]) if result.get("robustness") else []
     return "\n".join([head, "", text_table(headers, rows), *budget, *result["findings"], *notes,
                       *beyond_lines]) + "\n"
 
@@ -257,7 +258,7 @@ def write_outputs(base: Path, result: dict, results: dict) -> None:
     md = text_report(result).split("\n\n", 1)[0] + "\n\n" + markdown_table(headers, rows) + "\n" + \
         "\n".join(f"- {f}" for f in [result.get("budget", ""), *result["findings"]] if f) + "\n"
     if result.get("robustness"):
-        md += beyond.markdown(result["robustness"])
+        md += robustness_report.markdown(result["robustness"])
     atomic_write_text(base / "ablation.md", md)
     series = {name: mean_rows([r.metrics for r in runs]) for name, runs in results.items()}
     curves = plots.curves(series, base / "ablation.png", "Ablation (mean over seeds)")
@@ -279,5 +280,5 @@ def write_outputs(base: Path, result: dict, results: dict) -> None:
     report.section("Final accuracy").image(bars, "Final test accuracy per variant, whiskers = 95% confidence "
                                            "interval of the mean over seeds (none for one seed)")
     if result.get("robustness"):
-        beyond.report_section(report, result["robustness"], base / "robustness_bars.png")
+        robustness_report.report_section(report, result["robustness"], base / "robustness_bars.png")
     report.write(base)

@@ -17,6 +17,7 @@ from cifarlab.errors import UsageError
 from cifarlab.report.document import Report, text_table
 from cifarlab.report.summary import article_summary, comparison_block
 from cifarlab.runfolder import RunFolder, atomic_write_json
+from cifarlab.report import robustness as robustness_report
 from cifarlab.study import robustness as beyond
 from cifarlab.study.questions import (Questions, answer_questions, question_bases, questions_section,
                                       summary_lines, with_diagnostics)
@@ -169,7 +170,7 @@ class Reproduction(dict):
         if self.get("robustness"):
             table = held_out_text(self["robustness"]["runs"]) + "\n" + table
             records = self["robustness"]["runs"]
-            headers, rows = beyond.run_table(list(records), list(records.values()))
+            headers, rows = robustness_report.run_table(list(records), list(records.values()))
             table += "\nBeyond the test split (--robustness):\n" + text_table(headers, rows)
         return table + "".join(f"{line}\n" for line in ["", "What the article could not tell:", *lines]
                                        if lines)
@@ -225,7 +226,7 @@ def reproduce(data_dir=None, scale: float = 1.0, tuned: bool = False, out: str |
                                           for g in answered["gradients"] if g is not None]}})
     if records is not None:
         result["robustness"] = {"limit": robustness.limit, "corruption_seed": robustness.seed,
-                                "method": beyond.method_text(list(records.values())), "runs": records}
+                                "method": robustness_report.method_text(list(records.values())), "runs": records}
     atomic_write_json(out / "reproduce.json", dict(result))
     write_report(out, jobs, runs, evaluations, result, answered)
     result["table"] = results_table(jobs, runs)
@@ -320,11 +321,12 @@ def robustness_section(report: Report, robustness: dict, figures: Path) -> None:
     from cifarlab.report import plots
 
     records = robustness["runs"]
-    headers, rows = beyond.run_table(list(records), list(records.values()))
+    headers, rows = robustness_report.run_table(list(records), list(records.values()))
     bars = plots.accuracy_bars(list(records), {"clean": [r["clean_accuracy"] for r in records.values()],
                                                "corrupted": [r["corruption_accuracy"] for r in records.values()]},
                                figures / "robustness.png", title="Clean and mean corrupted test accuracy")
-    report.section("Beyond the test split").text(robustness["method"]).table(headers, rows).image(bars, "Clean and mean corrupted test accuracy per run")
+    report.section("Beyond the test split").text(robustness["method"]).table(headers, rows).image(
+        bars, "Clean and mean corrupted test accuracy per run")
 
 
 def comparisons_section(report: Report, jobs: list[Job], runs: dict[str, RunFolder]) -> None:
