@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cifarlab.report.stats import confidence_interval, interval_text, plural
+from cifarlab.report.stats import half_width, interval_text, plural
 
 # (key in a run's record, the column's name, what a rise means: the verdict words for a clear rise and fall)
 METRICS = (("clean_accuracy", "clean %", ("raises", "lowers")),
@@ -160,7 +160,7 @@ def report_section(report, summary: dict, figure: Path) -> None:
     names = [r["group"] for r in rows]
     series = {what: [r[f"{key}_mean"] for r in rows] for what, key in (("clean", "clean_accuracy"),
                                                                          ("corrupted", "corruption_accuracy"))}
-    errors = {what: [_half_width(r[f"{key}_per_seed"]) for r in rows]
+    errors = {what: [half_width(r[f"{key}_per_seed"]) for r in rows]
               for what, key in (("clean", "clean_accuracy"), ("corrupted", "corruption_accuracy"))}
     bars = plots.accuracy_bars(names, series, figure, errors=errors,
                                title="Clean and mean corrupted accuracy, mean and 95% interval over seeds")
@@ -169,8 +169,3 @@ def report_section(report, summary: dict, figure: Path) -> None:
     section.table(headers, values).table(change_headers, changes).text(" ".join(summary["findings"]))
     section.image(bars, "Clean and mean corrupted test accuracy per variant; whiskers = 95% interval of the mean "
                         "over seeds (none for one seed)")
-
-
-def _half_width(values: list[float]) -> float:
-    interval = confidence_interval(values)
-    return 0.0 if interval is None else (interval[1] - interval[0]) / 2

@@ -39,6 +39,12 @@ def confidence_interval(values: list[float]) -> tuple[float, float] | None:
     return mean - half, mean + half
 
 
+def half_width(values: list[float]) -> float:
+    """Half the width of the 95% interval of the mean (0 for one value: no whisker)."""
+    interval = confidence_interval(values)
+    return 0.0 if interval is None else (interval[1] - interval[0]) / 2
+
+
 def difference_interval(a: list[float], b: list[float], paired: bool) -> tuple[float, float] | None:
     """95% interval of mean(b) - mean(a): over the paired differences (the same seeds), or Welch's for two
     independent groups (its degrees of freedom rounded down: conservative); None with fewer than 2 per side."""

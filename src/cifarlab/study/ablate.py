@@ -17,8 +17,8 @@ from cifarlab.errors import UsageError
 from cifarlab.models import model_spec
 from cifarlab.report.document import Report, markdown_table, text_table
 from cifarlab.settings import TrainConfig
-from cifarlab.report.stats import (confidence_interval, interval_text, mean_rows, mean_std, plural, plus_minus,
-                                   scored_split)
+from cifarlab.report.stats import (confidence_interval, half_width, interval_text, mean_rows, mean_std, plural,
+                                   plus_minus, scored_split)
 from cifarlab.report.summary import model_title
 from cifarlab.runfolder import atomic_write_json, atomic_write_text
 from cifarlab.report import robustness as robustness_report
@@ -242,12 +242,6 @@ def text_report(result: dict) -> str:
     beyond_lines = robustness_report.text_lines(result["robustness"]) if result.get("robustness") else []
     return "\n".join([head, "", text_table(headers, rows), *budget, *result["findings"], *notes,
                       *beyond_lines]) + "\n"
-
-
-def half_width(values: list[float]) -> float:
-    """Half the width of the 95% interval of the mean (0 for one value: no whisker)."""
-    interval = confidence_interval(values)
-    return 0.0 if interval is None else (interval[1] - interval[0]) / 2
 
 
 def write_outputs(base: Path, result: dict, results: dict) -> None:
