@@ -47,23 +47,22 @@ def check_study(cfg) -> None:
 
     if not cfg.test:
         raise UsageError("--robustness corrupts the test split and scores it: leave out --no-test")
-    info = DATASETS.get(cfg.dataset)
-    if info is not None and info.channels != 3:
-        raise UsageError(f"--robustness: {cfg.dataset} has {info.channels} channel(s); the corruptions are "
-                         "defined for colour images")
-    if info is None:         # a folder: or npz: dataset: its images' shape, and whether it ships a val split
-        from cifarlab.data.corruptions import check_side
+    from cifarlab.data.corruptions import check_side
+
+    info, data = DATASETS.get(cfg.dataset), None
+    if info is not None:
+        channels, size = info.channels, (info.size, info.size)
+    else:                    # a folder: or npz: dataset: its images' shape, and whether it ships a val split
         from cifarlab.training.splits import prepare_data
 
         data = prepare_data(cfg)
-        channels, height, width = data.test.images.shape[1:] if data.test is not None else (3, 32, 32)
-        if channels != 3:
-            raise UsageError(f"--robustness: {cfg.dataset} has {channels} channel(s); the corruptions are defined "
-                             "for colour images")
-        check_side((height, width))
-        if data.val is not None:
-            return
-    if cfg.val_size:
+        channels, size = (data.test.images.shape[1], data.test.images.shape[2:]) if data.test is not None \
+            else (3, (32, 32))
+    if channels != 3:
+        raise UsageError(f"--robustness: {cfg.dataset} has {channels} channel(s); the corruptions are defined for "
+                         "colour images")
+    check_side(size)
+    if cfg.val_size or (data is not None and data.val is not None):
         return
     raise UsageError("--robustness fits a temperature on a val split (never on test), and these runs have none: "
                      "pass --val-size N, e.g. 5000")
@@ -102,15 +101,11 @@ def measure(run: RunFolder, options: Robustness, data_dir: str | None = None, de
         cfg.data_dir = data_dir
     key = record_key(run, cfg, options)
     path = run.path / RECORD
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError):
-            old = None
-        if isinstance(old, dict) and old.get("key") == key:
-            return old
+    old = _read(path)
+    if isinstance(old, dict) and old.get("key") == key:
+        return old
     record = {"key": key, "run": str(run.path), "seed": cfg.seed, "model": cfg.model, "dataset": cfg.dataset,
-              **_measured(run, cfg, options, data_dir, device, progress, key["cifar10.1"])}
+              "weights": key["weights"], **_measured(run, cfg, options, data_dir, device, progress, key["cifar10.1"])}
     atomic_write_json(path, record)
     return record
 
@@ -121,8 +116,7 @@ def _measured(run, cfg, options, data_dir, device, progress, cifar101: bool) -> 
     views = (bool(cfg.tta), int(cfg.tta_shift) if cfg.tta else 0)    # the run's own, as its test accuracy
     corrupted = evaluate_corruptions(run, "all", None, options.limit, None, options.seed, tta=views,
                                      data_dir=data_dir, device=device, progress=progress)
-    out = {"weights": run.weights_to_load().name, "tta": {"flip": views[0], "shift": views[1]},
-           "images_per_set": corrupted["images"],
+    out = {"tta": {"flip": views[0], "shift": views[1]}, "images_per_set": corrupted["images"],
            "clean_accuracy": corrupted["clean_accuracy"], "corruption_accuracy": corrupted["mean_accuracy"],
            "corruption_gap": corrupted["clean_accuracy"] - corrupted["mean_accuracy"],
            "ratio_to_clean": corrupted["ratio_to_clean"], "mean_by_severity": corrupted["mean_by_severity"],
