@@ -29,7 +29,7 @@ part that fails or times out does not stop the next. Exit status 0 when no part 
                    where earlier calls on the same machine left theirs), unpacked into DATA (/tmp/cifar)
   --data-dir DIR   a CIFAR root in the official layout (cifar-10-batches-py/, cifar-100-python/): the
                    dry run copies 50 images of every file from it; a device run uses it as it is
-  --budget-s S     wall seconds for everything (default 555; dry run 150)
+  --budget-s S     wall seconds for everything (default 555; dry run 180)
   --airbench DIR   a checkout of KellerJordan/cifar10-airbench: compare runs its airbench94_muon.py unchanged;
                    the optional airbench part its airbench94.py (else airbench94_muon.py; AIRBENCH_SCRIPT=NAME)
   --compare-seeds N  runs of each side in compare (default 20, the goal's minimum; dry run 3)
@@ -103,7 +103,7 @@ fi
 # Each mode's settings; a part's own limit (seconds) may be changed with CAP_<PART>.
 declare -A LIMIT
 if (( DRY )); then
-  DEVICE=cpu MODE=dry BUDGET=${BUDGET:-150} MARGIN=${MARGIN:-2} MIN_PART_S=5 RESERVE=3 SEEDS=${SEEDS:-3}
+  DEVICE=cpu MODE=dry BUDGET=${BUDGET:-180} MARGIN=${MARGIN:-2} MIN_PART_S=5 RESERVE=3 SEEDS=${SEEDS:-3}
   WORK=${WORK:-$OUT/work}
   DATA=$WORK/data DATA_ARGS=(--copy-from "$DATA_IN" --images 50)
   # inductor's C++ builds take minutes on 2 cores, and fp16 autocast runs resnet18 7x slower than fp32 there
