@@ -286,7 +286,8 @@ def test_the_dry_run_report_shows_every_part_with_its_numbers(dry_run):
     out, _ = dry_run
     page, summary = (out / "report.html").read_text(), (out / "summary.txt").read_text()
     assert "<img" not in page and "http" not in page.replace("http-equiv", "")   # nothing to fetch
-    numbers = {"env": part(out, "env")["torch"], "data": "250",
+    numbers = {"env": part(out, "env")["torch"], "data": "250", "compare": "94.10 +/- 0.25%",
+               "budgets": f"{part(out, 'budgets')['runs'][0]['final_test_acc']:.2f}",
                "correctness": f"{part(out, 'correctness')['models']['basic-cnn']['cpu_loss']:.6f}",
                "throughput": f"{part(out, 'throughput')['models']['basic-cnn']['warm_images_per_s']:,.0f}",
                "fast94": f"{part(out, 'fast94')['runs'][0]['final_test_acc']:.2f}", "airbench": "62.01",
@@ -333,7 +334,7 @@ def test_the_report_says_which_parts_did_not_run_timed_out_or_failed(tmp_path):
     summary = (tmp_path / "summary.txt").read_text()
     assert "cifarlab GPU proof: NVIDIA H100" in summary
     outcomes = dict(line.split(None, 1) for line in summary.split("\n\n")[1].splitlines()[4:])
-    assert outcomes == {"env": "done in 4 s (limit 60 s)", "data": "not run",
+    assert outcomes == {"env": "done in 4 s (limit 60 s)", "data": "not run", "compare": "not run", "budgets": "not run",
                         "correctness": "failed (exit status 1) after 9 s (limit 150 s): no CUDA device",
                         "throughput": "not run", "fast94": "timed out after 120 s (limit 120 s); what it finished is below",
                         "airbench": "skipped: no --airbench CHECKOUT given", "reproduce": "not run",
