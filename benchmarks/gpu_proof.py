@@ -16,7 +16,7 @@ report.html and summary.txt.
     gpu_proof.py env         --device cuda --json OUT/env.json
     gpu_proof.py data        --pack /tmp/pack --data-dir /tmp/cifar --json OUT/data.json
     gpu_proof.py data        --copy-from DIR --images 100 --data-dir WORK/data --json ...       (dry run)
-    gpu_proof.py plan        --mode device --seeds 20 --budget-s 555           (exit status 2: does not fit)
+    gpu_proof.py plan        --mode device --seeds 20 --budget-s 555 --margin-s 25   (exit status 2: no fit)
     gpu_proof.py compare     --airbench CHECKOUT --data-dir D --work DIR --log F [--seeds 20] --budget-s S --json ...
     gpu_proof.py budgets     --data-dir D --study DIR --figures F --log F [--extra=--epochs=1] --budget-s S --json ...
     gpu_proof.py correctness --data-dir D --device cuda [--images 64] [--compile-backend inductor] --json ...
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("device", "dry"), default="device")
     p.add_argument("--seeds", type=int, default=GOAL_SEEDS)
     p.add_argument("--budget-s", type=float, required=True, help="the call's wall seconds")
+    p.add_argument("--margin-s", type=float, default=0.0, help="of those, kept by the driver (report, exits)")
     p = sub.add_parser("compare", parents=[data], help=help_of(part_compare))
     p.add_argument("--airbench", help="a checkout of KellerJordan/cifar10-airbench (its airbench94_muon.py runs)")
     p.add_argument("--seeds", type=int, default=GOAL_SEEDS, help=f"runs of each (default {GOAL_SEEDS})")
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report(Path(args.out))
         return 0
     if args.part == "plan":
-        p = plan(args.mode, args.seeds, args.budget_s)
+        p = plan(args.mode, args.seeds, args.budget_s, args.margin_s)
         for line in plan_lines(p)[:-1]:
             print(line)
         print(plan_lines(p)[-1], file=sys.stdout if p["fits"] else sys.stderr)

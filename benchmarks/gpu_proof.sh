@@ -181,15 +181,15 @@ gather() {
 
 # plan MODE SEEDS BUDGET: the comparison's budget arithmetic (gpu_proof.py plan); its refusal line on stderr,
 # exit status 2 when env, data and the comparison do not fit
-plan() { "$PY" "$P" plan --mode "$1" --seeds "$2" --budget-s "$3"; }
+plan() { "$PY" "$P" plan --mode "$1" --seeds "$2" --budget-s "$3" --margin-s "$4"; }
 
 # The plan, before anything starts: a device run whose budget cannot hold the comparison is refused here, in one
 # line; the dry run rehearses the device's arithmetic at PLAN_BUDGET_S and goes on (a rehearsal refuses nothing).
 check_plan() {
   local err rc
-  err=$(plan "$MODE" "$SEEDS" "$BUDGET" 2>&1 >/dev/null) && rc=0 || rc=$?
+  err=$(plan "$MODE" "$SEEDS" "$BUDGET" $(( MARGIN + RESERVE )) 2>&1 >/dev/null) && rc=0 || rc=$?
   if (( PLAN )); then
-    plan "$MODE" "$SEEDS" "$BUDGET" 2>/dev/null
+    plan "$MODE" "$SEEDS" "$BUDGET" $(( MARGIN + RESERVE )) 2>/dev/null
     (( rc )) && bad "$err"
     exit 0
   fi
@@ -208,10 +208,10 @@ main() {
   log "order: env, data, compare (the GPU goal, first), budgets, correctness, throughput, fast94, airbench," \
       "reproduce, depth; wanted: $WANTED"
   if wanted compare; then
-    plan "$MODE" "$SEEDS" "$BUDGET"
+    plan "$MODE" "$SEEDS" "$BUDGET" $(( MARGIN + RESERVE ))
     if (( DRY )); then
       log "the device's plan, rehearsed (PLAN_BUDGET_S=${PLAN_BUDGET_S:-555}, 20 seeds):"
-      plan device 20 "${PLAN_BUDGET_S:-555}" 2>&1 | sed 's/^budget:/rehearsal: a device run would refuse: budget:/'
+      plan device 20 "${PLAN_BUDGET_S:-555}" 25 2>&1 | sed 's/^budget:/rehearsal: a device run would refuse: budget:/'
     fi
   fi
   part env --device "$DEVICE"

@@ -110,9 +110,9 @@ def test_the_dry_run_puts_the_fast94_comparison_first_and_rehearses_the_device_p
     starts = [line.split("] ")[1].split(":")[0] for line in log.splitlines() if line.endswith("s") and ": start," in line]
     assert starts[:4] == ["env", "data", "compare", "budgets"]
     assert "plan (dry): 1. env ~3 s, 2. data ~3 s, 3. compare: airbench94_muon x 3 runs" in result.stdout
-    assert ("rehearsal: a device run would refuse: budget: the fast94 comparison with 20 seeds of each needs ~285 s "
-            "(env and data 25 s, airbench94_muon 135 s, fast94 125 s) but --budget-s is 200; 10 seeds would fit: "
-            "give --budget-s >= 285 or --compare-seeds 10") in result.stdout
+    assert ("rehearsal: a device run would refuse: budget: the fast94 comparison with 20 seeds of each needs ~310 s "
+            "(env, data and margin 50 s, airbench94_muon 135 s, fast94 125 s) but --budget-s is 200; 7 seeds would "
+            "fit: give --budget-s >= 310 or --compare-seeds 7") in result.stdout
     assert log.index("rehearsal: a device run would refuse") < log.index("env: start")   # before anything runs
 
 
@@ -156,11 +156,12 @@ def test_plan_refuses_a_budget_too_small_for_twenty_seeds_and_names_what_fits(tm
     assert ok.returncode == 0 and "airbench94_muon x 20 runs" in ok.stdout and "fast94 x 20 seeds" in ok.stdout
     refused = run_script("--plan", "--budget-s", "200")
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
-    assert refused.stderr.startswith("gpu_proof.sh: budget: the fast94 comparison with 20 seeds of each needs ~285 s")
-    assert "10 seeds would fit" in refused.stderr
-    # the arithmetic, recomputed: 10 seeds fit in 200 s and 11 do not
-    assert gpu_compare.plan("device", 10, 200)["fits"] and not gpu_compare.plan("device", 11, 200)["fits"]
-    fewer = run_script("--plan", "--budget-s", "200", "--compare-seeds", "10")
+    assert refused.stderr.startswith("gpu_proof.sh: budget: the fast94 comparison with 20 seeds of each needs ~310 s")
+    assert "7 seeds would fit" in refused.stderr
+    # the arithmetic, recomputed: 25 s of margin, 25 of env and data, 90 fixed, 8.5 s per seed of both sides
+    assert 25 + 25 + 75 + 15 + 7 * (3.0 + 5.5) <= 200 < 25 + 25 + 75 + 15 + 8 * (3.0 + 5.5)
+    assert gpu_compare.plan("device", 7, 200, 25)["fits"] and not gpu_compare.plan("device", 8, 200, 25)["fits"]
+    fewer = run_script("--plan", "--budget-s", "200", "--compare-seeds", "7")
     assert fewer.returncode == 0 and "fits" in fewer.stdout
     device = run_script("--pack", str(tmp_path), "--budget-s", "555", env={"OUT": str(tmp_path / "o")})
     assert device.returncode == 2 and "needs --airbench CHECKOUT" in device.stderr and not (tmp_path / "o").exists()
