@@ -115,7 +115,7 @@ if (( DRY )); then
   BUDGETS_ARGS=(--extra=--epochs=1 --extra=--limit-train=64 --grace-s 5)
   REPRODUCE_ARGS=(--scale 0.01 --grace-s 5)
   DEPTH_ARGS=(--depths 20,32 --seeds 1 --epochs 1 --limit-train 64 --val-size 20 --grace-s 5)
-  LIMIT=([env]=30 [data]=30 [compare]=60 [budgets]=40 [correctness]=40 [throughput]=30 [fast94]=40 [airbench]=30 [reproduce]=22
+  LIMIT=([env]=30 [data]=30 [compare]=60 [budgets]=25 [correctness]=40 [throughput]=30 [fast94]=40 [airbench]=30 [reproduce]=22
          [depth]=120)
 else
   DEVICE=cuda MODE=device BUDGET=${BUDGET:-555} MARGIN=${MARGIN:-15} MIN_PART_S=20 RESERVE=10 SEEDS=${SEEDS:-20}

@@ -300,7 +300,7 @@ def test_the_dry_run_report_shows_every_part_with_its_numbers(dry_run):
 
 def test_a_bad_flag_is_one_line_on_stderr_and_exit_status_2(tmp_path):
     for args in (["--bogus"], ["--dry-run"], ["--budget-s", "soon", "--dry-run", "--data-dir", str(tmp_path)],
-                 ["--pack", str(tmp_path), "--parts", "fast94,bogus"], ["--pack"]):
+                 ["--pack", str(tmp_path), "--parts", "fast94,bogus"], ["--pack"], ["--plan", "--compare-seeds", "0"]):
         result = run_script(*args, env={"OUT": str(tmp_path / "out")})
         assert result.returncode == 2 and result.stdout == "", args
         assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("gpu_proof.sh: "), args
