@@ -224,3 +224,6 @@ def part_compare(args, out: PartFile) -> None:
     out.update(**summary, lines=result_lines(summary))
     for line in out.data["lines"]:
         print(line, flush=True)
+    if anchor["stopped_by"] == "it ended" and anchor["rc"] != 0:    # fast94's figures are kept all the same
+        out.update(status="failed", reason=f"{SCRIPT} exited with status {anchor['rc']} after "
+                   f"{len(anchor['runs'])} run(s); its output: {Path(args.log).name}")

@@ -182,6 +182,20 @@ def test_the_verdict_needs_twenty_seeds_the_same_scope_the_accuracy_and_the_rati
     assert gpu_compare.scope_time({"times": {"train_and_eval_time_s": 3.0}}) == (3.0, "train_and_eval_time_s")
 
 
+def test_an_anchor_that_crashes_fails_the_comparison_and_keeps_its_output(cifar_sample, tmp_path, monkeypatch):
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "airbench94_muon.py").write_text("raise SystemExit('no CUDA')\n")
+    monkeypatch.setattr(gpu_compare, "run_fast94", lambda *a: {"runs": [], "stopped": None})
+    args = ["compare", "--json", str(tmp_path / "compare.json"), "--device", "cpu", "--data-dir", str(cifar_sample),
+            "--airbench", str(tmp_path / "ab"), "--work", str(tmp_path / "work"), "--log", str(tmp_path / "ab.log"),
+            "--seeds", "2"]
+    assert gpu_proof.main(args) == 1
+    compare = json.loads((tmp_path / "compare.json").read_text())
+    assert compare["status"] == "failed" and compare["reason"] == ("airbench94_muon.py exited with status 1 after 0 "
+                                                                   "run(s); its output: ab.log")
+    assert "no CUDA" in compare["airbench94_muon_process"]["log_tail"] and compare["airbench94_muon"] == {"seeds": 0}
+
+
 def test_a_device_run_bundles_its_files_for_the_eight_file_limit(tmp_path):
     """The device returns at most 8 files: BUNDLE=1 keeps five and puts the rest into parts.tar.gz (a run
     whose data part fails at once, so that it takes seconds)."""
