@@ -62,7 +62,8 @@ def plan(mode: str, seeds: int, budget_s: float, margin_s: float = 0.0) -> dict:
               "with_carry_s": total - margin_s + (CARRY_S if mode == "device" else 0)}
     if not result["fits"]:
         result["refusal"] = (f"budget: the fast94 comparison with {seeds} seeds of each needs ~{total:.0f} s "
-                             f"(env, data and margin {before:.0f} s, airbench94_muon {steps['airbench94_muon']:.0f} s, fast94 "
+                             f"(env, data and margin {before:.0f} s, airbench94_muon "
+                             f"{steps['airbench94_muon']:.0f} s, fast94 "
                              f"{steps['fast94']:.0f} s) but --budget-s is {budget_s:.0f}; {most} seeds would fit: "
                              f"give --budget-s >= {math.ceil(total)} or --compare-seeds {most}")
     return result

@@ -55,7 +55,8 @@ from gpu_report import write_report  # noqa: E402
 from gpu_reproduce import part_reproduce  # noqa: E402
 from gpu_throughput import part_throughput  # noqa: E402
 
-PARTS = {"env": part_env, "data": part_data, "compare": part_compare, "budgets": part_budgets, "correctness": part_correctness, "throughput": part_throughput,
+PARTS = {"env": part_env, "data": part_data, "compare": part_compare, "budgets": part_budgets,
+         "correctness": part_correctness, "throughput": part_throughput,
          "fast94": part_fast94, "airbench": part_airbench, "reproduce": part_reproduce, "depth": part_depth}
 
 
