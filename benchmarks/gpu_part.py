@@ -4,6 +4,8 @@ airbench and reproduce run a program until a deadline."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal as signal_module
 import subprocess
 import time
 from pathlib import Path
@@ -12,7 +14,9 @@ from cifarlab.report import stats
 from cifarlab.run import atomic_write_json
 
 START = time.perf_counter()      # budgets count from the start of the process
-PART_NAMES = ("env", "data", "correctness", "throughput", "fast94", "airbench", "reproduce", "depth")
+# the order the driver runs them: the fast94 comparison first, then the article's budgets
+PART_NAMES = ("env", "data", "compare", "budgets", "correctness", "throughput", "fast94", "airbench", "reproduce",
+              "depth")
 
 
 class PartFile:
@@ -63,21 +67,30 @@ def tail(text: str, chars: int = 3000) -> str:
     return text[-chars:]
 
 
-def run_with_deadline(cmd: list[str], log: Path, seconds: float, grace: float, cwd: Path | None = None) -> dict:
+def run_with_deadline(cmd: list[str], log: Path, seconds: float, grace: float, cwd: Path | None = None,
+                      group: bool = False) -> dict:
     """Run `cmd`, its output appended to `log`; after `seconds`, SIGTERM (cifarlab saves a checkpoint and
-    exits), and SIGKILL if it is still there `grace` seconds later."""
+    exits), and SIGKILL if it is still there `grace` seconds later. `group`: the program starts programs of
+    its own (campaign.py): it gets a process group of its own and the signals go to the whole group."""
     start, stopped = time.perf_counter(), False
     with open(log, "ab") as sink:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=group)
+
+        def signal(sig: int) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+
         try:
             proc.wait(timeout=max(seconds, 1.0))
         except subprocess.TimeoutExpired:
             stopped = True
-            proc.terminate()
+            signal(signal_module.SIGTERM)
             try:
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                signal(signal_module.SIGKILL)
                 proc.wait()
+        if group:    # a training run the campaign left behind must not go on using the GPU
+            signal(signal_module.SIGKILL)
     return {"command": " ".join(cmd), "rc": proc.returncode, "stopped_at_deadline": stopped,
             "seconds": time.perf_counter() - start}

@@ -1,8 +1,10 @@
 """The GPU proof's command line: one subcommand per part; benchmarks/gpu_proof.sh runs them in order.
 
 Each part is a module beside this file, in the order the driver runs them: gpu_env.py, gpu_data.py,
-gpu_correctness.py, gpu_throughput.py, gpu_fast94.py, gpu_airbench.py, gpu_reproduce.py, gpu_depth.py (optional), and
-gpu_report.py for `report`; gpu_part.py holds what they share (the JSON file, the budget).
+gpu_compare.py (the GPU goal: airbench94_muon against fast94, first), gpu_budgets.py (the article's budgets),
+gpu_correctness.py, gpu_throughput.py, gpu_fast94.py and gpu_airbench.py (optional), gpu_reproduce.py,
+gpu_depth.py (optional), and gpu_report.py for `report`; gpu_part.py holds what they share (the JSON file, the
+budget). `plan` prints the comparison's budget arithmetic before anything runs and refuses a budget too small.
 
 Every part writes one JSON file (--json) as it goes, rewritten atomically after each model, seed or
 run, with "status": "running" until the part ends by itself ("done", "failed" or "skipped"): a part
@@ -14,6 +16,9 @@ report.html and summary.txt.
     gpu_proof.py env         --device cuda --json OUT/env.json
     gpu_proof.py data        --pack /tmp/pack --data-dir /tmp/cifar --json OUT/data.json
     gpu_proof.py data        --copy-from DIR --images 100 --data-dir WORK/data --json ...       (dry run)
+    gpu_proof.py plan        --mode device --seeds 20 --budget-s 555 --margin-s 25   (exit status 2: no fit)
+    gpu_proof.py compare     --airbench CHECKOUT --data-dir D --work DIR --log F [--seeds 20] --budget-s S --json ...
+    gpu_proof.py budgets     --data-dir D --study DIR --figures F --log F [--extra=--epochs=1] --budget-s S --json ...
     gpu_proof.py correctness --data-dir D --device cuda [--images 64] [--compile-backend inductor] --json ...
     gpu_proof.py throughput  --data-dir D --device cuda --precision bf16 [--models a,b] [--no-compile] ...
     gpu_proof.py fast94      --data-dir D --device cuda [--seeds 5] [--compile] --budget-s S --json ...
@@ -38,6 +43,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))    # the parts, pack_data and time_to_accuracy: the modules beside this file
 
 from gpu_airbench import AIRBENCH_SCRIPTS, part_airbench  # noqa: E402
+from gpu_budgets import part_budgets  # noqa: E402
+from gpu_compare import GOAL_SEEDS, part_compare, plan, plan_lines  # noqa: E402
 from gpu_correctness import part_correctness  # noqa: E402
 from gpu_data import part_data  # noqa: E402
 from gpu_depth import part_depth  # noqa: E402
@@ -48,7 +55,8 @@ from gpu_report import write_report  # noqa: E402
 from gpu_reproduce import part_reproduce  # noqa: E402
 from gpu_throughput import part_throughput  # noqa: E402
 
-PARTS = {"env": part_env, "data": part_data, "correctness": part_correctness, "throughput": part_throughput,
+PARTS = {"env": part_env, "data": part_data, "compare": part_compare, "budgets": part_budgets,
+         "correctness": part_correctness, "throughput": part_throughput,
          "fast94": part_fast94, "airbench": part_airbench, "reproduce": part_reproduce, "depth": part_depth}
 
 
@@ -71,6 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", help="chunk folders to unpack into --data-dir")
     p.add_argument("--copy-from", help="a CIFAR root to copy a few images of every file from (dry run)")
     p.add_argument("--images", type=int, default=100, help="with --copy-from: images per file (default 100)")
+    p = sub.add_parser("plan", help="the fast94 comparison's budget arithmetic; exit status 2 when it does not fit")
+    p.add_argument("--mode", choices=("device", "dry"), default="device")
+    p.add_argument("--seeds", type=int, default=GOAL_SEEDS)
+    p.add_argument("--budget-s", type=float, required=True, help="the call's wall seconds")
+    p.add_argument("--margin-s", type=float, default=0.0, help="of those, kept by the driver (report, exits)")
+    p = sub.add_parser("compare", parents=[data], help=help_of(part_compare))
+    p.add_argument("--airbench", help="a checkout of KellerJordan/cifar10-airbench (its airbench94_muon.py runs)")
+    p.add_argument("--seeds", type=int, default=GOAL_SEEDS, help=f"runs of each (default {GOAL_SEEDS})")
+    p.add_argument("--work", required=True, help="airbench's working folder (cifar10/*.pt are written there)")
+    p.add_argument("--log", required=True, help="airbench's output")
+    p.add_argument("--grace-s", type=float, default=10.0, help="from SIGTERM to SIGKILL")
+    p.add_argument("--epochs", type=int, help="fast94's epochs instead of the recipe's (dry run)")
+    p.add_argument("--limit-train", type=int, help="fast94 trains on N images (dry run)")
+    p = sub.add_parser("budgets", parents=[data], help=help_of(part_budgets))
+    p.add_argument("--study", required=True, help="the campaign folder (kept between calls)")
+    p.add_argument("--figures", required=True, help="where finished figures are appended (under OUT)")
+    p.add_argument("--log", required=True)
+    p.add_argument("--extra", action="append", default=[], metavar="FLAG",
+                   help="a `cifarlab train` flag for every run, e.g. --extra=--epochs=1 (dry run)")
+    p.add_argument("--grace-s", type=float, default=20.0, help="from SIGTERM (checkpoint, exit) to SIGKILL")
     p = sub.add_parser("correctness", parents=[data], help=help_of(part_correctness))
     p.add_argument("--images", type=int, default=64, help="test images in the batch (default 64)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (dry run: eager)")
@@ -117,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.part == "report":
         write_report(Path(args.out))
         return 0
+    if args.part == "plan":
+        p = plan(args.mode, args.seeds, args.budget_s, args.margin_s)
+        for line in plan_lines(p)[:-1]:
+            print(line)
+        print(plan_lines(p)[-1], file=sys.stdout if p["fits"] else sys.stderr)
+        return 0 if p["fits"] else 2
     out = PartFile(args.json, args.part)
     try:
         PARTS[args.part](args, out)

@@ -4,6 +4,7 @@ It imports no torch, so it runs wherever Python does."""
 from __future__ import annotations
 
 import json
+from itertools import zip_longest
 from pathlib import Path
 
 from gpu_correctness import REHEARSAL
@@ -147,6 +148,36 @@ def render_airbench(section, d: dict) -> None:
         section.pre(d["log_tail"])
 
 
+def render_compare(section, d: dict) -> None:
+    for line in d.get("lines") or ["(no result yet: the part stopped before both sides ran)"]:
+        section.text(line)
+    section.text(f"Scope: airbench's own CUDA-event clock (whitening init, training, final TTA evaluation; no "
+                 f"compile warm-up, no per-epoch evaluation, no data loading); fast94 read from "
+                 f"{d.get('fast94_scope_key', '-')} (expected: {d.get('scope_key')}); fast94's seed 0 is a warm-up, "
+                 "left out as airbench leaves out its warm-up run.")
+    anchor = (d.get("airbench94_muon_process") or {}).get("runs", [])
+    fast = [r for r in d.get("fast94_runs", []) if not r.get("warm_up")]
+    rows = [[i + 1, fmt(100 * a["tta_val_acc"]) if a else "-", fmt(a["time_s"], ".3f") if a else "-",
+             fmt(f["final_test_acc"]) if f else "-", fmt(f.get("scope_time_s"), ".3f") if f else "-"]
+            for i, (a, f) in enumerate(zip_longest(anchor, fast))]
+    section.table(["run", "airbench94_muon %", "airbench94_muon s", "fast94 %", "fast94 s"], rows)
+
+
+def render_budgets(section, d: dict) -> None:
+    process = d.get("process") or {}
+    section.text(f"benchmarks/campaign.py --only {','.join(d.get('entries', []))} into {d.get('study')}: "
+                 f"{d.get('finished', 0)} run(s) finished ({d.get('runs_before', 0)} from earlier calls)"
+                 + ("; stopped at its deadline, the next call on this machine resumes it" if
+                    process.get("stopped_at_deadline") else "") + (f"; {d['note']}" if d.get("note") else "")
+                 + ". Output: budgets.log; figures: BENCHMARKS-gpu.md.")
+    rows = [[r["entry"], r["seed"], fmt(r.get("final_test_acc")), fmt(r.get("train_and_eval_time_s"), ".0f"),
+             r["state"] + (f" after epoch {r['epochs_done']}" if r.get("epochs_done") else "")]
+            for r in d.get("runs", [])]
+    section.table(["entry", "seed", "test %", "time s", "state"], rows)
+    if d.get("figures"):
+        section.pre(d["figures"])
+
+
 def render_reproduce(section, d: dict) -> None:
     process = d.get("process") or {}
     section.text(f"cifarlab reproduce --tuned --scale {d.get('scale')} into {d.get('study')}: "
@@ -182,13 +213,18 @@ def render_depth(section, d: dict) -> None:
         section.pre(d["log_tail"])
 
 
-RENDER = {"env": render_env, "data": render_data, "correctness": render_correctness,
+RENDER = {"env": render_env, "data": render_data, "compare": render_compare, "budgets": render_budgets,
+          "correctness": render_correctness,
           "throughput": render_throughput, "fast94": render_fast94, "airbench": render_airbench,
           "reproduce": render_reproduce, "depth": render_depth}
-TITLES = {"env": "1. env: the machine", "data": "2. data", "correctness": "3. correctness: the device against the CPU",
-          "throughput": "4. throughput: training images/s of every model", "fast94": "5. fast94: time to 94%",
-          "airbench": "6. airbench: the public anchor", "reproduce": "7. reproduce: the article's study, tuned beside",
-          "depth": "8. depth (optional): He et al.'s degradation study at the paper's budget"}
+TITLES = {"env": "1. env: the machine", "data": "2. data",
+          "compare": "3. compare: fast94 against airbench94_muon (the GPU goal)",
+          "budgets": "4. budgets: the article's budgets (campaign)",
+          "correctness": "5. correctness: the device against the CPU",
+          "throughput": "6. throughput: training images/s of every model",
+          "fast94": "7. fast94 (optional): time to 94%", "airbench": "8. airbench (optional): the legacy anchor",
+          "reproduce": "9. reproduce: the article's study, tuned beside",
+          "depth": "10. depth (optional): He et al.'s degradation study at the paper's budget"}
 
 
 def plain_text(report) -> str:

@@ -55,7 +55,9 @@ def one_run(args, seed: int, extra: dict) -> dict:
             "train_only_to_target_s": reached["train_only_s"] if reached else None,
             "train_and_eval_time_s": summary["train_and_eval_time_s"],
             "train_only_time_s": summary["train_only_time_s"],
-            "wall_time_s": wall, "curve": curve}
+            "wall_time_s": wall, "curve": curve,
+            # every clock of summary.json as it is, so that a reader can pick the scope it needs
+            "times": {k: v for k, v in summary.items() if k.endswith("_s") and isinstance(v, (int, float))}}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -72,3 +72,14 @@ def test_an_unknown_entry_is_one_line_exit_2(capsys):
         campaign.main(["--out", "x", "--only", "nope"])
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("campaign.py: error: unknown entry 'nope'")
+
+
+def test_only_runs_the_entries_named_in_the_order_named_and_the_three_seed_entry_only_when_named(tmp_path, capsys):
+    """The GPU proof's budgets part names tuned-deeper-cnn x 3 seeds first; a plain campaign leaves it out."""
+    assert campaign.main(["--out", str(tmp_path), "--list"]) == 0
+    plain = capsys.readouterr().out
+    assert "tuned-deeper-cnn-c10-3seeds" not in plain and plain.splitlines()[0].startswith("tuned-deeper-cnn-c10 ")
+    assert campaign.main(["--out", str(tmp_path), "--list", "--only",
+                          "tuned-resnet18-c10,tuned-deeper-cnn-c10-3seeds"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["tuned-resnet18-c10", *(f"tuned-deeper-cnn-c10-3seeds-seed{s}" for s in range(3))]

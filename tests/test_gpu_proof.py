@@ -18,11 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_proof.sh"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_airbench  # noqa: E402
+import gpu_compare  # noqa: E402
 import gpu_correctness  # noqa: E402
 import gpu_proof  # noqa: E402
 import gpu_report  # noqa: E402
 
-PARTS = ("env", "data", "correctness", "throughput", "fast94", "airbench", "reproduce")
+PARTS = ("env", "data", "compare", "budgets", "correctness", "throughput", "fast94", "airbench", "reproduce")
 
 # Stands in for a checkout of KellerJordan/cifar10-airbench: reads the data where airbench94.py reads it
 # and prints its table (columns and layout as airbench94.py prints them) for two runs.
@@ -39,9 +40,26 @@ for run in range(2):
 print("Mean: 0.6201    Std: 0.0001")
 '''
 
+# Stands in for airbench94_muon.py: its table (a warm-up run on dummy labels, then runs) for 30 runs, one every
+# 0.2 s, so that the comparison must stop it after the runs it asked for. Run i scores 94.0 + 0.1 * (i % 3) %
+# and takes a tenth of the test set's size in seconds (5.0 on the dry run's 50 test images).
+FAKE_MUON = '''
+import time, torch
+train, test = torch.load("cifar10/train.pt"), torch.load("cifar10/test.pt")
+assert train["images"].dtype == torch.uint8 and train["images"].shape[1:] == (32, 32, 3)
+print("|  run     |  epoch  |  train_acc  |  val_acc  |  tta_val_acc  |  time_seconds  |", flush=True)
+for run in ["warmup", *range(30)]:
+    print(f"|  {run:>6}  |      0  |     0.3000  |   0.3100  |               |        0.4000  |")
+    acc = 0.1 if run == "warmup" else 0.94 + 0.001 * (run % 3)
+    print(f"|          |   eval  |     0.6000  |   0.6100  |       {acc:.4f}  |"
+          f"        {len(test['labels']) / 10:.4f}  |", flush=True)
+    time.sleep(0.2)
+'''
+
 
 # The driver's settings from the environment: none of them may leak in from the shell running the tests.
-SETTINGS = ("OUT", "SNAP", "WORK", "DATA", "GATHER", "COMPILE", "MARGIN", "AIRBENCH_SCRIPT", "DEPTHS", "DEPTH_SEEDS")
+SETTINGS = ("OUT", "SNAP", "WORK", "DATA", "GATHER", "COMPILE", "MARGIN", "AIRBENCH_SCRIPT", "DEPTHS", "DEPTH_SEEDS",
+            "PLAN_BUDGET_S", "BUNDLE")
 
 
 def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -52,13 +70,16 @@ def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def dry_run(cifar_mini, tmp_path_factory):
-    """One whole dry run (~50 s on 2 cores), with the fake airbench: (OUT, the script's result)."""
+    """One whole dry run (~2 min on 2 cores) of every part but depth, with the fake airbench scripts and the
+    device's plan rehearsed at a budget too small for it: (OUT, the script's result)."""
     base = tmp_path_factory.mktemp("proof")
     (base / "airbench").mkdir()
     (base / "airbench" / "airbench94.py").write_text(FAKE_AIRBENCH)
+    (base / "airbench" / "airbench94_muon.py").write_text(FAKE_MUON)
     out = base / "out"
     result = run_script("--dry-run", "--data-dir", str(cifar_mini), "--airbench", str(base / "airbench"),
-                        env={"OUT": str(out)})
+                        "--parts", ",".join(PARTS[2:]), "--budget-s", "240",
+                        env={"OUT": str(out), "PLAN_BUDGET_S": "200"})
     return out, result
 
 
@@ -77,6 +98,121 @@ def test_the_dry_run_runs_every_part_and_each_writes_what_it_measured(dry_run):
     env = part(out, "env")
     assert env["device"] == "cpu" and env["gpu"] == "none" and env["nvidia_smi"] == "none" and env["torch"]
     assert part(out, "data")["datasets"]["cifar10"] == {"train": 250, "test": 50, "classes": 10}
+
+
+@pytest.mark.slow
+def test_the_dry_run_puts_the_fast94_comparison_first_and_rehearses_the_device_plan(dry_run):
+    """The issue's order: env and data, then the comparison, then the article's budgets, then the rest; the
+    device's budget arithmetic rehearsed at 200 s, too little for 20 seeds of each: its refusal line."""
+    out, result = dry_run
+    order = [line.split("\t")[0] for line in (out / "parts.tsv").read_text().splitlines()]
+    assert order == [*PARTS[:7], "airbench", "reproduce", "depth"][:len(order)] and order[2:4] == ["compare", "budgets"]
+    log = (out / "run.log").read_text()
+    starts = [line.split("] ")[1].split(":")[0] for line in log.splitlines() if ": start, limit" in line]
+    assert starts[:4] == ["env", "data", "compare", "budgets"]
+    assert "plan (dry): 1. env ~3 s, 2. data ~3 s, 3. compare: airbench94_muon x 3 runs" in result.stdout
+    assert ("rehearsal: a device run would refuse: budget: the fast94 comparison with 20 seeds of each needs ~310 s "
+            "(env, data and margin 50 s, airbench94_muon 135 s, fast94 125 s) but --budget-s is 200; 7 seeds would "
+            "fit: give --budget-s >= 310 or --compare-seeds 7") in result.stdout
+    assert log.index("rehearsal: a device run would refuse") < log.index("env: start")   # before anything runs
+
+
+@pytest.mark.slow
+def test_the_dry_run_compares_three_seeds_of_each_and_recomputes_to_the_same_figures(dry_run):
+    out, _ = dry_run
+    compare = part(out, "compare")
+    assert compare["status"] == "done" and compare["seeds_asked"] == 3
+    anchor = compare["airbench94_muon_process"]
+    assert anchor["stopped_by"] == "3 runs done" and [r["run"] for r in anchor["runs"]] == ["0", "1", "2"]
+    assert compare["airbench94_muon"]["seeds"] == 3 and compare["airbench94_muon"]["acc_mean"] == pytest.approx(94.1)
+    # 95% interval of the mean of 94.0, 94.1, 94.2: t(0.975, 2 df) = 4.3027 times 0.1 / sqrt(3)
+    assert compare["airbench94_muon"]["acc_half_width_95"] == pytest.approx(4.3027 * 0.1 / math.sqrt(3), rel=1e-3)
+    fast = compare["fast94_runs"]
+    assert [r["seed"] for r in fast] == [0, 1, 2, 3] and [r["warm_up"] for r in fast] == [True, False, False, False]
+    measured = [r for r in fast if not r["warm_up"]]
+    assert compare["fast94"]["seeds"] == 3
+    assert compare["fast94"]["acc_mean"] == pytest.approx(sum(r["final_test_acc"] for r in measured) / 3)
+    times = [r["times"].get(compare["fast94_scope_key"]) for r in measured]
+    assert compare["ratio"] == pytest.approx(sum(times) / 3 / 5.0)       # the fake's runs take 5.0 s
+    assert compare["goal_met"] is False and "fewer than 20 seeds (3 and 3)" in compare["not_judged"]
+    summary = (out / "summary.txt").read_text()
+    assert "compare airbench94_muon: 94.10 +/- 0.25% (95% interval of the mean, 3 seeds), 5.000 s per run" in summary
+    assert f"fast94 / airbench94_muon time {compare['ratio']:.3f}x" in summary
+
+
+@pytest.mark.slow
+def test_the_dry_run_starts_the_article_budgets_with_tuned_deeper_cnn_over_three_seeds(dry_run):
+    out, _ = dry_run
+    budgets = part(out, "budgets")
+    assert budgets["entries"][:2] == ["tuned-deeper-cnn-c10-3seeds", "tuned-resnet18-c10"]
+    assert "--extra=--epochs=1" in budgets["command"] and budgets["study"] == str(out / "work" / "budgets")
+    first = budgets["runs"][0]
+    assert (first["entry"], first["seed"], first["state"]) == ("tuned-deeper-cnn-c10-3seeds", 0, "finished")
+    assert 0 <= first["final_test_acc"] <= 100
+    assert [r["seed"] for r in budgets["runs"][:3]] == [0, 1, 2]
+
+
+def test_plan_refuses_a_budget_too_small_for_twenty_seeds_and_names_what_fits(tmp_path):
+    ok = run_script("--plan")
+    assert ok.returncode == 0 and "airbench94_muon x 20 runs" in ok.stdout and "fast94 x 20 seeds" in ok.stdout
+    refused = run_script("--plan", "--budget-s", "200")
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
+    assert refused.stderr.startswith("gpu_proof.sh: budget: the fast94 comparison with 20 seeds of each needs ~310 s")
+    assert "7 seeds would fit" in refused.stderr
+    # the arithmetic, recomputed: 25 s of margin, 25 of env and data, 90 fixed, 8.5 s per seed of both sides
+    assert 25 + 25 + 75 + 15 + 7 * (3.0 + 5.5) <= 200 < 25 + 25 + 75 + 15 + 8 * (3.0 + 5.5)
+    assert gpu_compare.plan("device", 7, 200, 25)["fits"] and not gpu_compare.plan("device", 8, 200, 25)["fits"]
+    fewer = run_script("--plan", "--budget-s", "200", "--compare-seeds", "7")
+    assert fewer.returncode == 0 and "fits" in fewer.stdout
+    device = run_script("--pack", str(tmp_path), "--budget-s", "555", env={"OUT": str(tmp_path / "o")})
+    assert device.returncode == 2 and "needs --airbench CHECKOUT" in device.stderr and not (tmp_path / "o").exists()
+
+
+def test_the_verdict_needs_twenty_seeds_the_same_scope_the_accuracy_and_the_ratio():
+    anchor = {"seeds": 20, "acc_mean": 94.01, "time_mean_s": 3.0}
+    fast = {"seeds": 20, "acc_mean": 94.05, "time_mean_s": 2.4}
+    assert gpu_compare.verdict(anchor, fast, gpu_compare.SCOPE_KEY) == {"ratio": pytest.approx(0.8), "goal_met": True,
+                                                                        "not_judged": None}
+    assert not gpu_compare.verdict(anchor, {**fast, "time_mean_s": 2.41}, gpu_compare.SCOPE_KEY)["goal_met"]
+    assert not gpu_compare.verdict(anchor, {**fast, "acc_mean": 93.99}, gpu_compare.SCOPE_KEY)["goal_met"]
+    other = gpu_compare.verdict(anchor, fast, gpu_compare.FALLBACK_KEY)
+    assert not other["goal_met"] and "not airbench's scope" in other["not_judged"]
+    few = gpu_compare.verdict(anchor, {**fast, "seeds": 19}, gpu_compare.SCOPE_KEY)
+    assert not few["goal_met"] and "fewer than 20 seeds" in few["not_judged"]
+    # fast94's time read defensively: the scope key, else the fallback, saying which
+    both = {"times": {"time_to_result_s": 2.0, "train_and_eval_time_s": 3.0}}
+    assert gpu_compare.scope_time(both) == (2.0, "time_to_result_s")
+    assert gpu_compare.scope_time({"times": {"train_and_eval_time_s": 3.0}}) == (3.0, "train_and_eval_time_s")
+
+
+def test_an_anchor_that_crashes_fails_the_comparison_and_keeps_its_output(cifar_sample, tmp_path, monkeypatch):
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab" / "airbench94_muon.py").write_text("raise SystemExit('no CUDA')\n")
+    monkeypatch.setattr(gpu_compare, "run_fast94", lambda *a: {"runs": [], "stopped": None})
+    args = ["compare", "--json", str(tmp_path / "compare.json"), "--device", "cpu", "--data-dir", str(cifar_sample),
+            "--airbench", str(tmp_path / "ab"), "--work", str(tmp_path / "work"), "--log", str(tmp_path / "ab.log"),
+            "--seeds", "2"]
+    assert gpu_proof.main(args) == 1
+    compare = json.loads((tmp_path / "compare.json").read_text())
+    assert compare["status"] == "failed" and compare["reason"] == ("airbench94_muon.py exited with status 1 after 0 "
+                                                                   "run(s); its output: ab.log")
+    assert "no CUDA" in compare["airbench94_muon_process"]["log_tail"] and compare["airbench94_muon"] == {"seeds": 0}
+
+
+def test_a_device_run_bundles_its_files_for_the_eight_file_limit(tmp_path):
+    """The device returns at most 8 files: BUNDLE=1 keeps five and puts the rest into parts.tar.gz (a run
+    whose data part fails at once, so that it takes seconds)."""
+    import tarfile
+
+    (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
+    out = tmp_path / "out"
+    result = run_script("--dry-run", "--data-dir", str(tmp_path / "data"), "--parts", "budgets",
+                        env={"OUT": str(out), "BUNDLE": "1"})
+    assert result.returncode != 0 and "bundled into parts.tar.gz" in result.stdout
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert files == ["compare.json", "parts.tar.gz", "report.html", "run.log", "summary.txt"] and len(files) <= 8
+    with tarfile.open(out / "parts.tar.gz") as tar:
+        assert {"env.json", "data.json", "budgets.json", "parts.tsv"} <= set(tar.getnames())
 
 
 @pytest.mark.slow
@@ -168,7 +304,8 @@ def test_the_dry_run_report_shows_every_part_with_its_numbers(dry_run):
     out, _ = dry_run
     page, summary = (out / "report.html").read_text(), (out / "summary.txt").read_text()
     assert "<img" not in page and "http" not in page.replace("http-equiv", "")   # nothing to fetch
-    numbers = {"env": part(out, "env")["torch"], "data": "250",
+    numbers = {"env": part(out, "env")["torch"], "data": "250", "compare": "94.10 +/- 0.25%",
+               "budgets": f"{part(out, 'budgets')['runs'][0]['final_test_acc']:.2f}",
                "correctness": f"{part(out, 'correctness')['models']['basic-cnn']['cpu_loss']:.6f}",
                "throughput": f"{part(out, 'throughput')['models']['basic-cnn']['warm_images_per_s']:,.0f}",
                "fast94": f"{part(out, 'fast94')['runs'][0]['final_test_acc']:.2f}", "airbench": "62.01",
@@ -180,7 +317,7 @@ def test_the_dry_run_report_shows_every_part_with_its_numbers(dry_run):
 
 def test_a_bad_flag_is_one_line_on_stderr_and_exit_status_2(tmp_path):
     for args in (["--bogus"], ["--dry-run"], ["--budget-s", "soon", "--dry-run", "--data-dir", str(tmp_path)],
-                 ["--pack", str(tmp_path), "--parts", "fast94,bogus"], ["--pack"]):
+                 ["--pack", str(tmp_path), "--parts", "fast94,bogus"], ["--pack"], ["--plan", "--compare-seeds", "0"]):
         result = run_script(*args, env={"OUT": str(tmp_path / "out")})
         assert result.returncode == 2 and result.stdout == "", args
         assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("gpu_proof.sh: "), args
@@ -215,7 +352,7 @@ def test_the_report_says_which_parts_did_not_run_timed_out_or_failed(tmp_path):
     summary = (tmp_path / "summary.txt").read_text()
     assert "cifarlab GPU proof: NVIDIA H100" in summary
     outcomes = dict(line.split(None, 1) for line in summary.split("\n\n")[1].splitlines()[4:])
-    assert outcomes == {"env": "done in 4 s (limit 60 s)", "data": "not run",
+    assert outcomes == {"env": "done in 4 s (limit 60 s)", "data": "not run", "compare": "not run", "budgets": "not run",
                         "correctness": "failed (exit status 1) after 9 s (limit 150 s): no CUDA device",
                         "throughput": "not run", "fast94": "timed out after 120 s (limit 120 s); what it finished is below",
                         "airbench": "skipped: no --airbench CHECKOUT given", "reproduce": "not run",
