@@ -180,14 +180,14 @@ def test_a_checkpoint_from_0_1_is_refused_naming_what_differs(finished, tmp_path
     checkpoint["rng"], checkpoint["cifarlab"] = checkpoint["rng_ranks"][0], "0.1.0"
     state = checkpoint["run"]
     state["train_time"] = state.pop("train_and_eval_time")
-    state["partial"]["seconds"] = state["partial"].pop("init_and_earlier_s")
+    state["partial"]["seconds"] = state["partial"].pop("earlier_s")
     torch.save(checkpoint, last)
     with pytest.raises(UsageError) as refused:
         cifarlab.resume(cfg.out)
     assert str(refused.value) == (
         f"{last}: a checkpoint of another version of cifarlab (0.1.0; this is {cifarlab.__version__}), which this "
         "one cannot resume: has rng; run state: has train_time, lacks train_and_eval_time; partial epoch: has "
-        "seconds, lacks init_and_earlier_s")
+        "seconds, lacks earlier_s")
 
 
 # ---------------------------------------------------------------- files

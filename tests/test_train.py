@@ -13,7 +13,8 @@ from conftest import run_cli, slow_except, without_timing, write_cifar10
 
 SUMMARY_KEYS = {"model", "dataset", "recipe", "params", "epochs", "final_train_acc", "final_test_acc",
                 "best_test_acc", "best_test_epoch", "best_val_acc", "best_val_epoch", "test_acc_at_best_val",
-                "overfit_gap", "train_and_eval_time_s", "train_only_time_s", "images_per_s", "device", "precision", "seed", "load_time_s"}
+                "overfit_gap", "train_and_eval_time_s", "train_only_time_s", "images_per_s", "device", "precision", "seed", "load_time_s",
+                "time_to_result_s", "time_scope", "data_init_time_s", "final_eval_time_s", "compile_warmup_s"}
 METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                "epoch_time_s", "train_only_time_s", "images_per_s"}
 

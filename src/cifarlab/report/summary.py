@@ -61,6 +61,9 @@ def article_summary(summary: dict) -> str:
     if summary.get("final_test_ece") is not None:   # runs from before calibration was measured have none
         extra.append(f"Final Test ECE: {summary['final_test_ece']:.2f}% (15 bins; `cifarlab evaluate RUN "
                      "--calibration` fits a temperature)")
+    if summary.get("time_to_result_s") is not None:   # runs from before it was measured have none
+        extra += [f"Time to Result: {summary['time_to_result_s']:.2f} seconds (training alone "
+                  f"{summary['train_only_time_s']:.2f} seconds)", f"Time Scope: {summary['time_scope']}"]
     return results_block(summary_title(summary), summary, number, extra)
 
 

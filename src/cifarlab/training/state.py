@@ -20,15 +20,19 @@ class RunState:
 
     epoch: int = 0
     step: int = 0
-    # sums over the batches done so far in the current epoch (loss * images, correct, images), and the seconds
-    # it counts from before its loop began: a new run's data-dependent init, or the steps before a mid-epoch save
-    partial: dict = field(default_factory=lambda: {"loss_sum": 0.0, "correct": 0, "seen": 0,
-                                                   "init_and_earlier_s": 0.0})
+    # sums over the batches done so far in the current epoch (loss * images, correct, images), the seconds of
+    # its steps before a mid-epoch save, and the steps that proved a compiled model there (their seconds, count)
+    partial: dict = field(default_factory=lambda: {"loss_sum": 0.0, "correct": 0, "seen": 0, "earlier_s": 0.0,
+                                                   "warmup_s": 0.0, "warmup_steps": 0})
     rows: list = field(default_factory=list)         # metrics.jsonl rows of the completed epochs
     best: dict | None = None
-    train_and_eval_time: float = 0.0                 # training + evaluation wall time, completed epochs
-    train_phase: float = 0.0                         # training steps only
+    train_and_eval_time: float = 0.0                 # all of it but loading and saving, completed epochs
+    train_phase: float = 0.0                         # training steps only, without the compile warm-up
     images: int = 0
+    # The parts of the airbench-scope clock that are not training steps (engine.TIME_SCOPE)
+    data_init_time: float = 0.0                      # a new run's data-dependent init (fast94's whitening)
+    final_eval_time: float = 0.0                     # the last epoch's test evaluation (val's under --no-test)
+    compile_warmup: float = 0.0                      # what --compile's first steps cost beyond an ordinary step
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -161,11 +161,14 @@ class Trainer:
         for name in names or (LAST,):
             self.run.save_checkpoint(checkpoint, name)
 
-    def save_mid_epoch(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, start: float) -> None:
-        """last.pt in the middle of an epoch, with the epoch's sums so far (added over ranks) and its seconds."""
+    def save_mid_epoch(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, start: float,
+                       warmup: "CompileWarmUp") -> None:
+        """last.pt in the middle of an epoch, with the epoch's sums so far (added over ranks), its seconds and
+        its compile warm-up steps."""
         total_loss, total_correct, total_seen = global_sums(self.dist, loss_sum, correct, seen)
         self.state.partial = {**self.state.partial, "loss_sum": total_loss, "correct": int(total_correct),
-                              "seen": int(total_seen), "init_and_earlier_s": time.perf_counter() - start}
+                              "seen": int(total_seen), "earlier_s": time.perf_counter() - start,
+                              "warmup_s": warmup.seconds, "warmup_steps": warmup.steps}
         self.save()
 
     def restore(self, checkpoint: dict) -> None:
@@ -188,6 +191,47 @@ class Trainer:
         else:   # another world size: rank 0's state, reseeded per rank
             set_rng_state(ranks[0], self.device)
             distributed.seed_per_rank(self.dist, self.cfg.seed + self.state.epoch)
+
+
+class CompileWarmUp:
+    """The clock of the steps that compile a --compile model (torch.compile builds lazily, in its first full
+    step), so the airbench-scope time can leave compilation out as airbench does (it compiles on dummy runs
+    before its clock starts). Each such step is timed between device syncs; the warm-up is their time beyond
+    that of an ordinary step of the same epoch, so the step's own work stays counted."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.seconds = trainer.state.partial["warmup_s"]      # a mid-epoch resume carries the earlier ones
+        self.steps = trainer.state.partial["warmup_steps"]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        trainer = self.trainer
+        if trainer.uncompiled is None or trainer.model is trainer.uncompiled:   # eager, or compiled and proven
+            return trainer.train_step(x, y)
+        synchronize(trainer.device)
+        start = time.perf_counter()
+        result = trainer.train_step(x, y)
+        synchronize(trainer.device)
+        self.seconds += time.perf_counter() - start
+        self.steps += 1
+        return result
+
+    def excess(self, epoch_seconds: float, epoch_steps: int) -> float:
+        """The warm-up within an epoch of `epoch_steps` steps that took `epoch_seconds` (its warm steps included):
+        their time beyond the mean of the epoch's other steps (all of it when there are none)."""
+        if not self.steps:
+            return 0.0
+        others = epoch_steps - self.steps
+        ordinary = (epoch_seconds - self.seconds) / others if others > 0 else 0.0
+        return max(self.seconds - self.steps * ordinary, 0.0)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (a clock read after this times the work, not its launch)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def refuse_other_version(checkpoint: dict, source) -> None:
