@@ -37,6 +37,20 @@ def test_fast94_on_device_auto_follows_what_the_machine_has(monkeypatch, cuda, c
     assert build_config({"model": "fast94", "dataset": "cifar10"}, "fast94").recipe == chosen
 
 
+def test_fast94_and_the_recipe_it_chose_are_one_run_to_a_study():
+    from cifarlab.fingerprint import fingerprint
+    settings = {"dataset": "cifar10", "device": "cpu", "threads": 1}
+    chose = train_config(settings, "fast94", note=lambda m: None)
+    assert fingerprint(chose) == fingerprint(train_config(settings, "fast94-sgd"))
+    assert fingerprint(chose) != fingerprint(train_config(settings, "fast94-muon"))
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan")])
+def test_a_bad_whiten_bias_epochs_is_refused(value):
+    with pytest.raises(UsageError, match="^--whiten-bias-epochs must be a finite number >= 0, got"):
+        build_config({"model": "fast94", "dataset": "cifar10", "whiten_bias_epochs": value})
+
+
 def test_a_device_missing_from_by_device_is_refused_in_one_line(tmp_path):
     own = tmp_path / "mine.toml"
     own.write_text('models = ["fast94"]\n[by_device]\ncpu = "fast94-sgd"\n')
