@@ -1,6 +1,7 @@
 """fast94 names the best fast94 recipe for the device (fast94-sgd on a CPU, fast94-muon on CUDA); each trains on
 the real sample and resumes bit-exactly, and a resumed fast94 run keeps the recipe it started with."""
 
+import dataclasses
 import json
 import math
 
@@ -24,10 +25,12 @@ def test_fast94_records_the_recipe_it_chose_for_the_device(device, chosen, optim
     notes = []
     cfg = train_config({"dataset": "cifar10", "device": device}, "fast94", note=notes.append)
     assert (cfg.recipe, cfg.model, cfg.optimizer, cfg.lookahead) == (chosen, "fast94", optimizer, lookahead)
+    assert cfg.recipe_chosen_by == "fast94"
     assert notes == [f"cifarlab: note: recipe fast94 on {device} is {chosen} (fast94 chooses by device: "
                      "`cifarlab recipes`)"]
     # what fast94 gives is exactly the named recipe's settings
-    assert cfg == train_config({"dataset": "cifar10", "device": device}, chosen, note=notes.append)
+    named = train_config({"dataset": "cifar10", "device": device}, chosen, note=notes.append)
+    assert named.recipe_chosen_by is None and cfg == dataclasses.replace(named, recipe_chosen_by="fast94")
 
 
 @pytest.mark.parametrize("cuda, chosen", [(True, "fast94-muon"), (False, "fast94-sgd")])
@@ -126,7 +129,7 @@ def test_each_fast94_recipe_trains_the_sample_and_resumes_bit_exactly(cifar_samp
     monkeypatch.undo()
     for name in ("whole", "cut"):
         saved = json.loads((tmp_path / name / "config.json").read_text())
-        assert saved["recipe"] == recorded
+        assert (saved["recipe"], saved["recipe_chosen_by"]) == (recorded, None if recipe == recorded else recipe)
     rows = {name: without_timing([json.loads(line) for line in
                                   (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
             for name in ("whole", "cut")}

@@ -103,11 +103,14 @@ def build_config(overrides: dict, recipe: str | None = None, model=None) -> Trai
 
     model: the Python object behind a `module:attribute` model name, when the caller has it.
     """
+    asked = recipe
     if recipe:     # the run records the recipe it got (fast94 on a CPU: fast94-sgd); --resume reads that record
         recipe = chosen_recipe(recipe, overrides.get("device"))
     values = load_recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["recipe"] = recipe
+    if asked != recipe:
+        values["recipe_chosen_by"] = asked
     unknown = [k for k in values if k not in FIELD_TYPES]
     if unknown:
         raise UsageError(f"unknown setting '{unknown[0]}' (settings are the `cifarlab train` flags, "
@@ -141,7 +144,7 @@ def train_config(overrides: dict, recipe: str | None = None, default_recipe: boo
     if chosen != recipe and not overrides.get("quiet"):
         note(f"cifarlab: note: recipe {recipe} on {device_kind(overrides.get('device'))} is {chosen} "
              f"({recipe} chooses by device: `cifarlab recipes`)")
-    return build_config(overrides, chosen, model)
+    return build_config(overrides, recipe, model)
 
 
 def parse_augment(text: str) -> list[str]:
