@@ -33,14 +33,16 @@ def part_fast94(args, out: PartFile) -> None:
     """fast94's time to 94% on CIFAR-10 (time_to_accuracy.one_run), seeds 0, 1, ... in one process."""
     import time_to_accuracy
 
-    from cifarlab.recipes import load_recipe
+    from cifarlab.recipes import chosen_recipe, load_recipe
 
-    settings = argparse.Namespace(model="fast94", dataset="cifar10", recipe="fast94", target=94.0,
+    # fast94 chooses by device (fast94-muon on CUDA): the part records the recipe the runs got
+    recipe = chosen_recipe("fast94", args.device)
+    settings = argparse.Namespace(model="fast94", dataset="cifar10", recipe=recipe, target=94.0,
                                   data_dir=args.data_dir, device=args.device)
     extra = {k: v for k, v in (("epochs", args.epochs), ("limit_train", args.limit_train)) if v is not None}
     extra.update({"compile": True} if args.compile else {})
-    out.update(device=args.device, recipe="fast94", target=94.0, settings=extra, compiled=args.compile,
-               epochs=extra.get("epochs", load_recipe("fast94")["epochs"]), runs=[])
+    out.update(device=args.device, recipe=recipe, target=94.0, settings=extra, compiled=args.compile,
+               epochs=extra.get("epochs", load_recipe(recipe)["epochs"]), runs=[])
     budget = Budget(args.budget_s)
     for seed in range(args.seeds):
         why = budget.refuses("seed")

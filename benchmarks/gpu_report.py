@@ -119,7 +119,8 @@ def render_throughput(section, d: dict) -> None:
 
 
 def render_fast94(section, d: dict) -> None:
-    section.text(f"Recipe fast94 {d.get('settings') or ''}, {d.get('epochs')} epochs, device {d.get('device')}, "
+    section.text(f"Recipe {d.get('recipe', 'fast94')} {d.get('settings') or ''}, {d.get('epochs')} epochs, "
+                 f"device {d.get('device')}, "
                  f"{'compiled' if d.get('compiled') else 'eager'}: {d.get('seeds_done', 0)} seed(s); final test "
                  f"accuracy {fmt(d.get('final_test_acc_mean'))} ± {fmt(d.get('final_test_acc_std'))}% (median "
                  f"{fmt(d.get('final_test_acc_median'))}%), 94% reached in {d.get('reached', '0/0')}. Warm seeds "

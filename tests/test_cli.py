@@ -109,7 +109,7 @@ def test_every_train_config_field_has_a_flag_or_is_declared_without_one(make_par
         assert "flag" in f.metadata, f"TrainConfig.{f.name} is not declared with setting()"
     # Recipe-only sizes and lr milestones, and the two that cli.py's own flags fill (--recipe, --model-arg).
     assert {f.name for f in fields(TrainConfig) if not flags(f)} == {
-        "recipe", "model_args", "crop_padding", "jitter", "cutout_size", "milestones"}
+        "recipe", "recipe_chosen_by", "model_args", "crop_padding", "jitter", "cutout_size", "milestones"}
     for f in fields(TrainConfig):
         for flag in flags(f):
             words, value = _sample(f, flag)

@@ -191,7 +191,7 @@ def mini_fast94(data_dir, tmp_path, name, **extra):
     values = {"model": "fast94", "dataset": "cifar10", "data_dir": str(data_dir), "epochs": 2, "limit_train": 512,
               "batch_size": 64, "eval_batch_size": 500, "quiet": True, "tensorboard": False,
               "out": str(tmp_path / name), **extra}
-    return build_config(values, "fast94")
+    return build_config(values, "fast94-sgd")
 
 
 @pytest.mark.slow                                       # three fast94 trainings on 2 CPU cores: ~20 s

@@ -15,7 +15,7 @@ from cifarlab.settings import FIELD_TYPES, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "fast94.md"
-RECIPE = "src/cifarlab/recipes/fast94.toml"
+RECIPE = "src/cifarlab/recipes/fast94-sgd.toml"
 DEFAULTS = "src/cifarlab/settings.py"
 COLUMNS = ["step", "trick", "source", "setting", "value", "set in", "done in"]
 # The modules whose every constant is a fast94 setting: each must be on the page.
@@ -111,7 +111,7 @@ def test_every_setting_on_the_page_exists_with_the_value_it_states():
     ("| `WIDTHS` | `(64, 256, 256)` |", "| `WIDTHS` | `(64, 256, 128)` |", "WIDTHS = (64, 256, 128)"),
     ("| `MAX_DECAY` | `0.95 ** 5` |", "| `MAX_DECAY` | `0.95 ** 4` |", "MAX_DECAY = 0.95 ** 4"),
     ("| `tta` | `true` |", "| `tta` | `false` |", "tta = false"),
-    ("| `0.04` | `src/cifarlab/settings.py`", "| `0.04` | `src/cifarlab/recipes/fast94.toml`",
+    ("| `0.04` | `src/cifarlab/settings.py`", "| `0.04` | `src/cifarlab/recipes/fast94-sgd.toml`",
      "'onecycle_start' is not set in"),
     ("`src/cifarlab/training/optim.py` |\n| 6 lookahead", "`src/cifarlab/training/optimizer.py` |\n| 6 lookahead",
      "names src/cifarlab/training/optimizer.py, which does not exist"),

@@ -104,3 +104,57 @@ def test_muon_learns_real_images_and_resumes_exactly(cifar_mini, tmp_path, monke
     assert without_timing(load_run(tmp_path / "cut").metrics) == without_timing(load_run(tmp_path / "whole").metrics)
     whole, cut = load_run(tmp_path / "whole").model(), load_run(tmp_path / "cut").model()
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), cut.state_dict().values()))
+
+
+def _steps_on_a_matrix(optimizer_for, nesterov=True, steps=4):
+    """A 24 x 10 matrix (tall: torch's lr scale sqrt(rows / columns) applies) after `steps` steps with fixed
+    gradients, from the optimizer optimizer_for(param) builds."""
+    torch.manual_seed(0)
+    weight = nn.Parameter(torch.randn(24, 10))
+    grads = [torch.randn(24, 10) for _ in range(steps)]
+    optimizer = optimizer_for(weight)
+    for grad in grads:
+        weight.grad = grad.clone()
+        optimizer.step()
+    return weight.detach()
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+def test_our_muon_agrees_with_torch_muon_on_a_matrix():
+    settings = {"lr": 0.05, "momentum": 0.6, "nesterov": True, "weight_decay": 0.01, "ns_steps": 3}
+    ours = _steps_on_a_matrix(lambda p: Muon([{"params": [p], "muon": True}], **settings))
+    theirs = _steps_on_a_matrix(lambda p: torch.optim.Muon([p], **settings))
+    start = _steps_on_a_matrix(lambda p: Muon([p], lr=0.0), steps=1)
+    moved = (theirs - start).abs().max()
+    # torch orthogonalises in bf16 everywhere, ours in float32 on a CPU: agreement to bf16's precision
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0.02 * moved.item())
+    plain = _steps_on_a_matrix(lambda p: Muon([{"params": [p], "muon": True}], **{**settings, "nesterov": False}))
+    assert (plain - theirs).abs().max() > 0.1 * moved             # the tolerance tells the two rules apart
+
+
+def test_renorm_keeps_each_filter_tensor_at_norm_sqrt_out_channels():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.mul_(7.0)
+    optimizer = Muon([{"params": [conv.weight], "muon": True, "renorm": True}], lr=0.1, momentum=0.6)
+    before = conv.weight.detach().clone()
+    conv(torch.randn(2, 8, 6, 6)).square().mean().backward()
+    optimizer.step()
+    step = before * (16 ** 0.5 / before.norm()) - conv.weight.detach()      # renormalised, then stepped
+    singular = torch.linalg.svdvals(step.reshape(16, -1) / 0.1)
+    assert singular.min() > 0.4 and singular.max() < 1.3
+    assert abs(conv.weight.norm().item() - 4.0) < 1.0         # near sqrt(16), far from the 7x-scaled start
+
+
+def test_muon_settings_reach_the_optimizer():
+    cfg = build_config({"model": "fast94", "dataset": "cifar10", "optimizer": "muon", "lr": 1.0,
+                        "muon_ns_steps": 3, "muon_renorm": True, "weight_decay": 0.01})
+    groups = build_optimizer(build_model("fast94", 10), cfg).param_groups
+    assert {(g["ns_steps"], g["renorm"], g["weight_decay"]) for g in groups if g["muon"]} == {(3, True, 0.0)}
+
+
+def test_a_bad_ns_step_count_is_refused():
+    from cifarlab.errors import UsageError
+    with pytest.raises(UsageError, match="^--muon-ns-steps must be an integer >= 1, got 0$"):
+        build_config({"model": "fast94", "dataset": "cifar10", "optimizer": "muon", "muon_ns_steps": 0})

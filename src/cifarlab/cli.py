@@ -229,6 +229,10 @@ def cmd_recipes(args) -> int:
         return 0
     for name, settings in recipes.items():
         print(f"{name}: {settings.get('description', '')}")
+        if "by_device" in settings:     # fast94: a name for the best recipe on each kind of device
+            chosen = ", ".join(f"{kind} -> {recipe}" for kind, recipe in settings["by_device"].items())
+            print(f"    chooses by the device the run trains on: {chosen}; the run records the one it got")
+            continue
         shown = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "description")
         print(f"    {shown}")
     return 0

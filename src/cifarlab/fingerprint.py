@@ -14,7 +14,7 @@ The fingerprint is a flat dict, recorded in config.json under "fingerprint" when
 - cifarlab: the version's compatible part (major, or major.minor while the major is 0, as in semantic versioning).
 
 Left out: where things live and what is printed or recorded (out, data_dir, quiet, overwrite, tensorboard,
-checkpoint_every, download, diagnostics: it reads the gradients and changes none) and the recipe's name, whose settings are already in the fields it filled. All of it is computed from
+checkpoint_every, download, diagnostics: it reads the gradients and changes none) and the recipe's name (and the one that chose it by device), whose settings are already in the fields it filled. All of it is computed from
 the settings alone, with no model built, so a study's parent process checks every folder before it starts a run.
 """
 
@@ -31,7 +31,7 @@ from cifarlab.settings import TrainConfig
 
 # TrainConfig fields that never change a run's numbers (where things live, what is printed).
 NOT_NUMBERS = frozenset({"out", "data_dir", "quiet", "overwrite", "tensorboard", "checkpoint_every", "download",
-                         "recipe", "diagnostics"})
+                         "recipe", "recipe_chosen_by", "diagnostics"})
 # Fields recorded as what they resolve to, after the settings.
 RESOLVED = ("device", "threads", "precision")
 SWITCHES = ("batchnorm", "dropout", "skip", "init")     # settings that exist only where the model has the switch

@@ -52,15 +52,45 @@ def _recipe_data(name_or_path: str) -> tuple[dict, str]:
     return recipes[name_or_path], name_or_path
 
 
+def device_kind(device: str | None) -> str:
+    """The kind of device a run with --device `device` trains on: auto is CUDA, else Apple's MPS, else the CPU,
+    in the order training/device.py resolves it (a layer above this one)."""
+    if device in ("cpu", "cuda", "mps"):
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+def chosen_recipe(name_or_path: str, device: str | None = "auto") -> str:
+    """The recipe a run gets from `name_or_path`: itself, or where it chooses by device (fast94: its
+    [by_device] table), the one named for the device the run trains on."""
+    data, source = _recipe_data(name_or_path)
+    by_device = data.get("by_device")
+    if by_device is None:
+        return name_or_path
+    kind = device_kind(device)
+    if not isinstance(by_device, dict) or kind not in by_device:
+        raise UsageError(f"{source}: its [by_device] table names no recipe for {kind}")
+    chosen = by_device[kind]
+    if _recipe_data(chosen)[0].get("by_device") is not None:
+        raise UsageError(f"{source}: [by_device] names {chosen}, which chooses by device itself")
+    return chosen
+
+
 def recipe_models(name_or_path: str) -> list[str]:
     """The models a recipe was made for (its `models` list; empty: any)."""
     models = _recipe_data(name_or_path)[0].get("models", [])
     return list(models) if isinstance(models, list) else []
 
 
-def load_recipe(name_or_path: str) -> dict:
-    """A recipe's settings (validated keys), from a shipped name or a .toml path."""
-    data, source = _recipe_data(name_or_path)
+def load_recipe(name_or_path: str, device: str | None = "auto") -> dict:
+    """A recipe's settings (validated keys), from a shipped name or a .toml path; one that chooses by device
+    gives the settings of the one it chooses for `device`."""
+    data, source = _recipe_data(chosen_recipe(name_or_path, device))
     settings = {k: v for k, v in data.items() if k not in ("description", "models", "target")}
     for key in settings:
         if key not in FIELD_TYPES or key in NOT_IN_RECIPES:
@@ -73,9 +103,14 @@ def build_config(overrides: dict, recipe: str | None = None, model=None) -> Trai
 
     model: the Python object behind a `module:attribute` model name, when the caller has it.
     """
+    asked = recipe
+    if recipe:     # the run records the recipe it got (fast94 on a CPU: fast94-sgd); --resume reads that record
+        recipe = chosen_recipe(recipe, overrides.get("device"))
     values = load_recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["recipe"] = recipe
+    if asked != recipe:
+        values["recipe_chosen_by"] = asked
     unknown = [k for k in values if k not in FIELD_TYPES]
     if unknown:
         raise UsageError(f"unknown setting '{unknown[0]}' (settings are the `cifarlab train` flags, "
@@ -105,6 +140,10 @@ def train_config(overrides: dict, recipe: str | None = None, default_recipe: boo
         overrides["augment"] = parse_augment(overrides["augment"])
     if recipe is None and default_recipe and f"article-{overrides['model']}" in list_recipes():
         recipe = f"article-{overrides['model']}"
+    chosen = chosen_recipe(recipe, overrides.get("device")) if recipe else None
+    if chosen != recipe and not overrides.get("quiet"):
+        note(f"cifarlab: note: recipe {recipe} on {device_kind(overrides.get('device'))} is {chosen} "
+             f"({recipe} chooses by device: `cifarlab recipes`)")
     return build_config(overrides, recipe, model)
 
 

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import MISSING, Field, dataclass, fields
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
-SCHEDULES = ("none", "step", "multistep", "cosine", "onecycle")
+SCHEDULES = ("none", "step", "multistep", "cosine", "onecycle", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ON_NAN = ("stop", "skip-step")
@@ -57,6 +57,8 @@ class TrainConfig:
     channels: int | None = setting(
         None, "folder:/npz: 1 = grayscale, 3 = RGB (default: as the first image)", choices=(1, 3), in_recipes=False)
     recipe: str | None = setting(None, flag=False, in_recipes=False)   # the recipe's name; the CLI's --recipe
+    # the recipe asked for where it chose `recipe` by device (fast94 -> fast94-sgd on a CPU), else None
+    recipe_chosen_by: str | None = setting(None, flag=False, in_recipes=False)
     epochs: int = setting(10)
     batch_size: int = setting(64)
     eval_batch_size: int = setting(1000, "batch size for evaluation (default 1000)")
@@ -69,13 +71,25 @@ class TrainConfig:
         0.02, "--optimizer muon: peak lr of the conv filters, whose momentum is orthogonalised (Muon); the other "
         "parameters take Nesterov SGD at --lr")
     muon_momentum: float = setting(0.95, "--optimizer muon: the conv filters' momentum (default 0.95)")
+    muon_ns_steps: int = setting(
+        5, "--optimizer muon: Newton-Schulz steps that orthogonalise each update (default 5; fast94-muon: 3)",
+        metavar="N")
+    muon_renorm: bool = setting(
+        False, "--optimizer muon: before each step, rescale every conv filter tensor to norm sqrt(out channels), "
+        "so its size stays fixed and the lr alone sets the step's relative size; the filters then take no weight "
+        "decay (fast94-muon)")
+    whiten_bias_epochs: float = setting(
+        0.0, "fast94: the whitening stem's bias learns, at the BN shifts' lr (--norm-lr-factor) decaying linearly "
+        "to 0, for the first N epochs, then stays frozen (fast94-muon: 3; default 0: it follows the run's schedule)",
+        metavar="N")
     momentum: float = setting(0.9)
     nesterov: bool = setting(False, "Nesterov momentum (SGD)")
     weight_decay: float = setting(0.0, "L2 (SGD/Adam) or decoupled (AdamW) decay; not on BN/bias")
     decay_norms: bool = setting(False, "also decay normalisation parameters and biases (airbench94 decays its BN "
                                 "shifts)")
     schedule: str = setting("none", "step = decay by --gamma every --step-size epochs; multistep = decay by --gamma "
-                            "at each of the recipe's milestones (fractions of the run: he2015-cifar 0.5, 0.75)",
+                            "at each of the recipe's milestones (fractions of the run: he2015-cifar 0.5, 0.75); "
+                            "linear = from the peak straight down towards 0 at the last step (fast94-muon)",
                             choices=SCHEDULES)
     step_size: int = setting(5, "epochs between step decays (default 5, as in the article)")
     gamma: float = setting(0.1, "step decay factor")

@@ -58,6 +58,11 @@ def _validate_numbers(cfg: TrainConfig) -> None:
                f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
     _check(isinstance(cfg.muon_momentum, (int, float)) and 0 <= cfg.muon_momentum < 1,
            f"--muon-momentum must be in [0, 1), got {cfg.muon_momentum}")
+    _check(isinstance(cfg.muon_ns_steps, int) and not isinstance(cfg.muon_ns_steps, bool) and cfg.muon_ns_steps >= 1,
+           f"--muon-ns-steps must be an integer >= 1, got {cfg.muon_ns_steps}")
+    _check(isinstance(cfg.whiten_bias_epochs, (int, float)) and math.isfinite(cfg.whiten_bias_epochs)
+           and cfg.whiten_bias_epochs >= 0, f"--whiten-bias-epochs must be a finite number >= 0, "
+           f"got {cfg.whiten_bias_epochs}")
     for name in ("onecycle_start", "onecycle_end"):
         value = getattr(cfg, name)
         _check(isinstance(value, (int, float)) and 0 <= value <= 1,
@@ -77,7 +82,7 @@ def _validate_numbers(cfg: TrainConfig) -> None:
     _check(isinstance(cfg.tta_shift, int) and 0 <= cfg.tta_shift <= 4,
            f"--tta-shift must be 0..4 pixels, got {cfg.tta_shift}")
     for name in ("lookahead", "tta", "nesterov", "batchnorm", "dropout", "skip", "channels_last", "compile", "decay_norms",
-                 "test"):
+                 "test", "muon_renorm"):
         _check(isinstance(getattr(cfg, name), bool), f"{name} must be true or false, got {getattr(cfg, name)!r}")
     _check(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
     _check(0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma}")

@@ -10,6 +10,12 @@ value of a normalised X towards 1 quickly (to about 0.7-1.2, not exactly 1: that
 A conv filter of shape (out, in, k, k) is the matrix out x (in k k). Parameters that are not conv
 filters (BatchNorm, biases, the classifier) take plain (Nesterov) SGD: Muon is defined for matrices
 of hidden layers only. `cifarlab train --optimizer muon` marks the groups (training/optim.py).
+
+Why not torch.optim.Muon (torch >= 2.9): it takes 2-D parameters only, and has no weight renormalisation
+(renorm=True: airbench94_muon rescales each filter tensor to norm sqrt(out channels) before every step, so
+the step's size relative to the weights is the lr alone). On a 2-D matrix the two agree (tests/test_muon.py):
+torch keeps an averaged momentum, buf <- m buf + (1 - m) g, where ours sums, buf <- m buf + g; the sums are
+the averages times 1 / (1 - m), a factor that the Newton-Schulz normalisation removes.
 """
 
 from __future__ import annotations
@@ -39,13 +45,13 @@ class Muon(torch.optim.Optimizer):
     (scaled by sqrt(max(1, rows / columns)), so tall and wide matrices move alike; weight decay decoupled),
     the others are SGD with (Nesterov) momentum and L2 weight decay, as torch.optim.SGD.
 
-    Every group has lr, momentum, nesterov, weight_decay and muon; a learning-rate scheduler scales
-    them all alike."""
+    Every group has lr, momentum, nesterov, weight_decay, muon, ns_steps and renorm (a Muon group's filters are
+    rescaled to norm sqrt(rows) before each step); a learning-rate scheduler scales them all alike."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, nesterov: bool = True,
-                 weight_decay: float = 0.0, ns_steps: int = 5):
+                 weight_decay: float = 0.0, ns_steps: int = 5, renorm: bool = False):
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
-                    "muon": False, "ns_steps": ns_steps}
+                    "muon": False, "ns_steps": ns_steps, "renorm": renorm}
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -67,6 +73,8 @@ class Muon(torch.optim.Optimizer):
                     p.add_(direction, alpha=-lr)
                     continue
                 rows = p.size(0)
+                if group.get("renorm"):   # absent from a checkpoint saved before renorm existed
+                    p.mul_(rows ** 0.5 / p.norm())
                 update = orthogonalize(direction.reshape(rows, -1), group["ns_steps"]).view_as(p)
                 if decay:
                     p.mul_(1 - lr * decay)

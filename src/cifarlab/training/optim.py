@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from cifarlab.errors import UsageError
 from cifarlab.settings import TrainConfig
 from cifarlab.training.muon import Muon
 
@@ -25,24 +26,38 @@ def _norm_names(model: nn.Module) -> set[str]:
 
 
 def _param_groups(model: nn.Module, weight_decay: float, lr: float, backbone_lr_factor: float = 1.0,
-                  norm_lr_factor: float = 1.0, decay_all: bool = False) -> list[dict]:
+                  norm_lr_factor: float = 1.0, decay_all: bool = False, whiten_bias: bool = False) -> list[dict]:
     # With weight decay, BN parameters and biases are left undecayed (unless decay_all): shrinking a BN
     # scale or a bias towards zero regularises little and may slow training.
     # Fine-tuning (backbone_lr_factor < 1): the pretrained layers move slower than the new head.
     # norm_lr_factor: the normalisation layers' own lr (fast94 moves its BN shifts 64x faster).
+    # whiten_bias: fast94's stem bias gets a group of its own (marked "whiten": its own schedule, build_scheduler),
+    # at the BN shifts' lr, as airbench94_muon trains both at one bias lr.
     head = _head_names(model) if backbone_lr_factor != 1.0 else set()
-    norm = _norm_names(model) if norm_lr_factor != 1.0 else set()
-    groups: dict[tuple[bool, bool, bool], list] = {}
+    norm = _norm_names(model) if norm_lr_factor != 1.0 or whiten_bias else set()
+    whiten = _whiten_name(model) if whiten_bias else set()
+    groups: dict[tuple[bool, bool, bool, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            groups.setdefault((name in head, name in norm, decay_all or p.ndim > 1), []).append(p)
+            key = (name in head, name in norm or name in whiten, name in whiten, decay_all or p.ndim > 1)
+            groups.setdefault(key, []).append(p)
     out = []
-    for (is_head, is_norm, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
-                                                                                    not kv[0][2])):
+    for (is_head, is_norm, is_whiten, decays), params in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], not kv[0][3])):
         group_lr = lr if is_head or not head else lr * backbone_lr_factor
-        out.append({"params": params, "weight_decay": weight_decay if decays else 0.0,
-                    "lr": group_lr * (norm_lr_factor if is_norm else 1.0)})
+        group = {"params": params, "weight_decay": weight_decay if decays else 0.0,
+                 "lr": group_lr * (norm_lr_factor if is_norm else 1.0)}
+        out.append({**group, "whiten": True} if is_whiten else group)
     return out
+
+
+def _whiten_name(model: nn.Module) -> set[str]:
+    """{"whiten.bias"}: the bias of the model's `whiten` stem; refused where the model has none."""
+    whiten = getattr(model, "whiten", None)
+    if not isinstance(whiten, nn.Conv2d) or whiten.bias is None or not whiten.bias.requires_grad:
+        raise UsageError("--whiten-bias-epochs needs a model with a learnable whitening-stem bias "
+                         "(a conv named `whiten`, as fast94's)")
+    return {"whiten.bias"}
 
 
 def _fused(model: nn.Module) -> dict:
@@ -55,12 +70,13 @@ def _fused(model: nn.Module) -> dict:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = _param_groups(model, cfg.weight_decay, cfg.lr, cfg.backbone_lr_factor, cfg.norm_lr_factor,
-                           cfg.decay_norms)
+                           cfg.decay_norms, cfg.whiten_bias_epochs > 0)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                **_fused(model))
     if cfg.optimizer == "muon":
-        return Muon(_muon_groups(groups, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return Muon(_muon_groups(groups, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                    ns_steps=cfg.muon_ns_steps)
     if cfg.optimizer == "adam":
         # Adam's per-group weight_decay is the L2 penalty the article means by "weight decay in the optimiser".
         return torch.optim.Adam(groups, lr=cfg.lr, **_fused(model))
@@ -77,8 +93,10 @@ def _muon_groups(groups: list[dict], cfg: TrainConfig) -> list[dict]:
         if rest:
             out.append({**group, "params": rest})
         if filters:
+            # renormalised filters keep their size, so a decay would only shrink the next step's relative size
             out.append({**group, "params": filters, "muon": True, "momentum": cfg.muon_momentum, "nesterov": True,
-                        "lr": cfg.muon_lr * (group["lr"] / cfg.lr)})
+                        "lr": cfg.muon_lr * (group["lr"] / cfg.lr), "renorm": cfg.muon_renorm,
+                        "weight_decay": 0.0 if cfg.muon_renorm else group["weight_decay"]})
     return out
 
 
@@ -98,6 +116,8 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         if step < warm:
             return (step + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    if cfg.schedule == "linear":
+        return 1 - step / total          # airbench94_muon's: 1 at the first step, 1/total at the last
     if cfg.schedule == "onecycle":
         # Linear rise from onecycle_start (0.04: lr/25) over the warm-up (default: 25% of training), then
         # linear decay to onecycle_end (0.001: ~0).
@@ -109,6 +129,20 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
+def whiten_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The whitening bias's lr multiplier (--whiten-bias-epochs N): linear from 1 to 0 over the first N epochs'
+    steps, then 0: frozen (airbench94_muon)."""
+    steps = math.ceil(cfg.whiten_bias_epochs * steps_per_epoch)
+    return max(0.0, 1 - step / steps)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
+    def run(s):
+        return lr_factor(cfg, s, steps_per_epoch)
+
+    def whiten(s):
+        return whiten_factor(cfg, s, steps_per_epoch)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [whiten if g.get("whiten") else run
+                                                         for g in optimizer.param_groups])
