@@ -13,7 +13,7 @@ from cifarlab.study.runs import SEQUENTIAL, Launch, default_out, run_all
 
 # summary.json keys that get a mean and a std over seeds.
 SEED_KEYS = ("final_train_acc", "final_test_acc", "final_val_acc", "best_test_acc", "overfit_gap",
-             "train_and_eval_time_s", "images_per_s", "final_test_ece")
+             "train_and_eval_time_s", "images_per_s", "final_test_ece", "time_to_result_s")
 
 
 class Seeds(dict):
