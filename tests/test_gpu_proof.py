@@ -380,8 +380,9 @@ def test_the_optional_depth_part_rehearsed_runs_the_depth_study_and_reports_its_
                         env={"OUT": str(out), "CAP_DEPTH": "180"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     states = dict(line.split("\t")[:2] for line in (out / "parts.tsv").read_text().splitlines())
-    assert states == {"env": "ok", "data": "ok", "correctness": "skipped", "throughput": "skipped",
-                      "fast94": "skipped", "airbench": "skipped", "reproduce": "skipped", "depth": "ok"}
+    assert states == {"env": "ok", "data": "ok", "compare": "skipped", "budgets": "skipped", "correctness": "skipped",
+                      "throughput": "skipped", "fast94": "skipped", "airbench": "skipped", "reproduce": "skipped",
+                      "depth": "ok"}
     depth = part(out, "depth")
     assert depth["status"] == "done" and depth["finished"] == 4 and depth["process"]["rc"] == 0
     assert sorted({r["net"] for r in depth["runs"]}) == ["plain-20", "plain-32", "resnet-20", "resnet-32"]
