@@ -261,6 +261,8 @@ def check_args(args) -> list[str]:
         raise UsageError("--data-dir: required unless --dry-run (CIFAR-10 in the official python layout)")
     if not Path(args.airbench).is_dir():
         raise UsageError(f"--airbench {args.airbench}: no such folder")
+    for name in names:               # before any folder or data is written
+        find_script(Path(args.airbench), name)
     return names
 
 
