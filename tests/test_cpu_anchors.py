@@ -187,3 +187,21 @@ def test_a_real_rehearsal_of_airbench94_muon(tmp_path, cifar_mini):
     muon = result_json(result.stdout)["scripts"]["airbench94_muon"]
     assert len(muon["runs"]) == 1 and muon["runs"][0]["tta_val_acc"] > 0.15    # 2 Muon steps beat chance (10%)
     assert muon["runs"][0]["time_s"] > 0 and len(muon["runs"][0]["epoch_clock_s"]) == 1
+
+
+@pytest.mark.slow
+def test_step_profile_puts_both_steps_side_by_side(tmp_path):
+    """benchmarks/step_profile.py (a first draft) on the real legacy script: both columns hold the convolutions'
+    backward, the step cifarlab and airbench share. Needs CIFARLAB_AIRBENCH; 1,100 synthetic images, 1 step each."""
+    real = os.environ.get("CIFARLAB_AIRBENCH")
+    if not real:
+        pytest.skip("set CIFARLAB_AIRBENCH to a checkout of KellerJordan/cifar10-airbench")
+    write_cifar10(tmp_path / "data", per_batch=220, test=50)
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_profile.py"), "--airbench", real,
+                             "--data-dir", str(tmp_path / "data"), "--steps", "1", "--top", "5"],
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {line[:44].strip(): line[44:].split() for line in result.stdout.splitlines() if line.startswith("aten::")}
+    assert len(rows) == 5 and all(float(v) > 0 for v in rows["aten::convolution_backward"])
+    assert "fast94-sgd ms" in result.stdout and "airbench94 ms" in result.stdout
