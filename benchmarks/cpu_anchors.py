@@ -2,7 +2,8 @@
 from a checkout given by path, with only the edits a CPU needs.
 
     python benchmarks/cpu_anchors.py --airbench CHECKOUT --data-dir DIR [--scripts airbench94,airbench94_muon]
-        [--runs N] [--epochs E] [--precision auto|bf16|fp32] [--threads N] [--keep-warmup] [--work DIR] [--dry-run]
+        [--runs N] [--epochs E] [--precision auto|bf16|fp32] [--threads N] [--malloc system|reuse] [--keep-warmup]
+        [--work DIR] [--dry-run]
 
 CHECKOUT is a checkout of the airbench repository (legacy/airbench94.py and airbench94_muon.py; a flat folder
 holding airbench94.py is taken too). Nothing of it is copied into cifarlab: each script is read at run time,
@@ -15,6 +16,9 @@ edited in a temporary copy under --work and run there, where its data is written
     (cifarlab's own detection, as --precision auto does); the loss sees the forward's logits, as upstream's
     fp16 loss does;
   - CUDA events and synchronize replaced by wall-clock timers (a CPU has finished each op by the next line).
+--malloc reuse adds one more, which no CPU needs: the allocator setting cifarlab's CPU training makes (freed
+memory kept for reuse). The comparison runs the anchors without it; with it, a second pass shows how much of a
+gap is that setting rather than the recipe.
 Each edit must find its pattern exactly as often as the upstream script has it; otherwise the script is refused in
 one line (exit 2) rather than run half-edited. --runs and --epochs are edits too (the scripts take no arguments).
 
@@ -78,6 +82,14 @@ def _cpu_anchors_model(net):
     return net
 # --- end of cpu_anchors' additions ---
 '''
+# With --malloc reuse only: the setting cifarlab's CPU training makes (src/cifarlab/training/cpu_memory.py),
+# written out here because the anchors import nothing of cifarlab.
+MALLOC_SHIM = '''
+# --- cpu_anchors' --malloc reuse: freed memory kept for reuse (glibc: no mmap for large blocks, no trim) ---
+import ctypes as _cpu_anchors_ctypes
+_cpu_anchors_libc = _cpu_anchors_ctypes.CDLL("libc.so.6")
+assert _cpu_anchors_libc.mallopt(-4, 0) == 1 and _cpu_anchors_libc.mallopt(-1, 2**31 - 1) == 1
+'''
 
 
 @dataclass(frozen=True)
@@ -88,10 +100,13 @@ class Edit:
     count: int       # how often upstream's script holds `old`: any other count refuses the script
 
 
-def edits_for(name: str, bf16: bool, runs: int | None, epochs: str | None, keep_warmup: bool) -> list[Edit]:
+def edits_for(name: str, bf16: bool, runs: int | None, epochs: str | None, keep_warmup: bool,
+              malloc: str = "system") -> list[Edit]:
     """The edits of one script, in the order they are applied."""
-    head = Edit("cpu helpers after the imports", "import torch.nn.functional as F\n",
-                "import torch.nn.functional as F\n" + SHIM.format(bf16=bf16), 1)
+    reuse = malloc == "reuse"
+    head = Edit("cpu helpers after the imports" + (" (with --malloc reuse)" if reuse else ""),
+                "import torch.nn.functional as F\n",
+                "import torch.nn.functional as F\n" + SHIM.format(bf16=bf16) + (MALLOC_SHIM if reuse else ""), 1)
     timers = [Edit("wall-clock timers for CUDA events", "torch.cuda.Event(enable_timing=True)", "_WallEvent()", 2)]
     if name == "airbench94":
         edits = [head, Edit("data on the cpu", "map_location=torch.device(gpu)", 'map_location=torch.device("cpu")', 1),
@@ -188,7 +203,7 @@ def anchor(args, name: str, work: Path, bf16: bool) -> dict:
     """Edit one script, run it unless --dry-run, and print what it measured."""
     path = find_script(Path(args.airbench), name)
     source = path.read_text()
-    edits = edits_for(name, bf16, args.runs, args.epochs, args.keep_warmup)
+    edits = edits_for(name, bf16, args.runs, args.epochs, args.keep_warmup, args.malloc)
     edited = apply_edits(source, edits, str(path))
     print(f"{name}: {path} (sha256 {hashlib.sha256(source.encode()).hexdigest()[:12]}), {len(edits)} edits:")
     for edit in edits:
@@ -236,6 +251,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="autocast of the forward: auto is bf16 where the CPU runs it natively, else fp32")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the scripts (default: torch's own choice)")
+    p.add_argument("--malloc", choices=("system", "reuse"), default="system",
+                   help="system: the anchors as they are (the comparison's setting); reuse: with the allocator "
+                        "setting cifarlab's CPU training makes, to see how much of a gap is that setting")
     p.add_argument("--keep-warmup", action="store_true", help="keep airbench94_muon's untimed compile warm-up run")
     p.add_argument("--work", help="folder for the data, edited copies and logs (default: a new temporary one)")
     p.add_argument("--dry-run", action="store_true", help="apply and list the edits, write the copies, run nothing")
@@ -282,13 +300,14 @@ def main(argv=None) -> int:
         airbench_data(args.data_dir, work)
         check_data(work, names, float(args.epochs or UPSTREAM_EPOCHS['airbench94']))
     print(f"cpu_anchors: {', '.join(names)} on {platform.processor() or platform.machine()}, precision {precision}, "
-          f"threads {args.threads or torch.get_num_threads()}, work {work}")
+          f"threads {args.threads or torch.get_num_threads()}, malloc {args.malloc}, work {work}")
     results = {name: anchor(args, name, work, precision == "bf16") for name in names}
     timed = {n: r["time_mean_s"] for n, r in results.items() if r.get("time_mean_s")}
     faster = min(timed, key=timed.get) if timed else None
     print(json.dumps({"benchmark": "cpu_anchors", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "machine": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                      "precision": precision, "threads": args.threads, "runs": args.runs, "epochs": args.epochs,
+                      "precision": precision, "malloc": args.malloc, "threads": args.threads, "runs": args.runs,
+                      "epochs": args.epochs,
                       "dry_run": args.dry_run, "faster": faster, "scripts": results}))
     failed = [n for n, r in results.items() if r.get("rc")]
     if failed:

@@ -1,21 +1,36 @@
-"""FIRST DRAFT. Where does a fast94 step's time go, next to legacy airbench94's? One process, one CPU, both
-stepped under torch.profiler, their top operators side by side (self CPU time per step).
+"""Where a fast94 training step's time goes, next to legacy airbench94's: one process, one CPU, the same data.
 
-    python benchmarks/step_profile.py --airbench CHECKOUT --data-dir DIR [--recipe fast94-sgd] [--steps 3] [--top 20]
+    python benchmarks/step_profile.py --airbench CHECKOUT --data-dir DIR [--recipe fast94-sgd|fast94-muon]
+        [--steps N] [--malloc reuse|system] [--first airbench94] [--top 20]
 
-cifarlab's side is the real trainer (`setup` of the recipe, then `train_step` and the lookahead on batches from its
-own loader, so augmentation, autocast and the optimizer count). airbench's side is legacy/airbench94.py from the
-checkout, edited for the CPU at run time exactly as benchmarks/cpu_anchors.py edits it and loaded as a module; its
-step (forward, summed label-smoothed loss, backward, Nesterov SGD, the lookahead every 5 steps) is driven here
-because the script keeps it inside main(). Its optimizer's learning rates are not upstream's: the profile is of
-the operators, not of training. The first step of each (airbench precomputes its first epoch's augmentation
-there) is left out. DIR needs >= 1,024 training images (cifar-mini or the full set).
-Left to do: the muon script's step; ops grouped by phase (data, forward, backward, optimizer, lookahead).
+For each side, in turn: one warm-up step, then N timed steps (default 48, one epoch of CIFAR-10 at batch 1,024),
+with their wall time split into data (fetching and augmenting the batch) and step (forward, loss, backward,
+optimizer, lookahead), and the process's user and system CPU seconds and minor page faults over them; then N
+steps under torch.profiler, whose top operators (self CPU ms per step) are printed side by side. A last line
+per side is JSON, for BENCHMARKS.md.
+
+cifarlab's side is the real trainer (`setup` of the recipe, then `train_step` and the lookahead on batches from
+its own loader, so augmentation, autocast and the optimizer count). airbench's side is legacy/airbench94.py from
+the checkout, edited for the CPU at run time exactly as benchmarks/cpu_anchors.py edits it and loaded as a
+module; its step (forward, summed label-smoothed loss, backward, Nesterov SGD, the lookahead every 5 steps) is
+driven here because the script keeps it inside main(), and its loader augments a whole epoch when an epoch
+starts, which the timed steps include once per epoch. Its optimizer's learning rates are not upstream's: the
+profile is of the operators, not of training.
+
+--malloc: the process's allocator, set before anything is allocated. reuse (cifarlab's CPU training setting,
+training/cpu_memory.py) keeps freed memory for the next step; system is glibc's default, which returns every
+block above 32 MB to the kernel when it is freed, so each step faults its activations in afresh (the system
+time and the page faults show it). Both sides run under the same setting. Compare wall times only between
+sides of one run on an idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import resource
 import tempfile
 import time
 import types
@@ -51,11 +66,14 @@ def cifarlab_step(args, out: str):
     loader = trainer.train_loader
     batches = endless(loader, lambda epoch: loader.set_position(epoch, 0))
 
-    def step(i: int) -> None:
+    def step(i: int) -> float:
+        start = time.perf_counter()
         x, y = next(batches)
+        fetched = time.perf_counter()
         trainer.train_step(x, y)
         if trainer.lookahead is not None:
             trainer.lookahead.step(i)
+        return fetched - start
     return step, cfg.batch_size
 
 
@@ -79,28 +97,46 @@ def airbench_step(args, work: Path):
     net.train()
     batches = endless(loader, lambda epoch: None)
 
-    def step(i: int) -> None:
+    def step(i: int) -> float:
+        start = time.perf_counter()
         x, y = next(batches)
+        fetched = time.perf_counter()
         loss = F.cross_entropy(net(x), y, label_smoothing=hyp["opt"]["label_smoothing"], reduction="none").sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if i % 5 == 0:
             lookahead.update(net, decay=0.5)
+        return fetched - start
     return step, hyp["opt"]["batch_size"]
 
 
-def profile(step, steps: int) -> tuple[dict[str, float], float]:
-    """{operator: self CPU ms per step}, and wall seconds per step (outside the profiler)."""
+def measure(step, steps: int) -> dict:
+    """N steps after a warm-up one: wall seconds per step (data and step apart), CPU seconds and page faults."""
     step(1)                                  # warm-up: first-epoch caches, oneDNN primitives
-    start = time.perf_counter()
+    before, start, data = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter(), 0.0
     for i in range(2, 2 + steps):
-        step(i)
-    wall = (time.perf_counter() - start) / steps
+        data += step(i)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"steps": steps, "wall_ms_per_step": 1e3 * wall / steps, "data_ms_per_step": 1e3 * data / steps,
+            "user_s": after.ru_utime - before.ru_utime, "system_s": after.ru_stime - before.ru_stime,
+            "minor_faults": after.ru_minflt - before.ru_minflt}
+
+
+def profile(step, steps: int) -> dict[str, float]:
+    """{operator: self CPU ms per step}."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for i in range(2 + steps, 2 + 2 * steps):
             step(i)
-    return {e.key: e.self_cpu_time_total / 1e3 / steps for e in prof.key_averages()}, wall
+    return {e.key: e.self_cpu_time_total / 1e3 / steps for e in prof.key_averages()}
+
+
+def set_malloc(choice: str) -> str:
+    """The allocator for the whole process, before anything is allocated (cifarlab's setup would set reuse)."""
+    os.environ["CIFARLAB_CPU_MALLOC"] = choice
+    from cifarlab.training.cpu_memory import reuse_freed_memory
+    return reuse_freed_memory()
 
 
 def main(argv=None) -> None:
@@ -109,20 +145,40 @@ def main(argv=None) -> None:
     p.add_argument("--airbench", required=True, help="a checkout of KellerJordan/cifar10-airbench")
     p.add_argument("--data-dir", required=True, help="CIFAR-10 in the official python layout (>= 1,024 train images)")
     p.add_argument("--recipe", default="fast94-sgd", help="cifarlab's side (fast94-sgd: the SGD recipe, as airbench94)")
-    p.add_argument("--steps", type=int, default=3, help="steps timed, then as many profiled")
+    p.add_argument("--steps", type=int, default=48, help="steps timed, then as many profiled (48: one epoch)")
+    p.add_argument("--malloc", choices=("reuse", "system"), default="reuse",
+                   help="the process's allocator for both sides (reuse: cifarlab's CPU setting)")
+    p.add_argument("--first", choices=("fast94", "airbench94"), default="fast94", help="which side runs first")
     p.add_argument("--top", type=int, default=20)
     args = p.parse_args(argv)
+    malloc = set_malloc(args.malloc)
+    names = {"fast94": args.recipe, "airbench94": "airbench94"}
+    order = ["fast94", "airbench94"] if args.first == "fast94" else ["airbench94", "fast94"]
+    timed, ops, batch = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         airbench_data(args.data_dir, Path(tmp))
-        ours, ours_batch = cifarlab_step(args, str(Path(tmp) / "run"))
-        theirs, their_batch = airbench_step(args, Path(tmp))
-        (a, a_wall), (b, b_wall) = profile(ours, args.steps), profile(theirs, args.steps)
-    print(f"wall per step (machine state unknown: no speed claim from a busy machine): {args.recipe} "
-          f"{a_wall * 1e3:.0f} ms (batch {ours_batch}), airbench94 {b_wall * 1e3:.0f} ms (batch {their_batch})")
-    print(f"{'operator':<44} {args.recipe + ' ms':>14} {'airbench94 ms':>14}")
+        for side in order:
+            step, batch[side] = (cifarlab_step(args, str(Path(tmp) / "run")) if side == "fast94"
+                                 else airbench_step(args, Path(tmp)))
+            timed[side] = measure(step, args.steps)
+            ops[side] = profile(step, args.steps)
+    a, b = ops["fast94"], ops["airbench94"]
+    print(f"one process, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"malloc {malloc}, order {' then '.join(names[s] for s in order)}")
+    for side in order:
+        t = timed[side]
+        print(f"{names[side]:<12} batch {batch[side]}: {t['wall_ms_per_step']:.0f} ms/step "
+              f"({t['wall_ms_per_step'] / batch[side]:.3f} ms/image; data {t['data_ms_per_step']:.0f} ms), "
+              f"user {t['user_s']:.1f} s, system {t['system_s']:.1f} s, {t['minor_faults']:,} page faults "
+              f"over {t['steps']} steps")
+    print(f"{'operator':<44} {names['fast94'] + ' ms':>14} {'airbench94 ms':>14}")
     for op in sorted(set(a) | set(b), key=lambda k: -max(a.get(k, 0), b.get(k, 0)))[:args.top]:
         print(f"{op[:44]:<44} {a.get(op, 0):14.1f} {b.get(op, 0):14.1f}")
     print(f"{'total self CPU':<44} {sum(a.values()):14.1f} {sum(b.values()):14.1f}")
+    print(json.dumps({"benchmark": "step_profile", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                      "threads": torch.get_num_threads(), "malloc": malloc, "order": order,
+                      "recipe": args.recipe, "batch": batch, "timed": timed}))
 
 
 if __name__ == "__main__":

@@ -191,8 +191,9 @@ def test_a_real_rehearsal_of_airbench94_muon(tmp_path, cifar_mini):
 
 @pytest.mark.slow
 def test_step_profile_puts_both_steps_side_by_side(tmp_path):
-    """benchmarks/step_profile.py (a first draft) on the real legacy script: both columns hold the convolutions'
-    backward, the step cifarlab and airbench share. Needs CIFARLAB_AIRBENCH; 1,100 synthetic images, 1 step each."""
+    """benchmarks/step_profile.py on the real legacy script: both columns hold the convolutions' backward, the
+    step cifarlab and airbench share, and each side's timing names its allocator, CPU time and page faults.
+    Needs CIFARLAB_AIRBENCH; 1,100 synthetic images, 1 step each."""
     real = os.environ.get("CIFARLAB_AIRBENCH")
     if not real:
         pytest.skip("set CIFARLAB_AIRBENCH to a checkout of KellerJordan/cifar10-airbench")
@@ -205,3 +206,7 @@ def test_step_profile_puts_both_steps_side_by_side(tmp_path):
     rows = {line[:44].strip(): line[44:].split() for line in result.stdout.splitlines() if line.startswith("aten::")}
     assert len(rows) == 5 and all(float(v) > 0 for v in rows["aten::convolution_backward"])
     assert "fast94-sgd ms" in result.stdout and "airbench94 ms" in result.stdout
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["malloc"] == "reuse" and set(record["timed"]) == {"fast94", "airbench94"}
+    assert all(t["steps"] == 1 and t["user_s"] > 0 and t["wall_ms_per_step"] > t["data_ms_per_step"] >= 0
+               for t in record["timed"].values())

@@ -1,4 +1,4 @@
-"""fast94 names the best fast94 recipe for the device (fast94-sgd on a CPU, fast94-muon on CUDA); each trains on
+"""fast94 names the best fast94 recipe for the device (fast94-muon on a CPU and CUDA, fast94-sgd on MPS); each trains on
 the real sample and resumes bit-exactly, and a resumed fast94 run keeps the recipe it started with."""
 
 import dataclasses
@@ -20,7 +20,7 @@ from conftest import StopAtStep, run_cli, without_timing
 
 
 @pytest.mark.parametrize("device, chosen, optimizer, lookahead", [
-    ("cpu", "fast94-sgd", "sgd", True), ("cuda", "fast94-muon", "muon", False), ("mps", "fast94-sgd", "sgd", True)])
+    ("cpu", "fast94-muon", "muon", False), ("cuda", "fast94-muon", "muon", False), ("mps", "fast94-sgd", "sgd", True)])
 def test_fast94_records_the_recipe_it_chose_for_the_device(device, chosen, optimizer, lookahead):
     notes = []
     cfg = train_config({"dataset": "cifar10", "device": device}, "fast94", note=notes.append)
@@ -36,7 +36,7 @@ def test_fast94_records_the_recipe_it_chose_for_the_device(device, chosen, optim
 @pytest.mark.parametrize("cuda, chosen", [(True, "fast94-muon"), (False, "fast94-sgd")])
 def test_fast94_on_device_auto_follows_what_the_machine_has(monkeypatch, cuda, chosen):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: not cuda)    # else MPS
     assert build_config({"model": "fast94", "dataset": "cifar10"}, "fast94").recipe == chosen
 
 
@@ -44,8 +44,8 @@ def test_fast94_and_the_recipe_it_chose_are_one_run_to_a_study():
     from cifarlab.fingerprint import fingerprint
     settings = {"dataset": "cifar10", "device": "cpu", "threads": 1}
     chose = train_config(settings, "fast94", note=lambda m: None)
-    assert fingerprint(chose) == fingerprint(train_config(settings, "fast94-sgd"))
-    assert fingerprint(chose) != fingerprint(train_config(settings, "fast94-muon"))
+    assert fingerprint(chose) == fingerprint(train_config(settings, "fast94-muon"))
+    assert fingerprint(chose) != fingerprint(train_config(settings, "fast94-sgd"))
 
 
 @pytest.mark.parametrize("value", [-1.0, float("nan")])
@@ -64,10 +64,10 @@ def test_a_device_missing_from_by_device_is_refused_in_one_line(tmp_path):
 
 def test_recipes_says_what_fast94_chooses_on_each_device():
     text = run_cli("recipes").stdout
-    assert ("    chooses by the device the run trains on: cpu -> fast94-sgd, cuda -> fast94-muon, mps -> fast94-sgd; "
+    assert ("    chooses by the device the run trains on: cpu -> fast94-muon, cuda -> fast94-muon, mps -> fast94-sgd; "
             "the run records the one it got") in text.splitlines()
     listed = json.loads(run_cli("recipes", "--json").stdout)
-    assert listed["fast94"]["by_device"] == {"cpu": "fast94-sgd", "cuda": "fast94-muon", "mps": "fast94-sgd"}
+    assert listed["fast94"]["by_device"] == {"cpu": "fast94-muon", "cuda": "fast94-muon", "mps": "fast94-sgd"}
     assert listed["fast94-muon"]["optimizer"] == "muon" and listed["fast94-sgd"]["optimizer"] == "sgd"
 
 
@@ -114,7 +114,7 @@ def _tiny(data_dir, tmp_path, name, recipe):
 
 
 @pytest.mark.slow                              # two tiny fast94 trainings and a resume, per recipe
-@pytest.mark.parametrize("recipe, recorded", [("fast94-muon", "fast94-muon"), ("fast94", "fast94-sgd")])
+@pytest.mark.parametrize("recipe, recorded", [("fast94-sgd", "fast94-sgd"), ("fast94", "fast94-muon")])
 def test_each_fast94_recipe_trains_the_sample_and_resumes_bit_exactly(cifar_sample, tmp_path, monkeypatch,
                                                                      recipe, recorded):
     summary = fit(_tiny(cifar_sample, tmp_path, "whole", recipe))
@@ -123,7 +123,7 @@ def test_each_fast94_recipe_trains_the_sample_and_resumes_bit_exactly(cifar_samp
     with pytest.raises(Interrupted):
         fit(_tiny(cifar_sample, tmp_path, "cut", recipe))
     # a resumed run keeps its recorded recipe, even where fast94 would now choose another
-    monkeypatch.setattr(recipes, "device_kind", lambda device: "cuda")
+    monkeypatch.setattr(recipes, "device_kind", lambda device: "mps")
     from cifarlab.api import resume
     resume(tmp_path / "cut")
     monkeypatch.undo()
