@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from math import ceil
 from pathlib import Path
 
+from campaign import machine
 from gpu_airbench import airbench_data, parse_airbench
 
 from cifarlab.errors import UsageError
@@ -299,13 +300,13 @@ def main(argv=None) -> int:
     if not args.dry_run:
         airbench_data(args.data_dir, work)
         check_data(work, names, float(args.epochs or UPSTREAM_EPOCHS['airbench94']))
-    print(f"cpu_anchors: {', '.join(names)} on {platform.processor() or platform.machine()}, precision {precision}, "
+    print(f"cpu_anchors: {', '.join(names)} on {machine()}, precision {precision}, "
           f"threads {args.threads or torch.get_num_threads()}, malloc {args.malloc}, work {work}")
     results = {name: anchor(args, name, work, precision == "bf16") for name in names}
     timed = {n: r["time_mean_s"] for n, r in results.items() if r.get("time_mean_s")}
     faster = min(timed, key=timed.get) if timed else None
     print(json.dumps({"benchmark": "cpu_anchors", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                      "machine": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                      "machine": platform.node(), "cpu": machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
                       "precision": precision, "malloc": args.malloc, "threads": args.threads, "runs": args.runs,
                       "epochs": args.epochs,
                       "dry_run": args.dry_run, "faster": faster, "scripts": results}))

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -39,6 +38,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from campaign import machine
 from cpu_anchors import apply_edits, edits_for, find_script
 from gpu_airbench import airbench_data
 
@@ -163,7 +163,7 @@ def main(argv=None) -> None:
             timed[side] = measure(step, args.steps)
             ops[side] = profile(step, args.steps)
     a, b = ops["fast94"], ops["airbench94"]
-    print(f"one process, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    print(f"one process, {machine()}, {torch.get_num_threads()} threads, "
           f"malloc {malloc}, order {' then '.join(names[s] for s in order)}")
     for side in order:
         t = timed[side]
@@ -176,7 +176,7 @@ def main(argv=None) -> None:
         print(f"{op[:44]:<44} {a.get(op, 0):14.1f} {b.get(op, 0):14.1f}")
     print(f"{'total self CPU':<44} {sum(a.values()):14.1f} {sum(b.values()):14.1f}")
     print(json.dumps({"benchmark": "step_profile", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                      "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                      "cpu": machine(), "torch": torch.__version__,
                       "threads": torch.get_num_threads(), "malloc": malloc, "order": order,
                       "recipe": args.recipe, "batch": batch, "timed": timed}))
 
