@@ -156,7 +156,7 @@ def test_fast94_settings_out_of_range_are_one_line_errors(settings, message):
 
 def test_norm_lr_factor_gives_batchnorm_parameters_their_own_lr():
     model = build_model("fast94", 10)
-    cfg = build_config({"model": "fast94", "dataset": "cifar10"}, "fast94")
+    cfg = build_config({"model": "fast94", "dataset": "cifar10"}, "fast94-sgd")     # SGD: one lr per group
     opt = build_optimizer(model, cfg)
     norm_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()
                 if p.requires_grad}
