@@ -11,20 +11,22 @@ import pytest
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # Training steps of a small conv net at a batch whose activations (67 MB each) are above glibc's largest mmap
-# threshold: the minor page faults of steps 3-8 (after two to settle), and the peak memory after steps 2 and 8.
+# threshold: the minor page faults of steps 11-40, and the peak memory after steps 10 and 40. The reused heap
+# grows a little while it settles (measured: once by 128-192 MB, somewhere in steps 15-50, then flat for 100
+# more steps), so its bound is 1.25x; without reuse, or with a leak, a step's buffers would be lost each time.
 FAULTS = """
 import resource, torch
 from torch import nn
 from cifarlab.training.cpu_memory import reuse_freed_memory
 state = reuse_freed_memory()
 torch.manual_seed(0)
-net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1),
-                    nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                    nn.Flatten(), nn.Linear(64, 10))
 opt = torch.optim.SGD(net.parameters(), lr=0.1)
 x, y = torch.randn(256, 3, 32, 32), torch.randint(0, 10, (256,))
 usage = lambda: resource.getrusage(resource.RUSAGE_SELF)
-for step in range(8):
-    if step == 2:
+for step in range(40):
+    if step == 10:
         before, peak = usage().ru_minflt, usage().ru_maxrss
     opt.zero_grad(set_to_none=True)
     nn.functional.cross_entropy(net(x), y).backward()
@@ -46,9 +48,9 @@ def test_reused_memory_spares_the_page_faults_of_every_step_and_does_not_grow():
     reuse_state, reuse, peak_early, peak_late = faults("reuse")
     assert (system_state, reuse_state) == ("system", "reuse")
     activation_pages = 256 * 64 * 32 * 32 * 4 // 4096
-    assert system >= 6 * activation_pages       # six steps, each mapping fresh pages for its activations
+    assert system >= 30 * activation_pages      # 30 steps, each mapping fresh pages for its activations
     assert reuse * 10 < system
-    assert peak_late <= peak_early * 1.05       # freed buffers are reused, not left behind
+    assert peak_late <= peak_early * 1.25       # freed buffers are reused, not left behind
 
 
 @pytest.mark.skipif(not GLIBC or os.environ.get("CIFARLAB_CPU_MALLOC", "reuse") != "reuse",
