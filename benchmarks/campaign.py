@@ -117,13 +117,14 @@ def run_seed(entry: Entry, seed: int, out: Path, data_dir: str | None, extra: li
         return subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT).returncode
 
 
-def machine() -> str:
-    """The CPU model and whether it runs bf16 natively, or the GPU, for the figure's record."""
+def machine(device: str = "auto") -> str:
+    """The CPU model and whether it runs bf16 natively, or the GPU (device auto, where one is), for the figure's
+    record."""
     import torch
 
     from cifarlab.training.device import cpu_supports_bf16
 
-    if torch.cuda.is_available():
+    if device != "cpu" and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")

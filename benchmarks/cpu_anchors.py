@@ -16,9 +16,9 @@ edited in a temporary copy under --work and run there, where its data is written
     (cifarlab's own detection, as --precision auto does); the loss sees the forward's logits, as upstream's
     fp16 loss does;
   - CUDA events and synchronize replaced by wall-clock timers (a CPU has finished each op by the next line).
---malloc reuse adds one more, which no CPU needs: the allocator setting cifarlab's CPU training makes (freed
-memory kept for reuse). The comparison runs the anchors without it; with it, a second pass shows how much of a
-gap is that setting rather than the recipe.
+--malloc reuse runs a script with what cifarlab's CPU training does during a run (freed memory kept for reuse),
+set through glibc's tunables in its environment (GLIBC_TUNABLES), not by an edit. The comparison runs the anchors
+without it; with it, a second pass shows how much of a gap is that setting rather than the recipe.
 Each edit must find its pattern exactly as often as the upstream script has it; otherwise the script is refused in
 one line (exit 2) rather than run half-edited. --runs and --epochs are edits too (the scripts take no arguments).
 
@@ -83,14 +83,9 @@ def _cpu_anchors_model(net):
     return net
 # --- end of cpu_anchors' additions ---
 '''
-# With --malloc reuse only: the setting cifarlab's CPU training makes (src/cifarlab/training/cpu_memory.py),
-# written out here because the anchors import nothing of cifarlab.
-MALLOC_SHIM = '''
-# --- cpu_anchors' --malloc reuse: freed memory kept for reuse (glibc: no mmap for large blocks, no trim) ---
-import ctypes as _cpu_anchors_ctypes
-_cpu_anchors_libc = _cpu_anchors_ctypes.CDLL("libc.so.6")
-assert _cpu_anchors_libc.mallopt(-4, 0) == 1 and _cpu_anchors_libc.mallopt(-1, 2**31 - 1) == 1
-'''
+# With --malloc reuse: what cifarlab's CPU training does during a run (src/cifarlab/training/cpu_memory.py), given
+# to the anchor through glibc's tunables in its environment, so that its script needs no edit for it.
+REUSE_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
 
 
 @dataclass(frozen=True)
@@ -101,13 +96,10 @@ class Edit:
     count: int       # how often upstream's script holds `old`: any other count refuses the script
 
 
-def edits_for(name: str, bf16: bool, runs: int | None, epochs: str | None, keep_warmup: bool,
-              malloc: str = "system") -> list[Edit]:
+def edits_for(name: str, bf16: bool, runs: int | None, epochs: str | None, keep_warmup: bool) -> list[Edit]:
     """The edits of one script, in the order they are applied."""
-    reuse = malloc == "reuse"
-    head = Edit("cpu helpers after the imports" + (" (with --malloc reuse)" if reuse else ""),
-                "import torch.nn.functional as F\n",
-                "import torch.nn.functional as F\n" + SHIM.format(bf16=bf16) + (MALLOC_SHIM if reuse else ""), 1)
+    head = Edit("cpu helpers after the imports", "import torch.nn.functional as F\n",
+                "import torch.nn.functional as F\n" + SHIM.format(bf16=bf16), 1)
     timers = [Edit("wall-clock timers for CUDA events", "torch.cuda.Event(enable_timing=True)", "_WallEvent()", 2)]
     if name == "airbench94":
         edits = [head, Edit("data on the cpu", "map_location=torch.device(gpu)", 'map_location=torch.device("cpu")', 1),
@@ -170,11 +162,13 @@ def epoch_times(text: str) -> dict[str, list[float]]:
     return clocks
 
 
-def run_edited(source: str, folder: Path, name: str, threads: int | None) -> tuple[int, str, float]:
+def run_edited(source: str, folder: Path, name: str, threads: int | None, malloc: str) -> tuple[int, str, float]:
     """Run the edited script in `folder`, echoing its table: (exit status, its output, wall seconds)."""
     script = folder / f"{name}.py"
     script.write_text(source)
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
+    if malloc == "reuse":
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), REUSE_TUNABLES]))
     env.pop("PYTHONPATH", None)          # the anchor imports torch and torchvision, nothing of cifarlab
     start, lines = time.perf_counter(), []
     with subprocess.Popen([sys.executable, "-u", script.name], cwd=folder, env=env, text=True,
@@ -204,7 +198,7 @@ def anchor(args, name: str, work: Path, bf16: bool) -> dict:
     """Edit one script, run it unless --dry-run, and print what it measured."""
     path = find_script(Path(args.airbench), name)
     source = path.read_text()
-    edits = edits_for(name, bf16, args.runs, args.epochs, args.keep_warmup, args.malloc)
+    edits = edits_for(name, bf16, args.runs, args.epochs, args.keep_warmup)
     edited = apply_edits(source, edits, str(path))
     print(f"{name}: {path} (sha256 {hashlib.sha256(source.encode()).hexdigest()[:12]}), {len(edits)} edits:")
     for edit in edits:
@@ -214,7 +208,7 @@ def anchor(args, name: str, work: Path, bf16: bool) -> dict:
     if args.dry_run:
         (work / f"{name}.py").write_text(edited)
         return {**result, "edited_copy": str(work / f"{name}.py")}
-    rc, text, wall = run_edited(edited, work, name, args.threads)
+    rc, text, wall = run_edited(edited, work, name, args.threads, args.malloc)
     epochs = float(args.epochs or UPSTREAM_EPOCHS[name])
     result.update(rc=rc, wall_s=round(wall, 1), log=str(work / f"{name}.log"), **summarise(name, text, epochs))
     for run in result["runs"]:
@@ -253,8 +247,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="autocast of the forward: auto is bf16 where the CPU runs it natively, else fp32")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the scripts (default: torch's own choice)")
     p.add_argument("--malloc", choices=("system", "reuse"), default="system",
-                   help="system: the anchors as they are (the comparison's setting); reuse: with the allocator "
-                        "setting cifarlab's CPU training makes, to see how much of a gap is that setting")
+                   help="system: the anchors as they are (the comparison's setting); reuse: with what cifarlab's CPU "
+                        "training does to the allocator (glibc's tunables), to see how much of a gap is that")
     p.add_argument("--keep-warmup", action="store_true", help="keep airbench94_muon's untimed compile warm-up run")
     p.add_argument("--work", help="folder for the data, edited copies and logs (default: a new temporary one)")
     p.add_argument("--dry-run", action="store_true", help="apply and list the edits, write the copies, run nothing")
@@ -300,13 +294,13 @@ def main(argv=None) -> int:
     if not args.dry_run:
         airbench_data(args.data_dir, work)
         check_data(work, names, float(args.epochs or UPSTREAM_EPOCHS['airbench94']))
-    print(f"cpu_anchors: {', '.join(names)} on {machine()}, precision {precision}, "
+    print(f"cpu_anchors: {', '.join(names)} on {machine(device='cpu')}, precision {precision}, "
           f"threads {args.threads or torch.get_num_threads()}, malloc {args.malloc}, work {work}")
     results = {name: anchor(args, name, work, precision == "bf16") for name in names}
     timed = {n: r["time_mean_s"] for n, r in results.items() if r.get("time_mean_s")}
     faster = min(timed, key=timed.get) if timed else None
     print(json.dumps({"benchmark": "cpu_anchors", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                      "machine": platform.node(), "cpu": machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                      "machine": platform.node(), "cpu": machine(device="cpu"), "cpus": os.cpu_count(), "torch": torch.__version__,
                       "precision": precision, "malloc": args.malloc, "threads": args.threads, "runs": args.runs,
                       "epochs": args.epochs,
                       "dry_run": args.dry_run, "faster": faster, "scripts": results}))

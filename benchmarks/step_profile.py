@@ -6,8 +6,8 @@
 For each side, in turn: one warm-up step, then N timed steps (default 48, one epoch of CIFAR-10 at batch 1,024),
 with their wall time split into data (fetching and augmenting the batch) and step (forward, loss, backward,
 optimizer, lookahead), and the process's user and system CPU seconds and minor page faults over them; then N
-steps under torch.profiler, whose top operators (self CPU ms per step) are printed side by side. A last line
-per side is JSON, for BENCHMARKS.md.
+steps under torch.profiler, whose top operators (self CPU ms per step) are printed side by side. The last
+line is JSON (both sides), for BENCHMARKS.md.
 
 cifarlab's side is the real trainer (`setup` of the recipe, then `train_step` and the lookahead on batches from
 its own loader, so augmentation, autocast and the optimizer count). airbench's side is legacy/airbench94.py from
@@ -17,7 +17,7 @@ driven here because the script keeps it inside main(), and its loader augments a
 starts, which the timed steps include once per epoch. Its optimizer's learning rates are not upstream's: the
 profile is of the operators, not of training.
 
---malloc: the process's allocator, set before anything is allocated. reuse (cifarlab's CPU training setting,
+--malloc: the process's allocator around both sides. reuse (what cifarlab's CPU training does during a run,
 training/cpu_memory.py) keeps freed memory for the next step; system is glibc's default, which returns every
 block above 32 MB to the kernel when it is freed, so each step faults its activations in afresh (the system
 time and the page faults show it). Both sides run under the same setting. Compare wall times only between
@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import tempfile
 import time
 import types
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -132,13 +132,6 @@ def profile(step, steps: int) -> dict[str, float]:
     return {e.key: e.self_cpu_time_total / 1e3 / steps for e in prof.key_averages()}
 
 
-def set_malloc(choice: str) -> str:
-    """The allocator for the whole process, before anything is allocated (cifarlab's setup would set reuse)."""
-    os.environ["CIFARLAB_CPU_MALLOC"] = choice
-    from cifarlab.training.cpu_memory import reuse_freed_memory
-    return reuse_freed_memory()
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,8 +144,16 @@ def main(argv=None) -> None:
     p.add_argument("--first", choices=("fast94", "airbench94"), default="fast94", help="which side runs first")
     p.add_argument("--top", type=int, default=20)
     args = p.parse_args(argv)
-    malloc = set_malloc(args.malloc)
-    names = {"fast94": args.recipe, "airbench94": "airbench94"}
+    from cifarlab.training.cpu_memory import current, keep_freed_memory
+
+    with keep_freed_memory() if args.malloc == "reuse" else nullcontext():
+        malloc = current()
+        timed, ops, batch = sides(args)
+    report(args, malloc, timed, ops, batch)
+
+
+def sides(args) -> tuple[dict, dict, dict]:
+    """Each side measured, then profiled, in the order asked."""
     order = ["fast94", "airbench94"] if args.first == "fast94" else ["airbench94", "fast94"]
     timed, ops, batch = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,8 +163,14 @@ def main(argv=None) -> None:
                                  else airbench_step(args, Path(tmp)))
             timed[side] = measure(step, args.steps)
             ops[side] = profile(step, args.steps)
+    return timed, ops, batch
+
+
+def report(args, malloc: str, timed: dict, ops: dict, batch: dict) -> None:
+    names = {"fast94": args.recipe, "airbench94": "airbench94"}
+    order = ["fast94", "airbench94"] if args.first == "fast94" else ["airbench94", "fast94"]
     a, b = ops["fast94"], ops["airbench94"]
-    print(f"one process, {machine()}, {torch.get_num_threads()} threads, "
+    print(f"one process, {machine(device='cpu')}, {torch.get_num_threads()} threads, "
           f"malloc {malloc}, order {' then '.join(names[s] for s in order)}")
     for side in order:
         t = timed[side]
@@ -176,7 +183,7 @@ def main(argv=None) -> None:
         print(f"{op[:44]:<44} {a.get(op, 0):14.1f} {b.get(op, 0):14.1f}")
     print(f"{'total self CPU':<44} {sum(a.values()):14.1f} {sum(b.values()):14.1f}")
     print(json.dumps({"benchmark": "step_profile", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                      "cpu": machine(), "torch": torch.__version__,
+                      "cpu": machine(device="cpu"), "torch": torch.__version__,
                       "threads": torch.get_num_threads(), "malloc": malloc, "order": order,
                       "recipe": args.recipe, "batch": batch, "timed": timed}))
 

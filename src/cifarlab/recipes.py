@@ -104,7 +104,7 @@ def build_config(overrides: dict, recipe: str | None = None, model=None) -> Trai
     model: the Python object behind a `module:attribute` model name, when the caller has it.
     """
     asked = recipe
-    if recipe:     # the run records the recipe it got (fast94 on a CPU: fast94-sgd); --resume reads that record
+    if recipe:     # the run records the recipe it got (fast94 on a CPU: fast94-muon); --resume reads that record
         recipe = chosen_recipe(recipe, overrides.get("device"))
     values = load_recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})

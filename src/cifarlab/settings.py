@@ -57,7 +57,7 @@ class TrainConfig:
     channels: int | None = setting(
         None, "folder:/npz: 1 = grayscale, 3 = RGB (default: as the first image)", choices=(1, 3), in_recipes=False)
     recipe: str | None = setting(None, flag=False, in_recipes=False)   # the recipe's name; the CLI's --recipe
-    # the recipe asked for where it chose `recipe` by device (fast94 -> fast94-sgd on a CPU), else None
+    # the recipe asked for where it chose `recipe` by device (fast94 -> fast94-muon on a CPU), else None
     recipe_chosen_by: str | None = setting(None, flag=False, in_recipes=False)
     epochs: int = setting(10)
     batch_size: int = setting(64)

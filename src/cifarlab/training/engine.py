@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -25,7 +26,7 @@ from cifarlab.runfolder import BEST, LAST, RunFolder, release_folders
 from cifarlab.settings import TrainConfig
 from cifarlab.training import distributed
 from cifarlab.training.calibration import ECE_BINS
-from cifarlab.training.cpu_memory import reuse_freed_memory
+from cifarlab.training import cpu_memory
 from cifarlab.training.device import Precision, cpu_threads, resolve_device, use_tf32
 from cifarlab.training.diagnostics import Diagnostics, trim
 from cifarlab.training.distributed import Dist
@@ -65,7 +66,8 @@ def fit(cfg: TrainConfig, resume: bool = False, model=None, on_epoch=None) -> di
     try:
         if not dist.is_main:   # only rank 0 prints and writes the run folder
             cfg = dataclasses.replace(cfg, quiet=True, tensorboard=False)
-        with cpu_threads(cfg.threads):
+        # a CPU run keeps the memory it frees for its next step, and gives it back when it ends (cpu_memory.py)
+        with cpu_threads(cfg.threads), (cpu_memory.keep_freed_memory() if dist.device.type == "cpu" else nullcontext()):
             trainer = setup(cfg, resume, dist, model)
             trainer.on_epoch = on_epoch
             with trainer.stop:
@@ -85,8 +87,6 @@ def setup(cfg: TrainConfig, resume: bool, dist: Dist, supplied=None) -> Trainer:
     """Everything before the first step, on dist.device. A resumed run restores its checkpoint; a new one writes
     config.json."""
     device = dist.device
-    if device.type == "cpu":
-        reuse_freed_memory()      # a third of a CPU step was page faults without it (training/cpu_memory.py)
     precision = Precision.for_training(cfg.precision, device)
     checkpoint = RunFolder(cfg.out).load_checkpoint(LAST) if resume else None
     load_start = time.perf_counter()
@@ -333,7 +333,7 @@ def run_config(trainer: Trainer, data: Data, channels_last: bool, model_origin: 
             "fingerprint": fingerprint(cfg, supplied),
             "resolved": {"device": str(trainer.device), "precision": trainer.precision.name,
                          "channels_last": channels_last,
-                         "cpu_malloc": reuse_freed_memory() if trainer.device.type == "cpu" else None},
+                         "cpu_malloc": cpu_memory.current() if trainer.device.type == "cpu" else None},
             "params": trainer.params, "train_size": len(data.train),
             "val_size_actual": len(data.val) if data.val else 0, "test_size": len(data.test),
             "classes": data.classes, "model_origin": model_origin,
