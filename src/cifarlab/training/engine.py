@@ -24,9 +24,8 @@ from cifarlab.fingerprint import SWITCHES, fingerprint, recorded_switches
 from cifarlab.models import build_model, count_params, model_spec
 from cifarlab.runfolder import BEST, LAST, RunFolder, release_folders
 from cifarlab.settings import TrainConfig
-from cifarlab.training import distributed
+from cifarlab.training import cpu_memory, distributed
 from cifarlab.training.calibration import ECE_BINS
-from cifarlab.training import cpu_memory
 from cifarlab.training.device import Precision, cpu_threads, resolve_device, use_tf32
 from cifarlab.training.diagnostics import Diagnostics, trim
 from cifarlab.training.distributed import Dist
