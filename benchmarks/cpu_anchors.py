@@ -294,16 +294,16 @@ def main(argv=None) -> int:
     if not args.dry_run:
         airbench_data(args.data_dir, work)
         check_data(work, names, float(args.epochs or UPSTREAM_EPOCHS['airbench94']))
-    print(f"cpu_anchors: {', '.join(names)} on {machine(device='cpu')}, precision {precision}, "
+    cpu = machine(device="cpu")
+    print(f"cpu_anchors: {', '.join(names)} on {cpu}, precision {precision}, "
           f"threads {args.threads or torch.get_num_threads()}, malloc {args.malloc}, work {work}")
     results = {name: anchor(args, name, work, precision == "bf16") for name in names}
     timed = {n: r["time_mean_s"] for n, r in results.items() if r.get("time_mean_s")}
     faster = min(timed, key=timed.get) if timed else None
     print(json.dumps({"benchmark": "cpu_anchors", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                      "machine": platform.node(), "cpu": machine(device="cpu"), "cpus": os.cpu_count(), "torch": torch.__version__,
+                      "machine": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__,
                       "precision": precision, "malloc": args.malloc, "threads": args.threads, "runs": args.runs,
-                      "epochs": args.epochs,
-                      "dry_run": args.dry_run, "faster": faster, "scripts": results}))
+                      "epochs": args.epochs, "dry_run": args.dry_run, "faster": faster, "scripts": results}))
     failed = [n for n, r in results.items() if r.get("rc")]
     if failed:
         statuses = ", ".join(f"{n} exited with status {results[n]['rc']}" for n in failed)

@@ -146,15 +146,15 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     from cifarlab.training.cpu_memory import current, keep_freed_memory
 
+    order = ["fast94", "airbench94"] if args.first == "fast94" else ["airbench94", "fast94"]
     with keep_freed_memory() if args.malloc == "reuse" else nullcontext():
         malloc = current()
-        timed, ops, batch = sides(args)
-    report(args, malloc, timed, ops, batch)
+        timed, ops, batch = sides(args, order)
+    report(args, order, malloc, timed, ops, batch)
 
 
-def sides(args) -> tuple[dict, dict, dict]:
-    """Each side measured, then profiled, in the order asked."""
-    order = ["fast94", "airbench94"] if args.first == "fast94" else ["airbench94", "fast94"]
+def sides(args, order: list[str]) -> tuple[dict, dict, dict]:
+    """Each side measured, then profiled, in `order`."""
     timed, ops, batch = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         airbench_data(args.data_dir, Path(tmp))
@@ -166,11 +166,11 @@ def sides(args) -> tuple[dict, dict, dict]:
     return timed, ops, batch
 
 
-def report(args, malloc: str, timed: dict, ops: dict, batch: dict) -> None:
+def report(args, order: list[str], malloc: str, timed: dict, ops: dict, batch: dict) -> None:
     names = {"fast94": args.recipe, "airbench94": "airbench94"}
-    order = ["fast94", "airbench94"] if args.first == "fast94" else ["airbench94", "fast94"]
     a, b = ops["fast94"], ops["airbench94"]
-    print(f"one process, {machine(device='cpu')}, {torch.get_num_threads()} threads, "
+    cpu = machine(device="cpu")
+    print(f"one process, {cpu}, {torch.get_num_threads()} threads, "
           f"malloc {malloc}, order {' then '.join(names[s] for s in order)}")
     for side in order:
         t = timed[side]
@@ -183,7 +183,7 @@ def report(args, malloc: str, timed: dict, ops: dict, batch: dict) -> None:
         print(f"{op[:44]:<44} {a.get(op, 0):14.1f} {b.get(op, 0):14.1f}")
     print(f"{'total self CPU':<44} {sum(a.values()):14.1f} {sum(b.values()):14.1f}")
     print(json.dumps({"benchmark": "step_profile", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                      "cpu": machine(device="cpu"), "torch": torch.__version__,
+                      "cpu": cpu, "torch": torch.__version__,
                       "threads": torch.get_num_threads(), "malloc": malloc, "order": order,
                       "recipe": args.recipe, "batch": batch, "timed": timed}))
 

@@ -36,6 +36,7 @@ REUSE = "reuse"
 _lock = threading.Lock()
 _depth = 0          # runs inside keep_freed_memory() in this process (a study may nest them)
 _state = "system"
+_libc = None        # the glibc whose settings the outermost block changed, to put them back through
 
 
 def _glibc():
@@ -64,30 +65,30 @@ def current() -> str:
 def keep_freed_memory():
     """Freed memory kept for reuse for the block (where glibc allows and CIFARLAB_CPU_MALLOC is not "system"),
     then glibc's defaults again and the heap trimmed."""
-    global _depth, _state
+    global _depth, _state, _libc
     with _lock:
         _depth += 1
         if _depth == 1:
-            _state = _enter()
+            _state, _libc = _enter()
     try:
         yield _state
     finally:
         with _lock:
             _depth -= 1
-            if _depth == 0 and _state == REUSE:
-                libc = _glibc()
-                _set(libc, GLIBC_DEFAULTS)
-                libc.malloc_trim(0)
-                _state = "system"
+            if _depth == 0 and _libc is not None:
+                _set(_libc, GLIBC_DEFAULTS)
+                _libc.malloc_trim(0)
+                _state, _libc = "system", None
 
 
-def _enter() -> str:
+def _enter():
+    """(the state a run records, the glibc whose settings were changed or None)."""
     if os.environ.get("CIFARLAB_CPU_MALLOC", REUSE) != REUSE:
-        return "system (CIFARLAB_CPU_MALLOC)"
+        return "system (CIFARLAB_CPU_MALLOC)", None
     libc = _glibc()
     if libc is None:
-        return "system (not glibc's malloc)"
+        return "system (not glibc's malloc)", None
     if not _set(libc, KEEP):
         _set(libc, GLIBC_DEFAULTS)
-        return "system (mallopt refused)"
-    return REUSE
+        return "system (mallopt refused)", None
+    return REUSE, libc
