@@ -32,8 +32,9 @@ os.environ["CIFARLAB_LOAD_NOTE"] = "0"
 
 def _share_the_cores() -> None:
     """Under pytest-xdist, each worker (and every process it starts: OMP_NUM_THREADS is inherited) gets its share
-    of the cores, as a study's --jobs does (launch.threads_per_run), instead of torch's default of all of them: 2 workers x 2 threads on 2 cores
-    spent more than a third of the suite's time waiting on each other (5 heavy test files: 197 s -> 124 s)."""
+    of the cores, as a study's --jobs does (launch.threads_per_run), instead of torch's default of all of them:
+    2 workers x 2 threads on 2 cores spent more than a third of the suite's time waiting on each other (5 heavy
+    test files: 197 s -> 124 s)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
     if workers and "OMP_NUM_THREADS" not in os.environ:
         from cifarlab.study.launch import threads_per_run
